@@ -1,0 +1,148 @@
+-- eventq storage. Users call the functions and read the views in schema eventq; the tables
+-- here are an implementation detail and may change between versions.
+--
+-- The life of an event:
+--   publish  -> one row in `staged` (no index: the publisher's insert is as cheap as it gets)
+--   drain    -> rows that have committed move, under one lock, into `events` with `seq`
+--               numbers given in the order they became visible, and one row per matching
+--               task consumer goes into `tasks`
+--   pull     -> a task is leased (available -> running); ack / retry / discard finish it
+--   maintain -> expired leases rescued, due retries made available, retention applied
+
+CREATE SCHEMA eventq_internal;
+COMMENT ON SCHEMA eventq_internal IS 'eventq storage; use the functions and views in schema eventq';
+
+CREATE TABLE eventq_internal.streams (
+    id         integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL UNIQUE,
+    retention  interval,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One sequence numbers the events of every stream, so `seq` strictly increases within each
+-- stream (with gaps where other streams' events took numbers). Drains take numbers in
+-- blocks with setval() while holding the drain lock.
+CREATE SEQUENCE eventq_internal.event_seq AS bigint MINVALUE 0 START 0;
+SELECT setval('eventq_internal.event_seq', 0, true);
+
+-- Published events not yet drained. Partitioned by a slot that turns over every second
+-- (four slots), so maintenance can TRUNCATE a slot nobody writes to any more instead of
+-- leaving the dead rows of drained events to vacuum. That matters when a long snapshot
+-- elsewhere holds the xmin horizon back and vacuum cannot remove anything.
+-- Hazard: the drain scans these tables without an index; they stay small only because they
+-- are drained continuously and truncated slot by slot.
+CREATE TABLE eventq_internal.staged (
+    slot         smallint NOT NULL DEFAULT (date_part('epoch', now())::bigint % 4)::smallint,
+    id           uuid NOT NULL,
+    stream_id    integer NOT NULL,
+    subject      text NOT NULL,
+    key          text,
+    payload      jsonb NOT NULL,
+    headers      jsonb,
+    deliver_at   timestamptz,
+    published_at timestamptz NOT NULL DEFAULT now()
+) PARTITION BY LIST (slot);
+CREATE TABLE eventq_internal.staged_0 PARTITION OF eventq_internal.staged FOR VALUES IN (0);
+CREATE TABLE eventq_internal.staged_1 PARTITION OF eventq_internal.staged FOR VALUES IN (1);
+CREATE TABLE eventq_internal.staged_2 PARTITION OF eventq_internal.staged FOR VALUES IN (2);
+CREATE TABLE eventq_internal.staged_3 PARTITION OF eventq_internal.staged FOR VALUES IN (3);
+
+-- Drained events: insert-only, deleted by retention.
+CREATE TABLE eventq_internal.events (
+    stream_id    integer NOT NULL,
+    seq          bigint NOT NULL,
+    id           uuid NOT NULL,
+    subject      text NOT NULL,
+    key          text,
+    payload      jsonb NOT NULL,
+    headers      jsonb,
+    published_at timestamptz NOT NULL,
+    deliver_at   timestamptz,
+    PRIMARY KEY (stream_id, seq)
+);
+CREATE INDEX events_by_id ON eventq_internal.events (id);
+CREATE INDEX events_by_time ON eventq_internal.events (stream_id, published_at);
+
+-- A publish with a dedup_key claims the key here, in the publisher's transaction, so a
+-- concurrent publish of the same key waits for the first and then returns its id.
+CREATE TABLE eventq_internal.dedup (
+    stream_id    integer NOT NULL,
+    dedup_key    text NOT NULL,
+    event_id     uuid NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, dedup_key)
+);
+CREATE INDEX dedup_by_time ON eventq_internal.dedup (stream_id, published_at);
+
+CREATE TABLE eventq_internal.consumers (
+    id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name         text NOT NULL UNIQUE,
+    stream_id    integer NOT NULL REFERENCES eventq_internal.streams (id),
+    mode         text NOT NULL CHECK (mode IN ('task', 'log')),
+    subjects     text[] NOT NULL,
+    exclude      text[] NOT NULL,
+    -- the same filter as anchored regular expressions, for reading the log in SQL;
+    -- NULL where the filter lets everything through
+    include_re   text,
+    exclude_re   text,
+    ordering     text NOT NULL CHECK (ordering IN ('none', 'key')),
+    max_attempts integer NOT NULL CHECK (max_attempts > 0),
+    backoff      text NOT NULL CHECK (backoff IN ('fixed', 'exponential')),
+    backoff_base interval NOT NULL,
+    backoff_max  interval NOT NULL,
+    lease        interval NOT NULL,
+    paused       boolean NOT NULL DEFAULT false,
+    -- log mode: the last seq the reader committed
+    cursor_seq   bigint NOT NULL DEFAULT 0,
+    -- unfinished tasks deleted by retention
+    expired      bigint NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX consumers_by_stream ON eventq_internal.consumers (stream_id);
+
+-- `scheduled` is a task that is available but not before `run_at` (deliver_at in the
+-- future); the views show it as `available`. Keeping it out of the `available` index
+-- means pull never walks past tasks that are not yet due.
+CREATE TYPE eventq_internal.task_state AS ENUM
+    ('available', 'scheduled', 'waiting', 'running', 'retryable', 'completed', 'discarded');
+
+-- One row per (consumer, event). The task id is the event's seq: unique within a consumer
+-- and free of a second sequence and index.
+CREATE TABLE eventq_internal.tasks (
+    consumer_id integer NOT NULL,
+    seq         bigint NOT NULL,
+    state       eventq_internal.task_state NOT NULL,
+    attempt     integer NOT NULL DEFAULT 0,
+    run_at      timestamptz NOT NULL,
+    lease_until timestamptz,
+    started_at  timestamptz,
+    finished_at timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the event's key, kept only for consumers with ordering = 'key'
+    order_key   text,
+    last_error  text,
+    PRIMARY KEY (consumer_id, seq)
+);
+-- Every state change touches these partial indexes: each one serves exactly one query.
+CREATE INDEX tasks_available ON eventq_internal.tasks (consumer_id, seq)
+    WHERE state = 'available';
+CREATE INDEX tasks_due_later ON eventq_internal.tasks (consumer_id, run_at)
+    WHERE state IN ('scheduled', 'retryable');
+CREATE INDEX tasks_leased ON eventq_internal.tasks (consumer_id, lease_until)
+    WHERE state = 'running';
+CREATE INDEX tasks_key_order ON eventq_internal.tasks (consumer_id, order_key, seq)
+    WHERE order_key IS NOT NULL AND state NOT IN ('completed', 'discarded');
+
+-- Attempts that did not complete (failed, lost, discarded). A completed attempt is the
+-- task row itself, so the happy path writes no history row.
+CREATE TABLE eventq_internal.attempts (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer_id integer NOT NULL,
+    task_id     bigint NOT NULL,
+    attempt     integer NOT NULL,
+    outcome     text NOT NULL CHECK (outcome IN ('failed', 'lost', 'discarded')),
+    error       text,
+    started_at  timestamptz,
+    finished_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id);

@@ -1,0 +1,114 @@
+-- Views for people and dashboards. They count and join on every read: fine for a console
+-- or a test, not for a hot loop.
+
+CREATE VIEW eventq.streams AS
+SELECT s.name,
+       s.retention,
+       (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
+       (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
+       (SELECT min(e.published_at) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS oldest_at,
+       (SELECT max(e.published_at) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS newest_at,
+       -- published and committed (or still in flight), not yet drained
+       (SELECT count(*) FROM eventq_internal.staged st WHERE st.stream_id = s.id) AS staged,
+       s.created_at
+FROM eventq_internal.streams s;
+
+-- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
+-- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
+-- been due, or how old the first unread event of a log consumer is.
+CREATE VIEW eventq.consumers AS
+SELECT c.name,
+       s.name AS stream,
+       c.mode,
+       c.paused,
+       coalesce(t.available, 0) AS available,
+       coalesce(t.waiting, 0) AS waiting,
+       coalesce(t.running, 0) AS running,
+       coalesce(t.retryable, 0) AS retryable,
+       coalesce(t.completed, 0) AS completed,
+       coalesce(t.discarded, 0) AS discarded,
+       c.expired,
+       CASE c.mode
+         WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
+         ELSE (SELECT count(*) FROM eventq_internal.events e
+               WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
+                 AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re))
+       END AS lag,
+       CASE c.mode
+         WHEN 'task' THEN now() - t.oldest_due
+         ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
+                       WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
+                         AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+                         AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+                       ORDER BY e.seq LIMIT 1)
+       END AS oldest_due_age,
+       CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
+       c.subjects,
+       c.exclude,
+       c.ordering,
+       c.max_attempts,
+       c.backoff,
+       c.backoff_base,
+       c.backoff_max,
+       c.lease,
+       c.created_at
+FROM eventq_internal.consumers c
+JOIN eventq_internal.streams s ON s.id = c.stream_id
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
+           count(*) FILTER (WHERE tk.state = 'waiting') AS waiting,
+           count(*) FILTER (WHERE tk.state = 'running') AS running,
+           count(*) FILTER (WHERE tk.state = 'retryable') AS retryable,
+           count(*) FILTER (WHERE tk.state = 'completed') AS completed,
+           count(*) FILTER (WHERE tk.state = 'discarded') AS discarded,
+           min(tk.run_at) FILTER (WHERE tk.state IN ('available', 'scheduled', 'retryable')
+                                    AND tk.run_at <= now()) AS oldest_due
+    FROM eventq_internal.tasks tk
+    WHERE tk.consumer_id = c.id
+) t ON c.mode = 'task';
+
+CREATE VIEW eventq.events AS
+SELECT s.name AS stream,
+       e.seq,
+       e.id AS event_id,
+       e.subject,
+       e.key,
+       e.payload,
+       e.headers,
+       e.published_at,
+       e.deliver_at
+FROM eventq_internal.events e
+JOIN eventq_internal.streams s ON s.id = e.stream_id;
+
+-- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
+CREATE VIEW eventq.tasks AS
+SELECT c.name AS consumer,
+       t.seq AS task_id,
+       e.id AS event_id,
+       t.seq,
+       e.subject,
+       e.key,
+       CASE t.state WHEN 'scheduled' THEN 'available' ELSE t.state::text END AS state,
+       t.attempt,
+       t.run_at,
+       t.lease_until,
+       t.last_error,
+       t.created_at,
+       t.started_at,
+       t.finished_at
+FROM eventq_internal.tasks t
+JOIN eventq_internal.consumers c ON c.id = t.consumer_id
+LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
+
+-- Attempts that failed, were lost or were discarded are recorded as they end; a completed
+-- attempt is the completed task itself.
+CREATE VIEW eventq.attempts AS
+SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
+FROM eventq_internal.attempts a
+JOIN eventq_internal.consumers c ON c.id = a.consumer_id
+UNION ALL
+SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
+FROM eventq_internal.tasks t
+JOIN eventq_internal.consumers c ON c.id = t.consumer_id
+WHERE t.state = 'completed';

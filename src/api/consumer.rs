@@ -1,0 +1,220 @@
+//! create_consumer, alter_consumer, pause_consumer, resume_consumer, drop_consumer.
+
+use super::{micros, required};
+use crate::core::names::{validate_name, Kind};
+use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
+use crate::core::subject::Filter;
+use crate::error::{self, OrRaise};
+use crate::storage::consumers::{self, Changes, Consumer, NewConsumer};
+use crate::storage::streams;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+fn patterns(list: Vec<Option<String>>, what: &str) -> Vec<String> {
+    list.into_iter()
+        .map(|p| p.unwrap_or_else(|| error::invalid_argument(format!("{what} must not contain NULL"))))
+        .collect()
+}
+
+fn policy(
+    max_attempts: i32,
+    backoff: BackoffKind,
+    base: Interval,
+    max: Interval,
+    lease: Interval,
+) -> RetryPolicy {
+    let policy = RetryPolicy {
+        max_attempts,
+        backoff,
+        backoff_base: micros(base),
+        backoff_max: micros(max),
+        lease: micros(lease),
+    };
+    policy.validate().or_raise();
+    policy
+}
+
+/// Gives an existing consumer the events published at or after `start_at` that it has not
+/// seen: tasks for a task consumer, the cursor position for a log consumer.
+fn start_from(client: &SpiClient<'_>, name: &str, start_at: TimestampWithTimeZone) {
+    let consumer: Consumer =
+        consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+    match consumer.mode {
+        Mode::Task => {
+            consumers::backfill(client, &consumer, start_at);
+        }
+        Mode::Log => {
+            let position = consumers::position_at(client, consumer.stream_id, start_at);
+            consumers::set_cursor(client, consumer.id, position);
+        }
+    }
+}
+
+/// Creates a consumer of a stream. A task consumer gets one task per matching event; a log
+/// consumer reads the stream with a cursor. NULL for any setting means its default.
+/// `start_at` NULL: events drained from now on; `'-infinity'`: every retained event; a
+/// time: events published at or after it.
+#[pg_extern]
+#[allow(clippy::too_many_arguments)]
+fn create_consumer(
+    name: Option<&str>,
+    stream: Option<&str>,
+    subjects: default!(Option<Vec<Option<String>>>, "'{>}'"),
+    exclude: default!(Option<Vec<Option<String>>>, "'{}'"),
+    mode: default!(Option<&str>, "'task'"),
+    ordering: default!(Option<&str>, "'none'"),
+    max_attempts: default!(Option<i32>, 10),
+    backoff: default!(Option<&str>, "'exponential'"),
+    backoff_base: default!(Option<Interval>, "'1 second'"),
+    backoff_max: default!(Option<Interval>, "'1 hour'"),
+    lease: default!(Option<Interval>, "'30 seconds'"),
+    start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+) {
+    let name = required(name, "name");
+    let stream = required(stream, "stream");
+    validate_name(Kind::Consumer, name).or_raise();
+    let subjects = patterns(subjects.unwrap_or_else(|| vec![Some(">".into())]), "subjects");
+    let exclude = patterns(exclude.unwrap_or_default(), "exclude");
+    let filter = Filter::parse(&subjects, &exclude).or_raise();
+    let mode = Mode::parse(mode.unwrap_or("task")).or_raise();
+    let ordering = KeyOrdering::parse(ordering.unwrap_or("none")).or_raise();
+    let backoff = BackoffKind::parse(backoff.unwrap_or("exponential")).or_raise();
+    let backoff_base = backoff_base.unwrap_or_else(|| Interval::from_seconds(1.0));
+    let backoff_max = backoff_max.unwrap_or_else(|| Interval::from_hours(1));
+    let lease = lease.unwrap_or_else(|| Interval::from_seconds(30.0));
+    let max_attempts = max_attempts.unwrap_or(10);
+    policy(max_attempts, backoff, backoff_base, backoff_max, lease);
+
+    Spi::connect(|client| {
+        let stream_id = streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
+        let created = consumers::insert(
+            client,
+            NewConsumer {
+                name,
+                stream_id,
+                mode,
+                include_re: filter.include_regex(),
+                exclude_re: filter.exclude_regex(),
+                subjects,
+                exclude,
+                ordering,
+                max_attempts,
+                backoff,
+                backoff_base,
+                backoff_max,
+                lease,
+            },
+        );
+        if created.is_none() {
+            error::duplicate("consumer", name);
+        }
+        if let Some(start_at) = start_at {
+            start_from(client, name, start_at);
+        }
+    })
+}
+
+/// Changes a consumer's settings; NULL leaves a setting as it is. `start_at` replays: a task
+/// consumer gets tasks for the retained events published at or after it that it has none
+/// for; a log consumer's cursor moves there. The mode cannot change.
+#[pg_extern]
+#[allow(clippy::too_many_arguments)]
+fn alter_consumer(
+    name: Option<&str>,
+    subjects: default!(Option<Vec<Option<String>>>, "NULL"),
+    exclude: default!(Option<Vec<Option<String>>>, "NULL"),
+    mode: default!(Option<&str>, "NULL"),
+    ordering: default!(Option<&str>, "NULL"),
+    max_attempts: default!(Option<i32>, "NULL"),
+    backoff: default!(Option<&str>, "NULL"),
+    backoff_base: default!(Option<Interval>, "NULL"),
+    backoff_max: default!(Option<Interval>, "NULL"),
+    lease: default!(Option<Interval>, "NULL"),
+    start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+) {
+    let name = required(name, "name");
+    let mode = mode.map(|m| Mode::parse(m).or_raise());
+    let ordering = ordering.map(|o| KeyOrdering::parse(o).or_raise());
+    let backoff = backoff.map(|b| BackoffKind::parse(b).or_raise());
+    let subjects = subjects.map(|s| patterns(s, "subjects"));
+    let exclude = exclude.map(|s| patterns(s, "exclude"));
+
+    Spi::connect(|client| {
+        let current = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+        if mode.is_some_and(|m| m != current.mode) {
+            error::invalid_argument(format!(
+                "the mode of consumer \"{name}\" cannot change; drop it and create a {} consumer",
+                mode.map(Mode::as_str).unwrap_or_default()
+            ));
+        }
+        let p = current.policy;
+        let merged = RetryPolicy {
+            max_attempts: max_attempts.unwrap_or(p.max_attempts),
+            backoff: backoff.unwrap_or(p.backoff),
+            backoff_base: backoff_base.map(micros).unwrap_or(p.backoff_base),
+            backoff_max: backoff_max.map(micros).unwrap_or(p.backoff_max),
+            lease: lease.map(micros).unwrap_or(p.lease),
+        };
+        merged.validate().or_raise();
+        let regexes = if subjects.is_some() || exclude.is_some() {
+            let (old_subjects, old_exclude) = consumers::patterns(client, current.id);
+            let filter = Filter::parse(
+                subjects.as_ref().unwrap_or(&old_subjects),
+                exclude.as_ref().unwrap_or(&old_exclude),
+            )
+            .or_raise();
+            Some((filter.include_regex(), filter.exclude_regex()))
+        } else {
+            None
+        };
+        consumers::update(
+            client,
+            current.id,
+            Changes {
+                subjects,
+                exclude,
+                regexes,
+                ordering,
+                max_attempts,
+                backoff,
+                backoff_base,
+                backoff_max,
+                lease,
+            },
+        );
+        if current.ordering == KeyOrdering::Key && ordering == Some(KeyOrdering::None) {
+            consumers::forget_key_order(client, current.id);
+        }
+        if let Some(start_at) = start_at {
+            start_from(client, name, start_at);
+        }
+    })
+}
+
+/// While paused, pull and fetch return nothing; tasks keep accumulating.
+#[pg_extern]
+fn pause_consumer(name: Option<&str>) {
+    set_paused(name, true)
+}
+
+#[pg_extern]
+fn resume_consumer(name: Option<&str>) {
+    set_paused(name, false)
+}
+
+fn set_paused(name: Option<&str>, paused: bool) {
+    let name = required(name, "name");
+    if !Spi::connect(|client| consumers::set_paused(client, name, paused)) {
+        error::unknown_consumer(name);
+    }
+}
+
+/// Drops a consumer with its tasks and their history.
+#[pg_extern]
+fn drop_consumer(name: Option<&str>) {
+    let name = required(name, "name");
+    if !Spi::connect(|client| consumers::delete(client, name)) {
+        error::unknown_consumer(name);
+    }
+}

@@ -1,0 +1,91 @@
+//! Log consumers: fetch, commit, seek.
+
+use super::{consumer_for, required};
+use crate::core::settings::{batch_size, Mode};
+use crate::datum::Jsonb;
+use crate::error::{self, OrRaise};
+use crate::storage::{consumers, log};
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+const MAX_FETCH: i32 = 100_000;
+
+/// The next `max` matching events after the consumer's cursor, in seq order. Does not move
+/// the cursor: call `commit` with the last seq processed.
+#[pg_extern]
+fn fetch(consumer: Option<&str>, max: default!(Option<i32>, 100)) -> TableIterator<
+    'static,
+    (
+        name!(seq, i64),
+        name!(event_id, Uuid),
+        name!(subject, String),
+        name!(key, Option<String>),
+        name!(payload, Jsonb),
+        name!(headers, Option<Jsonb>),
+        name!(published_at, TimestampWithTimeZone),
+    ),
+> {
+    let name = required(consumer, "consumer");
+    let max = batch_size("max", max.unwrap_or(100), MAX_FETCH).or_raise();
+    let events = Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Log, "fetch");
+        if c.paused {
+            return Vec::new();
+        }
+        super::drain_before_reading(client);
+        log::fetch(client, c.stream_id, c.cursor_seq, c.include_re, c.exclude_re, max)
+    });
+    TableIterator::new(
+        events
+            .into_iter()
+            .map(|e| (e.seq, e.event_id, e.subject, e.key, e.payload, e.headers, e.published_at)),
+    )
+}
+
+fn check_position(client: &SpiClient<'_>, seq: i64) {
+    let head = log::head(client);
+    if !(0..=head).contains(&seq) {
+        error::invalid_argument(format!(
+            "seq {seq} is not a position in the log: it must be between 0 and {head}, the last seq handed out"
+        ));
+    }
+}
+
+/// Moves the cursor forward to `seq` (the last event processed). A position behind the
+/// cursor leaves it unchanged; a position beyond the last drained event is refused.
+#[pg_extern]
+fn commit(consumer: Option<&str>, seq: Option<i64>) {
+    let name = required(consumer, "consumer");
+    let seq = required(seq, "seq");
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Log, "commit");
+        check_position(client, seq);
+        log::commit(client, c.id, seq);
+    })
+}
+
+/// Moves the cursor anywhere: the next fetch returns events after `seq`.
+#[pg_extern(name = "seek")]
+fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
+    let name = required(consumer, "consumer");
+    let seq = required(seq, "seq");
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Log, "seek");
+        check_position(client, seq);
+        consumers::set_cursor(client, c.id, seq);
+    })
+}
+
+/// Moves the cursor so that the next fetch returns the events published at or after `at`
+/// (and possibly some published earlier that committed later: none is skipped).
+#[pg_extern(name = "seek")]
+fn seek_to_time(consumer: Option<&str>, at: Option<TimestampWithTimeZone>) {
+    let name = required(consumer, "consumer");
+    let at = required(at, "at");
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Log, "seek");
+        let position = consumers::position_at(client, c.stream_id, at);
+        consumers::set_cursor(client, c.id, position);
+    })
+}

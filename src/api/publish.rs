@@ -1,0 +1,121 @@
+//! publish, publish_batch: one row per event in the caller's transaction.
+
+use super::required;
+use crate::core::subject::validate_subject;
+use crate::core::ulid::IdSource;
+use crate::datum::{Jsonb, JsonbArray, TextArray};
+use crate::error::{self, OrRaise};
+use crate::storage::publish::{self, Batch, Deduplicated, Event};
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// One id source per backend, so ids increase across calls (see core::ulid).
+    static IDS: RefCell<IdSource> = RefCell::new(IdSource::default());
+}
+
+fn next_ids(n: usize) -> Vec<Uuid> {
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        (0..n).map(|_| Uuid::from_bytes(ids.next_id())).collect()
+    })
+}
+
+fn check_headers(headers: Option<Jsonb>, what: &str) {
+    if headers.is_some_and(|h| !h.is_object()) {
+        error::invalid_argument(format!("{what} must be a JSON object or NULL"));
+    }
+}
+
+/// Publishes one event; returns its id. The event exists if and only if the calling
+/// transaction commits. With `dedup_key`, publishing a key the stream still retains returns
+/// the first event's id and adds nothing.
+#[pg_extern]
+fn publish(
+    stream: Option<&str>,
+    subject: Option<&str>,
+    payload: default!(Option<Jsonb>, "'{}'"),
+    key: default!(Option<&str>, "NULL"),
+    headers: default!(Option<Jsonb>, "NULL"),
+    deliver_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    dedup_key: default!(Option<&str>, "NULL"),
+) -> Uuid {
+    let stream = required(stream, "stream");
+    let subject = required(subject, "subject");
+    validate_subject(subject).or_raise();
+    let payload = required(payload, "payload");
+    check_headers(headers, "headers");
+    let id = next_ids(1)[0];
+    let event = Event {
+        id,
+        subject: subject.to_string(),
+        payload,
+        key: key.map(str::to_string),
+        headers,
+        deliver_at,
+    };
+    let published = Spi::connect(|client| match dedup_key {
+        None => publish::insert(client, stream, event).then_some(id),
+        Some(dedup_key) => match publish::insert_dedup(client, stream, event, dedup_key) {
+            Deduplicated::NoStream => None,
+            Deduplicated::Published => Some(id),
+            Deduplicated::AlreadyPublished(first) => Some(first),
+        },
+    });
+    published.unwrap_or_else(|| error::unknown_stream(stream))
+}
+
+/// Publishes `subjects[i]` with `payloads[i]` (and `keys[i]`, `headers[i]` when given) for
+/// every i; returns the ids in input order.
+#[pg_extern]
+fn publish_batch(
+    stream: Option<&str>,
+    subjects: Option<TextArray>,
+    payloads: Option<JsonbArray>,
+    keys: default!(Option<TextArray>, "NULL"),
+    headers: default!(Option<JsonbArray>, "NULL"),
+) -> SetOfIterator<'static, Uuid> {
+    let stream = required(stream, "stream");
+    let subjects = required(subjects, "subjects");
+    let payloads = required(payloads, "payloads");
+
+    let n = subjects.shape().len;
+    let lengths = [
+        ("subjects", Some(subjects.shape())),
+        ("payloads", Some(payloads.shape())),
+        ("keys", keys.map(TextArray::shape)),
+        ("headers", headers.map(JsonbArray::shape)),
+    ];
+    for (what, shape) in lengths {
+        let Some(shape) = shape else { continue };
+        if shape.dimensions > 1 {
+            error::invalid_argument(format!("{what} must be a one-dimensional array"));
+        }
+        if shape.len != n {
+            error::invalid_argument(format!(
+                "subjects, payloads, keys and headers must have the same length: subjects has {n}, {what} has {}",
+                shape.len
+            ));
+        }
+    }
+    for (i, subject) in subjects.elements().into_iter().enumerate() {
+        let subject = subject.unwrap_or_else(|| error::invalid_argument(format!("subjects[{}] is NULL", i + 1)));
+        validate_subject(&subject).or_raise();
+    }
+    if let Some(i) = payloads.elements().iter().position(Option::is_none) {
+        error::invalid_argument(format!("payloads[{}] is NULL", i + 1));
+    }
+    if let Some(headers) = headers {
+        for (i, h) in headers.elements().into_iter().enumerate() {
+            check_headers(h, &format!("headers[{}]", i + 1));
+        }
+    }
+
+    let ids = next_ids(n);
+    let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers };
+    if !Spi::connect(|client| publish::insert_batch(client, stream, batch)) {
+        error::unknown_stream(stream);
+    }
+    SetOfIterator::new(ids)
+}

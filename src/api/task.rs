@@ -1,0 +1,149 @@
+//! Task consumers: pull, ack, retry, discard, extend_lease, redrive.
+
+use super::{consumer_for, micros, required};
+use crate::core::backoff::Backoff;
+use crate::core::settings::{batch_size, not_negative, positive, Mode};
+use crate::datum::Jsonb;
+use crate::error::OrRaise;
+use crate::storage::maintenance::RESCUE_LIMIT;
+use crate::storage::tasks::{self, Outcome};
+use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
+use pgrx::prelude::*;
+
+const MAX_PULL: i32 = 10_000;
+
+/// Leases up to `max` due tasks, oldest first. Concurrent pullers never get the same task.
+/// The lease defaults to the consumer's; an expired lease makes the task due again.
+#[pg_extern]
+fn pull(
+    consumer: Option<&str>,
+    max: default!(Option<i32>, 1),
+    lease: default!(Option<Interval>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(task_id, i64),
+        name!(event_id, Uuid),
+        name!(seq, i64),
+        name!(subject, String),
+        name!(key, Option<String>),
+        name!(payload, Jsonb),
+        name!(headers, Option<Jsonb>),
+        name!(attempt, i32),
+        name!(published_at, TimestampWithTimeZone),
+    ),
+> {
+    let name = required(consumer, "consumer");
+    let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
+    let lease = lease.map(|l| {
+        let l = micros(l);
+        positive("lease", l).or_raise();
+        l
+    });
+    let leased = Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "pull");
+        if c.paused {
+            return Vec::new();
+        }
+        super::drain_before_reading(client);
+        tasks::rescue_and_promote(client, c.id, c.policy.max_attempts, RESCUE_LIMIT);
+        tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))
+    });
+    TableIterator::new(leased.into_iter().map(|t| {
+        (t.seq, t.event_id, t.seq, t.subject, t.key, t.payload, t.headers, t.attempt, t.published_at)
+    }))
+}
+
+/// running -> completed. Returns how many tasks changed; ids of tasks that are not running
+/// (any more) are not counted.
+#[pg_extern]
+fn ack(consumer: Option<&str>, task_ids: Option<Vec<Option<i64>>>) -> i32 {
+    let name = required(consumer, "consumer");
+    let ids: Vec<i64> = required(task_ids, "task_ids").into_iter().flatten().collect();
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "ack");
+        if ids.is_empty() {
+            return 0;
+        }
+        tasks::ack(client, c.id, ids)
+    })
+}
+
+/// The attempt failed. The task becomes `retryable` after `delay` (default: the consumer's
+/// backoff), or `discarded` when it has used up max_attempts. Returns the new state, or
+/// NULL if the task was not running.
+#[pg_extern]
+fn retry(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    error: default!(Option<&str>, "NULL"),
+    delay: default!(Option<Interval>, "NULL"),
+) -> Option<String> {
+    let name = required(consumer, "consumer");
+    let task_id = required(task_id, "task_id");
+    let delay = delay.map(|d| {
+        let d = micros(d);
+        not_negative("delay", d).or_raise();
+        d
+    });
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "retry");
+        let attempt = tasks::running_attempt(client, c.id, task_id)?;
+        let (outcome, state) = if attempt >= c.policy.max_attempts {
+            (Outcome::FailAndDiscard, "discarded")
+        } else {
+            let backoff = Backoff {
+                kind: c.policy.backoff,
+                base_micros: c.policy.backoff_base,
+                max_micros: c.policy.backoff_max,
+            };
+            let delay_micros = delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
+            (Outcome::Retry { delay_micros }, "retryable")
+        };
+        tasks::end_attempt(client, c.id, task_id, outcome, error).then(|| state.to_string())
+    })
+}
+
+/// running -> discarded. `false` if the task was not running.
+#[pg_extern]
+fn discard(consumer: Option<&str>, task_id: Option<i64>, reason: default!(Option<&str>, "NULL")) -> bool {
+    let name = required(consumer, "consumer");
+    let task_id = required(task_id, "task_id");
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "discard");
+        tasks::end_attempt(client, c.id, task_id, Outcome::Discard, reason)
+    })
+}
+
+/// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
+/// the new expiry, or NULL if the task was not running.
+#[pg_extern]
+fn extend_lease(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    lease: default!(Option<Interval>, "NULL"),
+) -> Option<TimestampWithTimeZone> {
+    let name = required(consumer, "consumer");
+    let task_id = required(task_id, "task_id");
+    let lease = lease.map(|l| {
+        let l = micros(l);
+        positive("lease", l).or_raise();
+        l
+    });
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "extend_lease");
+        tasks::extend_lease(client, c.id, task_id, lease.unwrap_or(c.policy.lease))
+    })
+}
+
+/// discarded -> available with a fresh attempt budget (NULL: every discarded task).
+/// Returns how many tasks changed.
+#[pg_extern]
+fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
+    let name = required(consumer, "consumer");
+    let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
+    Spi::connect(|client| {
+        let c = consumer_for(client, name, Mode::Task, "redrive");
+        tasks::redrive(client, c.id, ids)
+    })
+}

@@ -1,0 +1,142 @@
+//! Consumer settings: the enumerations users spell as text, and the rules that tie the
+//! numeric settings together.
+
+use super::Invalid;
+
+macro_rules! text_enum {
+    ($name:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, Invalid> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(Invalid(format!(
+                        concat!("invalid ", $what, " \"{}\": expected one of {}"),
+                        other,
+                        [$(concat!("'", $text, "'")),+].join(", ")
+                    ))),
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+text_enum!(Mode, "mode", { Task => "task", Log => "log" });
+text_enum!(KeyOrdering, "ordering", { None => "none", Key => "key" });
+text_enum!(BackoffKind, "backoff", { Fixed => "fixed", Exponential => "exponential" });
+
+/// The retry policy of a task consumer, with intervals in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: i32,
+    pub backoff: BackoffKind,
+    pub backoff_base: i64,
+    pub backoff_max: i64,
+    pub lease: i64,
+}
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_attempts < 1 {
+            return Err(Invalid(format!(
+                "max_attempts must be at least 1, got {}",
+                self.max_attempts
+            )));
+        }
+        positive("backoff_base", self.backoff_base)?;
+        positive("backoff_max", self.backoff_max)?;
+        positive("lease", self.lease)?;
+        if self.backoff_max < self.backoff_base {
+            return Err(Invalid::new("backoff_max must not be shorter than backoff_base"));
+        }
+        Ok(())
+    }
+}
+
+pub fn positive(what: &str, micros: i64) -> Result<(), Invalid> {
+    if micros > 0 {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{what} must be a positive interval")))
+    }
+}
+
+pub fn not_negative(what: &str, micros: i64) -> Result<(), Invalid> {
+    if micros >= 0 {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{what} must not be a negative interval")))
+    }
+}
+
+/// Row-count limits such as `pull(max)` and `fetch(max)`.
+pub fn batch_size(what: &str, n: i32, most: i32) -> Result<i64, Invalid> {
+    if (1..=most).contains(&n) {
+        Ok(n as i64)
+    } else {
+        Err(Invalid(format!("{what} must be between 1 and {most}, got {n}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MICROS_PER_SECOND: i64 = 1_000_000;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 10,
+            backoff: BackoffKind::Exponential,
+            backoff_base: MICROS_PER_SECOND,
+            backoff_max: 3600 * MICROS_PER_SECOND,
+            lease: 30 * MICROS_PER_SECOND,
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_and_reject_unknown_text() {
+        assert_eq!(Mode::parse("log").unwrap(), Mode::Log);
+        assert_eq!(KeyOrdering::parse("key").unwrap().as_str(), "key");
+        assert_eq!(BackoffKind::parse("fixed").unwrap(), BackoffKind::Fixed);
+        let err = Mode::parse("Task").unwrap_err();
+        assert_eq!(err.0, "invalid mode \"Task\": expected one of 'task', 'log'");
+        assert!(KeyOrdering::parse("fifo").is_err());
+        assert!(BackoffKind::parse("").is_err());
+    }
+
+    #[test]
+    fn the_default_policy_is_valid() {
+        policy().validate().unwrap();
+    }
+
+    #[test]
+    fn policies_that_cannot_work_are_rejected() {
+        let bad = [
+            RetryPolicy { max_attempts: 0, ..policy() },
+            RetryPolicy { backoff_base: 0, ..policy() },
+            RetryPolicy { backoff_max: -1, ..policy() },
+            RetryPolicy { lease: 0, ..policy() },
+            RetryPolicy { backoff_base: 10, backoff_max: 5, ..policy() },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn limits_and_intervals() {
+        assert_eq!(batch_size("max", 1, 10).unwrap(), 1);
+        assert!(batch_size("max", 0, 10).is_err());
+        assert!(batch_size("max", 11, 10).is_err());
+        assert!(positive("lease", 0).is_err());
+        assert!(not_negative("delay", 0).is_ok());
+        assert!(not_negative("delay", -1).is_err());
+    }
+}

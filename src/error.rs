@@ -1,0 +1,93 @@
+//! Every error eventq raises, with its SQLSTATE. No other module picks an error code.
+//!
+//! A Rust panic reaches the user as XX000 (internal_error), which is always a bug; these
+//! helpers raise the SQLSTATE a client can act on and name the object involved.
+
+use crate::core::Invalid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+/// 22023: a name, subject, pattern or argument eventq refuses.
+pub fn invalid(err: Invalid) -> ! {
+    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err.0);
+}
+
+pub fn invalid_argument(message: impl Into<String>) -> ! {
+    invalid(Invalid(message.into()))
+}
+
+/// 42704
+pub fn unknown_stream(name: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("stream \"{name}\" does not exist")
+    );
+}
+
+/// 42704
+pub fn unknown_consumer(name: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("consumer \"{name}\" does not exist")
+    );
+}
+
+/// 42710
+pub fn duplicate(kind: &str, name: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+        format!("{kind} \"{name}\" already exists")
+    );
+}
+
+/// 55000: e.g. `pull` on a log consumer.
+pub fn wrong_mode(consumer: &str, mode: &str, call: &str, needed: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("consumer \"{consumer}\" is a {mode} consumer; {call} needs a {needed} consumer")
+    );
+}
+
+/// 2BP01: `drop_stream` while consumers read it.
+pub fn stream_has_consumers(stream: &str, consumers: &[String]) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!("cannot drop stream \"{stream}\" because consumers read it"),
+        format!(
+            "consumers: {}. Drop them first, or call drop_stream('{stream}', force => true).",
+            consumers.join(", ")
+        )
+    );
+}
+
+/// XX000 for a failure of SPI itself (not of the statement, whose own error propagates with
+/// its own SQLSTATE). Seeing this means eventq has a bug.
+pub fn spi_failure(context: &str, err: SpiError) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("eventq: {context}: {err}")
+    );
+}
+
+/// Turns pure-logic and SPI results into raised errors.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Invalid> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| invalid(e))
+    }
+}
+
+impl<T> OrRaise<T> for Result<T, SpiError> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| spi_failure("SPI", e))
+    }
+}

@@ -1,0 +1,43 @@
+//! eventq: an event hub inside PostgreSQL.
+//!
+//! - `core`    pure logic: names, subjects and routing, backoff, settings, ids (no Postgres)
+//! - `storage` the tables (`sql/schema.sql`) and every statement on them, planned once;
+//!             `storage::drain` is where commit order comes from
+//! - `api`     the SQL functions, one file per part of the API
+//! - `datum`   jsonb and array values passed through as Postgres datums
+//! - `error`   every SQLSTATE eventq raises
+//! - `gucs`    settings under `eventq.`
+//!
+//! Views for people and dashboards are in `sql/views.sql`.
+
+mod api;
+mod core;
+mod datum;
+mod error;
+mod gucs;
+mod storage;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/views.sql", name = "views", finalize);
+
+#[allow(non_snake_case)]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

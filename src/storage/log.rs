@@ -1,0 +1,73 @@
+//! Log consumers: reading events after a cursor. Reading writes nothing; only `commit` and
+//! `seek` move the cursor.
+
+use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT};
+use crate::datum::Jsonb;
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+
+// The filter is the consumer's patterns as regular expressions (see core::subject), which
+// Postgres compiles once per query. A NULL regex lets everything through.
+static FETCH: Statement = Statement::new(
+    "SELECT e.seq, e.id, e.subject, e.key, e.payload, e.headers, e.published_at
+     FROM eventq_internal.events e
+     WHERE e.stream_id = $1 AND e.seq > $2
+       AND ($3::text IS NULL OR e.subject ~ $3)
+       AND ($4::text IS NULL OR e.subject !~ $4)
+     ORDER BY e.seq
+     LIMIT $5",
+    &[INT, BIGINT, TEXT, TEXT, BIGINT],
+);
+
+pub struct LogEvent {
+    pub seq: i64,
+    pub event_id: Uuid,
+    pub subject: String,
+    pub key: Option<String>,
+    pub payload: Jsonb,
+    pub headers: Option<Jsonb>,
+    pub published_at: TimestampWithTimeZone,
+}
+
+pub fn fetch(
+    client: &SpiClient<'_>,
+    stream_id: i32,
+    after: i64,
+    include_re: Option<String>,
+    exclude_re: Option<String>,
+    max: i64,
+) -> Vec<LogEvent> {
+    FETCH
+        .run(client, &[arg(stream_id), arg(after), arg(include_re), arg(exclude_re), arg(max)])
+        .filter_map(|row| {
+            Some(LogEvent {
+                seq: column(&row, 1)?,
+                event_id: column(&row, 2)?,
+                subject: column(&row, 3)?,
+                key: column(&row, 4),
+                payload: column(&row, 5)?,
+                headers: column(&row, 6),
+                published_at: column(&row, 7)?,
+            })
+        })
+        .collect()
+}
+
+static COMMIT: Statement = Statement::new(
+    "UPDATE eventq_internal.consumers SET cursor_seq = greatest(cursor_seq, $2) WHERE id = $1",
+    &[INT, BIGINT],
+);
+
+/// Moves the cursor forward; a position behind the cursor leaves it where it is.
+pub fn commit(client: &SpiClient<'_>, consumer_id: i32, seq: i64) {
+    COMMIT.run(client, &[arg(consumer_id), arg(seq)]);
+}
+
+static HEAD: Statement =
+    Statement::new("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[]);
+
+/// The highest seq any drain has handed out (across all streams). No event that appears
+/// later has a seq at or below it.
+pub fn head(client: &SpiClient<'_>) -> i64 {
+    scalar(&HEAD, client, &[]).unwrap_or(0)
+}

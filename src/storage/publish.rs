@@ -1,0 +1,143 @@
+//! The publisher's path: one row into staging per event, in the caller's transaction.
+//! Nothing here waits for, or works for, consumers: that is the drain's job.
+
+use super::{arg, column, Statement, INT, JSONB, JSONB_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, UUID, UUID_ARRAY};
+use crate::datum::{Jsonb, JsonbArray, TextArray};
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+
+#[derive(Clone)]
+pub struct Event {
+    pub id: Uuid,
+    pub subject: String,
+    pub payload: Jsonb,
+    pub key: Option<String>,
+    pub headers: Option<Jsonb>,
+    pub deliver_at: Option<TimestampWithTimeZone>,
+}
+
+// The stream lookup and the insert are one statement: no row comes back when the stream
+// does not exist, and then nothing was inserted.
+static INSERT: Statement = Statement::new(
+    "INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers, deliver_at)
+     SELECT $2, s.id, $3, $4, $5, $6, $7 FROM eventq_internal.streams s WHERE s.name = $1
+     RETURNING stream_id",
+    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ],
+);
+
+/// `false` if the stream does not exist.
+pub fn insert(client: &SpiClient<'_>, stream: &str, e: Event) -> bool {
+    INSERT
+        .first_row(
+            client,
+            &[
+                arg(stream),
+                arg(e.id),
+                arg(e.subject),
+                arg(e.key),
+                arg(e.payload),
+                arg(e.headers),
+                arg(e.deliver_at),
+            ],
+        )
+        .is_some()
+}
+
+// With a dedup key the event is staged only if this transaction claims the key. A
+// concurrent publisher of the same key makes ON CONFLICT wait for its transaction; if that
+// commits, nothing is claimed here and the caller looks the first id up with a new snapshot.
+static INSERT_DEDUP: Statement = Statement::new(
+    "WITH stream AS (
+         SELECT id FROM eventq_internal.streams WHERE name = $1
+     ), claimed AS (
+         INSERT INTO eventq_internal.dedup (stream_id, dedup_key, event_id)
+         SELECT id, $8, $2 FROM stream
+         ON CONFLICT (stream_id, dedup_key) DO NOTHING
+         RETURNING stream_id
+     ), staged AS (
+         INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers, deliver_at)
+         SELECT $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
+         RETURNING stream_id
+     )
+     SELECT (SELECT id FROM stream), EXISTS (SELECT 1 FROM staged)",
+    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT],
+);
+
+static DEDUP_FIRST: Statement = Statement::new(
+    "SELECT event_id FROM eventq_internal.dedup WHERE stream_id = $1 AND dedup_key = $2",
+    &[INT, TEXT],
+);
+
+pub enum Deduplicated {
+    NoStream,
+    Published,
+    AlreadyPublished(Uuid),
+}
+
+pub fn insert_dedup(client: &SpiClient<'_>, stream: &str, e: Event, dedup_key: &str) -> Deduplicated {
+    let Some(row) = INSERT_DEDUP.first_row(
+        client,
+        &[
+            arg(stream),
+            arg(e.id),
+            arg(e.subject.clone()),
+            arg(e.key.clone()),
+            arg(e.payload),
+            arg(e.headers),
+            arg(e.deliver_at),
+            arg(dedup_key),
+        ],
+    ) else {
+        return Deduplicated::NoStream;
+    };
+    let Some(stream_id) = column::<i32>(&row, 1) else {
+        return Deduplicated::NoStream;
+    };
+    if column::<bool>(&row, 2).unwrap_or(false) {
+        return Deduplicated::Published;
+    }
+    match super::scalar::<Uuid>(&DEDUP_FIRST, client, &[arg(stream_id), arg(dedup_key)]) {
+        Some(first) => Deduplicated::AlreadyPublished(first),
+        // The claim vanished between the two statements (its event expired and retention
+        // removed it): the key is free again.
+        None => insert_dedup(client, stream, e, dedup_key),
+    }
+}
+
+pub struct Batch {
+    pub ids: Vec<Uuid>,
+    pub subjects: TextArray,
+    pub payloads: JsonbArray,
+    pub keys: Option<TextArray>,
+    pub headers: Option<JsonbArray>,
+}
+
+static INSERT_BATCH: Statement = Statement::new(
+    "INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers)
+     SELECT u.id, s.id, u.subject, u.key, u.payload, u.headers
+     FROM eventq_internal.streams s,
+          unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
+            AS u(id, subject, payload, key, headers)
+     WHERE s.name = $1
+     RETURNING stream_id",
+    &[TEXT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY],
+);
+
+static STREAM_EXISTS: Statement = Statement::new(
+    "SELECT EXISTS (SELECT 1 FROM eventq_internal.streams WHERE name = $1)",
+    &[TEXT],
+);
+
+/// `false` if the stream does not exist.
+pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
+    if b.ids.is_empty() {
+        return super::scalar::<bool>(&STREAM_EXISTS, client, &[arg(stream)]).unwrap_or(false);
+    }
+    INSERT_BATCH
+        .run(
+            client,
+            &[arg(stream), arg(b.ids), arg(b.subjects), arg(b.payloads), arg(b.keys), arg(b.headers)],
+        )
+        .len()
+        > 0
+}

@@ -1,0 +1,311 @@
+//! Task transitions. Every UPDATE names the state it leaves (`AND state = 'running'`), so a
+//! late call about a task that has moved on changes nothing: workers race with leases by
+//! design.
+//!
+//! Key ordering: among the unfinished tasks of one (consumer, key), only the oldest is in
+//! flight (available, scheduled, running or retryable); the rest wait. Whoever finishes the
+//! one in flight releases the next (`release_next`). A drain that runs concurrently with
+//! that finish can still leave a key with waiting tasks and none in flight; maintenance
+//! sweeps those up (`release_stranded`), so a key is never stuck for longer than one pass.
+
+use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, TEXT, TEXT_ARRAY};
+use crate::datum::Jsonb;
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+
+/// Lease expiry and due timers of one consumer, done before every pull and by maintenance.
+/// Expired leases become available again (the lost attempt is recorded) or are discarded
+/// past max_attempts; scheduled and retryable tasks whose time has come become available.
+static RESCUE_AND_PROMOTE: Statement = Statement::new(
+    "WITH expired AS (
+         SELECT t.seq FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.state = 'running' AND t.lease_until < now()
+         ORDER BY t.lease_until LIMIT $3
+         FOR UPDATE SKIP LOCKED
+     ), rescued AS (
+         UPDATE eventq_internal.tasks t
+         SET state = CASE WHEN t.attempt >= $2 THEN 'discarded' ELSE 'available' END
+                         ::eventq_internal.task_state,
+             run_at = now(),
+             lease_until = NULL,
+             finished_at = CASE WHEN t.attempt >= $2 THEN now() END,
+             last_error = 'lease expired'
+         FROM expired WHERE t.consumer_id = $1 AND t.seq = expired.seq
+         RETURNING t.seq, t.attempt, t.started_at, t.state, t.order_key
+     ), lost AS (
+         INSERT INTO eventq_internal.attempts (consumer_id, task_id, attempt, outcome, error, started_at)
+         SELECT $1, seq, attempt, 'lost', 'lease expired', started_at FROM rescued
+     ), due AS (
+         SELECT t.seq FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable') AND t.run_at <= now()
+         ORDER BY t.run_at LIMIT $3
+         FOR UPDATE SKIP LOCKED
+     ), promoted AS (
+         UPDATE eventq_internal.tasks t SET state = 'available'
+         FROM due WHERE t.consumer_id = $1 AND t.seq = due.seq
+         RETURNING t.seq
+     )
+     SELECT (SELECT count(*) FROM rescued WHERE state = 'available'),
+            (SELECT count(*) FROM rescued WHERE state = 'discarded'),
+            (SELECT array_agg(order_key) FROM rescued
+              WHERE state = 'discarded' AND order_key IS NOT NULL),
+            (SELECT count(*) FROM promoted)",
+    &[INT, INT, BIGINT],
+);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rescued {
+    /// Expired leases made available again.
+    pub lost: i64,
+    /// Expired leases discarded because they had used up their attempts.
+    pub discarded: i64,
+    /// Scheduled or retryable tasks that became due.
+    pub promoted: i64,
+}
+
+impl std::ops::AddAssign for Rescued {
+    fn add_assign(&mut self, o: Rescued) {
+        self.lost += o.lost;
+        self.discarded += o.discarded;
+        self.promoted += o.promoted;
+    }
+}
+
+pub fn rescue_and_promote(client: &SpiClient<'_>, consumer_id: i32, max_attempts: i32, limit: i64) -> Rescued {
+    let Some(row) = RESCUE_AND_PROMOTE.first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit)])
+    else {
+        return Rescued::default();
+    };
+    let keys: Vec<String> = column(&row, 3).unwrap_or_default();
+    release_next(client, consumer_id, keys);
+    Rescued {
+        lost: column(&row, 1).unwrap_or(0),
+        discarded: column(&row, 2).unwrap_or(0),
+        promoted: column(&row, 4).unwrap_or(0),
+    }
+}
+
+// The oldest available tasks, skipping those other workers are leasing right now. The ctid
+// list hands the locked rows to the UPDATE without a second index search.
+static LEASE: Statement = Statement::new(
+    "WITH picked AS (
+         SELECT t.ctid FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.state = 'available'
+         ORDER BY t.seq LIMIT $2
+         FOR UPDATE SKIP LOCKED
+     ), leased AS (
+         UPDATE eventq_internal.tasks t
+         SET state = 'running', attempt = t.attempt + 1, started_at = now(),
+             lease_until = now() + $3 * interval '1 microsecond'
+         WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM picked))
+         RETURNING t.seq, t.attempt
+     )
+     SELECT l.seq, e.id, e.subject, e.key, e.payload, e.headers, l.attempt, e.published_at
+     FROM leased l JOIN eventq_internal.events e ON e.stream_id = $4 AND e.seq = l.seq
+     ORDER BY l.seq",
+    &[INT, BIGINT, BIGINT, INT],
+);
+
+pub struct Leased {
+    pub seq: i64,
+    pub event_id: Uuid,
+    pub subject: String,
+    pub key: Option<String>,
+    pub payload: Jsonb,
+    pub headers: Option<Jsonb>,
+    pub attempt: i32,
+    pub published_at: TimestampWithTimeZone,
+}
+
+pub fn lease(client: &SpiClient<'_>, consumer_id: i32, stream_id: i32, max: i64, lease_micros: i64) -> Vec<Leased> {
+    LEASE
+        .run(client, &[arg(consumer_id), arg(max), arg(lease_micros), arg(stream_id)])
+        .filter_map(|row| {
+            Some(Leased {
+                seq: column(&row, 1)?,
+                event_id: column(&row, 2)?,
+                subject: column(&row, 3)?,
+                key: column(&row, 4),
+                payload: column(&row, 5)?,
+                headers: column(&row, 6),
+                attempt: column(&row, 7)?,
+                published_at: column(&row, 8)?,
+            })
+        })
+        .collect()
+}
+
+static ACK: Statement = Statement::new(
+    "WITH done AS (
+         UPDATE eventq_internal.tasks
+         SET state = 'completed', finished_at = now(), lease_until = NULL
+         WHERE consumer_id = $1 AND seq = ANY ($2) AND state = 'running'
+         RETURNING order_key
+     )
+     SELECT count(*)::int, array_agg(order_key) FILTER (WHERE order_key IS NOT NULL) FROM done",
+    &[INT, BIGINT_ARRAY],
+);
+
+/// running -> completed; returns how many changed.
+pub fn ack(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>) -> i32 {
+    let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
+        return 0;
+    };
+    release_next(client, consumer_id, column(&row, 2).unwrap_or_default());
+    column(&row, 1).unwrap_or(0)
+}
+
+static RUNNING_ATTEMPT: Statement = Statement::new(
+    "SELECT attempt FROM eventq_internal.tasks
+     WHERE consumer_id = $1 AND seq = $2 AND state = 'running'
+     FOR UPDATE",
+    &[INT, BIGINT],
+);
+
+/// The attempt number of a running task, locked for a transition; `None` if not running.
+pub fn running_attempt(client: &SpiClient<'_>, consumer_id: i32, task_id: i64) -> Option<i32> {
+    super::scalar(&RUNNING_ATTEMPT, client, &[arg(consumer_id), arg(task_id)])
+}
+
+// Ends the running attempt: `failed` (retry; the task goes to $3, retryable or discarded)
+// or `discarded` (discard). The attempt is recorded with its error.
+static END_ATTEMPT: Statement = Statement::new(
+    "WITH ended AS (
+         UPDATE eventq_internal.tasks t
+         SET state = $3::eventq_internal.task_state,
+             run_at = CASE WHEN $3 = 'retryable' THEN now() + $4 * interval '1 microsecond'
+                           ELSE t.run_at END,
+             finished_at = CASE WHEN $3 = 'discarded' THEN now() END,
+             lease_until = NULL,
+             last_error = $5
+         WHERE t.consumer_id = $1 AND t.seq = $2 AND t.state = 'running'
+         RETURNING t.seq, t.attempt, t.started_at, t.order_key
+     ), recorded AS (
+         INSERT INTO eventq_internal.attempts (consumer_id, task_id, attempt, outcome, error, started_at)
+         SELECT $1, seq, attempt, $6, $5, started_at FROM ended
+     )
+     SELECT order_key FROM ended",
+    &[INT, BIGINT, TEXT, BIGINT, TEXT, TEXT],
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// retry: the attempt failed; the task is retryable again after the delay.
+    Retry { delay_micros: i64 },
+    /// retry past max_attempts: the attempt failed and the task is discarded.
+    FailAndDiscard,
+    /// discard: the worker gives up on the task.
+    Discard,
+}
+
+/// Ends a running attempt; `false` if the task was not running.
+pub fn end_attempt(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, outcome: Outcome, error: Option<&str>) -> bool {
+    let (state, delay, recorded_as) = match outcome {
+        Outcome::Retry { delay_micros } => ("retryable", delay_micros, "failed"),
+        Outcome::FailAndDiscard => ("discarded", 0, "failed"),
+        Outcome::Discard => ("discarded", 0, "discarded"),
+    };
+    let Some(row) = END_ATTEMPT.first_row(
+        client,
+        &[arg(consumer_id), arg(task_id), arg(state), arg(delay), arg(error), arg(recorded_as)],
+    ) else {
+        return false;
+    };
+    if state == "discarded" {
+        if let Some(key) = column::<String>(&row, 1) {
+            release_next(client, consumer_id, vec![key]);
+        }
+    }
+    true
+}
+
+static EXTEND_LEASE: Statement = Statement::new(
+    "UPDATE eventq_internal.tasks SET lease_until = now() + $3 * interval '1 microsecond'
+     WHERE consumer_id = $1 AND seq = $2 AND state = 'running'
+     RETURNING lease_until",
+    &[INT, BIGINT, BIGINT],
+);
+
+pub fn extend_lease(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, micros: i64) -> Option<TimestampWithTimeZone> {
+    super::scalar(&EXTEND_LEASE, client, &[arg(consumer_id), arg(task_id), arg(micros)])
+}
+
+// Discarded tasks start over with a fresh attempt budget. Keyed tasks go through `waiting`
+// so that release_next puts them back in key order.
+static REDRIVE: Statement = Statement::new(
+    "WITH redriven AS (
+         UPDATE eventq_internal.tasks
+         SET state = CASE WHEN order_key IS NULL THEN 'available' ELSE 'waiting' END
+                     ::eventq_internal.task_state,
+             attempt = 0, run_at = now(), finished_at = NULL, lease_until = NULL,
+             started_at = NULL
+         WHERE consumer_id = $1 AND state = 'discarded' AND ($2::bigint[] IS NULL OR seq = ANY ($2))
+         RETURNING order_key
+     )
+     SELECT count(*)::int, array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
+     FROM redriven",
+    &[INT, BIGINT_ARRAY],
+);
+
+pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i64>>) -> i32 {
+    let Some(row) = REDRIVE.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
+        return 0;
+    };
+    release_next(client, consumer_id, column(&row, 2).unwrap_or_default());
+    column(&row, 1).unwrap_or(0)
+}
+
+// For each key, the oldest waiting task becomes available, unless a task of the key is in
+// flight. Runs as its own statement, after the finishing one, so its snapshot includes tasks
+// that a concurrent drain committed meanwhile.
+static RELEASE_NEXT: Statement = Statement::new(
+    "UPDATE eventq_internal.tasks t
+     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+                 ::eventq_internal.task_state
+     FROM (
+         SELECT DISTINCT ON (w.order_key) w.seq
+         FROM eventq_internal.tasks w
+         WHERE w.consumer_id = $1 AND w.order_key = ANY ($2) AND w.state = 'waiting'
+           AND NOT EXISTS (
+               SELECT 1 FROM eventq_internal.tasks f
+               WHERE f.consumer_id = $1 AND f.order_key = w.order_key
+                 AND f.state IN ('available', 'scheduled', 'running', 'retryable'))
+         ORDER BY w.order_key, w.seq
+     ) next
+     WHERE t.consumer_id = $1 AND t.seq = next.seq AND t.state = 'waiting'",
+    &[INT, TEXT_ARRAY],
+);
+
+pub fn release_next(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>) {
+    if !keys.is_empty() {
+        RELEASE_NEXT.run(client, &[arg(consumer_id), arg(keys)]);
+    }
+}
+
+static RELEASE_STRANDED: Statement = Statement::new(
+    "WITH stranded AS (
+         SELECT DISTINCT ON (w.consumer_id, w.order_key) w.consumer_id, w.seq
+         FROM eventq_internal.tasks w
+         WHERE w.order_key IS NOT NULL AND w.state = 'waiting'
+           AND NOT EXISTS (
+               SELECT 1 FROM eventq_internal.tasks f
+               WHERE f.consumer_id = w.consumer_id AND f.order_key = w.order_key
+                 AND f.state IN ('available', 'scheduled', 'running', 'retryable'))
+         ORDER BY w.consumer_id, w.order_key, w.seq
+     ), released AS (
+         UPDATE eventq_internal.tasks t
+         SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+                     ::eventq_internal.task_state
+         FROM stranded
+         WHERE t.consumer_id = stranded.consumer_id AND t.seq = stranded.seq
+           AND t.state = 'waiting'
+         RETURNING 1
+     )
+     SELECT count(*) FROM released",
+    &[],
+);
+
+/// Releases keys left with waiting tasks and none in flight (see the module note).
+pub fn release_stranded(client: &SpiClient<'_>) -> i64 {
+    super::scalar(&RELEASE_STRANDED, client, &[]).unwrap_or(0)
+}
