@@ -1,13 +1,58 @@
 //! `#[pg_test]`s: each SQL function, its effects and every error it raises, inside one
-//! rolled-back transaction per test. Concurrency and the background worker are tested
-//! against a real server in `tests/`.
+//! rolled-back transaction per test. Concurrency, timing and the background worker are
+//! tested against a real server in `tests/`.
+//!
+//! Inside one transaction `now()` stands still, so tests that need time to pass (a lease
+//! running out) move the stored times back instead.
 
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
+mod consumer;
+mod log;
+mod maintenance;
+mod publish;
+mod stream;
+mod task;
 
-    #[pg_test]
-    fn smoke() {
-        Spi::run("SELECT eventq.create_stream('smoke')").unwrap();
+use pgrx::prelude::*;
+
+pub fn run(sql: &str) {
+    Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+pub fn count(sql: &str) -> i64 {
+    one::<i64>(&format!("SELECT count(*) FROM ({sql}) q")).unwrap_or(0)
+}
+
+/// Runs `sql` in a subtransaction and returns the SQLSTATE and message it failed with, or
+/// `None` when it succeeded (its effects then stay).
+pub fn error_of(sql: &str) -> Option<(String, String)> {
+    run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text, OUT state text, OUT message text)
+         LANGUAGE plpgsql AS $$
+         BEGIN EXECUTE q; EXCEPTION WHEN OTHERS THEN state := SQLSTATE; message := SQLERRM; END $$");
+    let (state, message) = Spi::get_two_with_args::<String, String>(
+        "SELECT state, message FROM pg_temp.error_of($1)",
+        &[sql.into()],
+    )
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    state.map(|s| (s, message.unwrap_or_default()))
+}
+
+/// Asserts that `sql` fails with `sqlstate` and a message containing `message`.
+pub fn assert_error(sql: &str, sqlstate: &str, message: &str) {
+    match error_of(sql) {
+        None => panic!("expected {sqlstate} from {sql}, but it succeeded"),
+        Some((state, text)) => {
+            assert_eq!(state, sqlstate, "{sql} failed with {state}: {text}");
+            assert!(text.contains(message), "{sql}: message {text:?} lacks {message:?}");
+        }
     }
+}
+
+/// A stream `s` with one task consumer `c` of every subject.
+pub fn stream_with_consumer(s: &str, c: &str, options: &str) {
+    run(&format!("SELECT eventq.create_stream('{s}')"));
+    run(&format!("SELECT eventq.create_consumer('{c}', '{s}'{options})"));
 }

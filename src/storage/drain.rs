@@ -53,8 +53,9 @@ pub fn anything_staged(client: &SpiClient<'_>) -> bool {
 // gap, never a reuse.
 static MOVE: Statement = Statement::new(
     "WITH bound AS (
-         SELECT max(id) AS upto
+         SELECT id AS upto
          FROM (SELECT id FROM eventq_internal.staged ORDER BY id LIMIT $1) oldest
+         ORDER BY id DESC LIMIT 1
      ), moved AS (
          DELETE FROM eventq_internal.staged s USING bound WHERE s.id <= bound.upto
          RETURNING s.id, s.stream_id, s.subject, s.key, s.payload, s.headers,

@@ -1,0 +1,62 @@
+#[pgrx::pg_schema]
+mod tests {
+    use crate::pg_tests::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn create_alter_and_drop_a_stream() {
+        run("SELECT eventq.create_stream('st_orders')");
+        assert_eq!(
+            one::<String>("SELECT retention::text FROM eventq.streams WHERE name = 'st_orders'"),
+            Some("7 days".into())
+        );
+        run("SELECT eventq.alter_stream('st_orders', '1 day')");
+        assert_eq!(
+            one::<String>("SELECT retention::text FROM eventq.streams WHERE name = 'st_orders'"),
+            Some("1 day".into())
+        );
+        run("SELECT eventq.alter_stream('st_orders', NULL)");
+        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_orders'"), Some(true));
+        run("SELECT eventq.drop_stream('st_orders')");
+        assert_eq!(count("SELECT 1 FROM eventq.streams WHERE name = 'st_orders'"), 0);
+    }
+
+    #[pg_test]
+    fn forever_retention_and_if_not_exists() {
+        run("SELECT eventq.create_stream('st_keep', NULL)");
+        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"), Some(true));
+        run("SELECT eventq.create_stream('st_keep', '1 day', if_not_exists => true)");
+        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"), Some(true));
+    }
+
+    #[pg_test]
+    fn stream_errors_name_the_object_and_change_nothing() {
+        assert_error("SELECT eventq.create_stream('Orders')", "22023", "invalid stream name \"Orders\"");
+        assert_error("SELECT eventq.create_stream('')", "22023", "invalid stream name");
+        assert_error("SELECT eventq.create_stream(NULL)", "22023", "name must not be NULL");
+        assert_error("SELECT eventq.create_stream('st_x', '-1 day')", "22023", "retention must be a positive interval");
+        assert_error("SELECT eventq.create_stream('st_x', '0')", "22023", "retention must be a positive interval");
+        assert_eq!(count("SELECT 1 FROM eventq.streams WHERE name = 'st_x'"), 0);
+
+        run("SELECT eventq.create_stream('st_dup')");
+        assert_error("SELECT eventq.create_stream('st_dup')", "42710", "stream \"st_dup\" already exists");
+        assert_error("SELECT eventq.alter_stream('st_none', '1 day')", "42704", "stream \"st_none\" does not exist");
+        assert_error("SELECT eventq.alter_stream('st_dup', '-1 day')", "22023", "retention");
+        assert_error("SELECT eventq.drop_stream('st_none')", "42704", "stream \"st_none\" does not exist");
+    }
+
+    #[pg_test]
+    fn drop_refuses_while_consumers_read_unless_forced() {
+        stream_with_consumer("st_busy", "st_busy_c", "");
+        run("SELECT eventq.publish('st_busy', 'a.b')");
+        run("SELECT eventq.run_maintenance()");
+        assert_error("SELECT eventq.drop_stream('st_busy')", "2BP01", "consumers read it");
+        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'st_busy_c'"), 1);
+        run("SELECT eventq.publish('st_busy', 'a.c')");
+        run("SELECT eventq.drop_stream('st_busy', force => true)");
+        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'st_busy_c'"), 0);
+        assert_eq!(count("SELECT 1 FROM eventq_internal.tasks t WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = t.consumer_id)"), 0);
+        assert_eq!(count("SELECT 1 FROM eventq.events WHERE stream = 'st_busy'"), 0);
+        assert_eq!(count("SELECT 1 FROM eventq_internal.staged s WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)"), 0);
+    }
+}

@@ -1,0 +1,210 @@
+#[pgrx::pg_schema]
+mod tests {
+    use crate::pg_tests::*;
+    use pgrx::prelude::*;
+
+    fn state(consumer: &str, task: i64) -> Option<String> {
+        one::<String>(&format!("SELECT state FROM eventq.tasks WHERE consumer = '{consumer}' AND task_id = {task}"))
+    }
+
+    #[pg_test]
+    fn pull_leases_the_oldest_tasks_and_ack_completes_them() {
+        stream_with_consumer("tk_s", "tk_c", "");
+        run("SELECT eventq.publish('tk_s', 'e.' || n, jsonb_build_object('n', n), key => 'k' || n) FROM generate_series(1, 5) n");
+        let pulled = one::<String>("SELECT string_agg(subject || '/' || attempt || '/' || (payload->>'n'), ',' ORDER BY seq) FROM eventq.pull('tk_c', 3)");
+        assert_eq!(pulled, Some("e.1/1/1,e.2/1/2,e.3/1/3".into()));
+        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_c' AND state = 'running' AND lease_until > now()"), 3);
+        assert_eq!(
+            one::<bool>("SELECT bool_and(task_id = seq AND event_id IS NOT NULL AND published_at IS NOT NULL) FROM eventq.pull('tk_c', 10)"),
+            Some(true)
+        );
+        let ids = one::<Vec<i64>>("SELECT array_agg(task_id) FROM eventq.tasks WHERE consumer = 'tk_c'").unwrap();
+        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_c', '{{{}}}')", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))), Some(5));
+        // a second ack changes nothing and says so
+        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_c', ARRAY[{}, 999999])", ids[0])), Some(0));
+        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_c' AND state = 'completed' AND finished_at IS NOT NULL"), 5);
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_c', 10)"), 0);
+        assert_eq!(one::<i32>("SELECT eventq.ack('tk_c', '{}')"), Some(0));
+    }
+
+    #[pg_test]
+    fn pull_uses_the_given_lease() {
+        stream_with_consumer("tk_l", "tk_l_c", ", lease => '10 minutes'");
+        run("SELECT eventq.publish('tk_l', 'a'), eventq.publish('tk_l', 'b')");
+        run("SELECT * FROM eventq.pull('tk_l_c')");
+        run("SELECT * FROM eventq.pull('tk_l_c', lease => '1 hour')");
+        assert_eq!(
+            one::<String>("SELECT string_agg((lease_until - now())::text, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = 'tk_l_c'"),
+            Some("00:10:00,01:00:00".into())
+        );
+    }
+
+    #[pg_test]
+    fn retry_backs_off_then_discards_past_max_attempts() {
+        stream_with_consumer("tk_r", "tk_r_c", ", max_attempts => 2, backoff => 'fixed', backoff_base => '1 minute', backoff_max => '1 minute'");
+        run("SELECT eventq.publish('tk_r', 'a')");
+        let task = one::<i64>("SELECT task_id FROM eventq.pull('tk_r_c')").unwrap();
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout')")), Some("retryable".into()));
+        assert_eq!(state("tk_r_c", task), Some("retryable".into()));
+        assert_eq!(one::<String>(&format!("SELECT (run_at - now())::text FROM eventq.tasks WHERE task_id = {task}")), Some("00:01:00".into()));
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_r_c')"), 0, "not due for a minute");
+        // a retry with an explicit delay of zero is due at once
+        run(&format!("UPDATE eventq_internal.tasks SET run_at = now() WHERE seq = {task}"));
+        assert_eq!(one::<i32>("SELECT attempt FROM eventq.pull('tk_r_c')"), Some(2));
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout again')")), Some("discarded".into()));
+        assert_eq!(state("tk_r_c", task), Some("discarded".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT string_agg(attempt || ':' || outcome || ':' || coalesce(error, ''), ',' ORDER BY attempt) FROM eventq.attempts WHERE consumer = 'tk_r_c' AND task_id = {task}")),
+            Some("1:failed:timeout,2:failed:timeout again".into())
+        );
+        // retrying a task that is not running changes nothing
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task})")), None);
+        assert_eq!(one::<String>("SELECT eventq.retry('tk_r_c', 424242)"), None);
+    }
+
+    #[pg_test]
+    fn retry_with_delay_and_exponential_backoff() {
+        stream_with_consumer("tk_x", "tk_x_c", ", backoff_base => '10 seconds', backoff_max => '1 hour'");
+        run("SELECT eventq.publish('tk_x', 'a'), eventq.publish('tk_x', 'b')");
+        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_x_c', 2)").unwrap();
+        run(&format!("SELECT eventq.retry('tk_x_c', {}, delay => '0 seconds')", tasks[0]));
+        run(&format!("SELECT eventq.retry('tk_x_c', {})", tasks[1]));
+        let waits = Spi::get_two::<f64, f64>(&format!(
+            "SELECT extract(epoch FROM min(run_at) - now())::float8, extract(epoch FROM max(run_at) - now())::float8
+             FROM eventq.tasks WHERE consumer = 'tk_x_c' AND task_id = ANY(ARRAY[{}, {}])",
+            tasks[0], tasks[1]
+        ))
+        .unwrap();
+        assert_eq!(waits.0, Some(0.0));
+        let second = waits.1.unwrap();
+        assert!((9.0..=11.0).contains(&second), "first backoff {second}s is 10s ±10%");
+        assert_eq!(one::<i64>("SELECT task_id FROM eventq.pull('tk_x_c')"), Some(tasks[0]));
+        assert_error(&format!("SELECT eventq.retry('tk_x_c', {}, delay => '-1 second')", tasks[1]), "22023", "delay must not be a negative");
+    }
+
+    #[pg_test]
+    fn discard_and_redrive() {
+        stream_with_consumer("tk_d", "tk_d_c", ", max_attempts => 1");
+        run("SELECT eventq.publish('tk_d', 'a'), eventq.publish('tk_d', 'b')");
+        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_d_c', 2)").unwrap();
+        assert_eq!(one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'bad payload')", tasks[0])), Some(true));
+        assert_eq!(one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'again')", tasks[0])), Some(false));
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_d_c', {})", tasks[1])), Some("discarded".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT outcome || ':' || error FROM eventq.attempts WHERE consumer = 'tk_d_c' AND task_id = {}", tasks[0])),
+            Some("discarded:bad payload".into())
+        );
+        assert_eq!(one::<i32>(&format!("SELECT eventq.redrive('tk_d_c', ARRAY[{}])", tasks[0])), Some(1));
+        assert_eq!(
+            one::<String>(&format!("SELECT state || ':' || attempt FROM eventq.tasks WHERE task_id = {}", tasks[0])),
+            Some("available:0".into())
+        );
+        assert_eq!(one::<i32>("SELECT eventq.redrive('tk_d_c')"), Some(1));
+        assert_eq!(one::<i32>("SELECT eventq.redrive('tk_d_c')"), Some(0));
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_d_c', 10)"), 2);
+    }
+
+    #[pg_test]
+    fn extend_lease_only_for_running_tasks() {
+        stream_with_consumer("tk_e", "tk_e_c", "");
+        run("SELECT eventq.publish('tk_e', 'a')");
+        let task = one::<i64>("SELECT task_id FROM eventq.pull('tk_e_c')").unwrap();
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.extend_lease('tk_e_c', {task}, '1 hour') = now() + interval '1 hour'")),
+            Some(true)
+        );
+        assert_eq!(one::<bool>(&format!("SELECT eventq.extend_lease('tk_e_c', {task}) = now() + interval '30 seconds'")), Some(true));
+        assert_error(&format!("SELECT eventq.extend_lease('tk_e_c', {task}, '0')"), "22023", "lease must be a positive");
+        run(&format!("SELECT eventq.ack('tk_e_c', ARRAY[{task}])"));
+        assert_eq!(one::<pgrx::datum::TimestampWithTimeZone>(&format!("SELECT eventq.extend_lease('tk_e_c', {task}, '1 hour')")), None);
+    }
+
+    #[pg_test]
+    fn an_expired_lease_is_a_lost_attempt_and_past_max_attempts_a_discard() {
+        stream_with_consumer("tk_lost", "tk_lost_c", ", max_attempts => 2");
+        run("SELECT eventq.publish('tk_lost', 'a')");
+        let task = one::<i64>("SELECT task_id FROM eventq.pull('tk_lost_c')").unwrap();
+        let expire = format!("UPDATE eventq_internal.tasks SET lease_until = now() - interval '1 second', started_at = now() - interval '31 seconds' WHERE seq = {task}");
+        run(&expire);
+        assert_eq!(one::<i32>("SELECT attempt FROM eventq.pull('tk_lost_c')"), Some(2));
+        assert_eq!(one::<String>(&format!("SELECT outcome FROM eventq.attempts WHERE consumer = 'tk_lost_c' AND task_id = {task}")), Some("lost".into()));
+        run(&expire);
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_lost_c')"), 0);
+        assert_eq!(state("tk_lost_c", task), Some("discarded".into()));
+        assert_eq!(count(&format!("SELECT 1 FROM eventq.attempts WHERE consumer = 'tk_lost_c' AND task_id = {task} AND outcome = 'lost'")), 2);
+        // the worker whose lease ran out finds nothing to ack
+        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_lost_c', ARRAY[{task}])")), Some(0));
+    }
+
+    #[pg_test]
+    fn deliver_at_holds_a_task_back_until_its_time() {
+        stream_with_consumer("tk_later", "tk_later_c", "");
+        run("SELECT eventq.publish('tk_later', 'later', deliver_at => now() + interval '1 hour')");
+        run("SELECT eventq.publish('tk_later', 'now')");
+        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"), Some("now".into()));
+        assert_eq!(
+            one::<String>("SELECT state || ':' || (run_at - now())::text FROM eventq.tasks WHERE consumer = 'tk_later_c' AND subject = 'later'"),
+            Some("available:01:00:00".into())
+        );
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'scheduled'");
+        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"), Some("later".into()));
+    }
+
+    #[pg_test]
+    fn tasks_of_a_key_are_delivered_one_at_a_time_in_order() {
+        stream_with_consumer("tk_key", "tk_key_c", ", ordering => 'key'");
+        run("SELECT eventq.publish('tk_key', 'e', jsonb_build_object('n', n), key => CASE WHEN n % 2 = 0 THEN 'even' ELSE 'odd' END) FROM generate_series(1, 6) n");
+        run("SELECT eventq.publish('tk_key', 'nokey')");
+        let pull = || one::<String>("SELECT string_agg(coalesce(payload->>'n', subject), ',' ORDER BY seq) FROM eventq.pull('tk_key_c', 10)");
+        assert_eq!(pull(), Some("1,2,nokey".into()));
+        assert_eq!(pull(), None, "the next of each key waits");
+        let done = |n: i32| run(&format!("SELECT eventq.ack('tk_key_c', array_agg(task_id)) FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'running' AND (SELECT payload->>'n' FROM eventq.events e WHERE e.event_id = tasks.event_id) = '{n}'"));
+        done(1);
+        assert_eq!(pull(), Some("3".into()));
+        // a failed head keeps its place: the key waits for its retry
+        let three = one::<i64>("SELECT task_id FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'running' AND key = 'odd'").unwrap();
+        run(&format!("SELECT eventq.retry('tk_key_c', {three}, delay => '0')"));
+        assert_eq!(pull(), Some("3".into()));
+        // discarding the head releases the next
+        run(&format!("SELECT eventq.discard('tk_key_c', {three})"));
+        assert_eq!(pull(), Some("5".into()));
+        done(2);
+        done(5);
+        assert_eq!(pull(), Some("4".into()));
+        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'waiting'"), 1);
+        // redriving the discarded head puts it back in line ahead of younger tasks
+        run(&format!("SELECT eventq.redrive('tk_key_c', ARRAY[{three}])"));
+        assert_eq!(pull(), Some("3".into()));
+    }
+
+    #[pg_test]
+    fn a_key_stranded_by_a_race_is_released_by_maintenance() {
+        stream_with_consumer("tk_strand", "tk_strand_c", ", ordering => 'key'");
+        run("SELECT eventq.publish('tk_strand', 'a', key => 'k') FROM generate_series(1, 2)");
+        run("SELECT eventq.run_maintenance()");
+        // as if the head finished while a drain was adding the second task
+        run("UPDATE eventq_internal.tasks SET state = 'completed' WHERE state = 'available'");
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_strand_c')"), 0);
+        assert_eq!(one::<i64>("SELECT (eventq.run_maintenance()->>'released_keys')::bigint"), Some(1));
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_strand_c')"), 1);
+    }
+
+    #[pg_test]
+    fn task_calls_check_their_arguments() {
+        stream_with_consumer("tk_err", "tk_err_c", "");
+        run("SELECT eventq.create_consumer('tk_err_log', 'tk_err', mode => 'log')");
+        assert_error("SELECT * FROM eventq.pull('tk_none')", "42704", "consumer \"tk_none\" does not exist");
+        assert_error("SELECT * FROM eventq.pull('tk_err_log')", "55000", "consumer \"tk_err_log\" is a log consumer; pull needs a task consumer");
+        assert_error("SELECT eventq.ack('tk_err_log', '{1}')", "55000", "ack needs a task consumer");
+        assert_error("SELECT eventq.retry('tk_err_log', 1)", "55000", "retry");
+        assert_error("SELECT eventq.discard('tk_err_log', 1)", "55000", "discard");
+        assert_error("SELECT eventq.extend_lease('tk_err_log', 1, '1 minute')", "55000", "extend_lease");
+        assert_error("SELECT eventq.redrive('tk_err_log')", "55000", "redrive");
+        assert_error("SELECT * FROM eventq.pull('tk_err_c', 0)", "22023", "max must be between 1 and");
+        assert_error("SELECT * FROM eventq.pull('tk_err_c', -5)", "22023", "max must be between 1 and");
+        assert_error("SELECT * FROM eventq.pull('tk_err_c', 1, '-1 minute')", "22023", "lease must be a positive");
+        assert_error("SELECT eventq.ack('tk_err_c', NULL)", "22023", "task_ids must not be NULL");
+        assert_error("SELECT eventq.retry('tk_err_c', NULL)", "22023", "task_id must not be NULL");
+        assert_error("SELECT eventq.ack('tk_none', '{1}')", "42704", "does not exist");
+    }
+}
