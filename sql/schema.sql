@@ -130,8 +130,20 @@ CREATE INDEX tasks_due_later ON eventq_internal.tasks (consumer_id, run_at)
     WHERE state IN ('scheduled', 'retryable');
 CREATE INDEX tasks_leased ON eventq_internal.tasks (consumer_id, lease_until)
     WHERE state = 'running';
-CREATE INDEX tasks_key_order ON eventq_internal.tasks (consumer_id, order_key, seq)
-    WHERE order_key IS NOT NULL AND state NOT IN ('completed', 'discarded');
+CREATE INDEX tasks_waiting ON eventq_internal.tasks (consumer_id, order_key, seq)
+    WHERE state = 'waiting';
+
+-- Key ordering: the task of each (consumer, key) that is in flight (available, scheduled,
+-- running or retryable); the key's other unfinished tasks wait. A row exists exactly while
+-- the key has a task in flight. The drain claims it with INSERT .. ON CONFLICT DO UPDATE
+-- and whoever finishes the head locks it FOR UPDATE before choosing the next, so the two
+-- can never both miss each other's work. Pull never touches it.
+CREATE TABLE eventq_internal.key_heads (
+    consumer_id integer NOT NULL,
+    order_key   text NOT NULL,
+    head_seq    bigint NOT NULL,
+    PRIMARY KEY (consumer_id, order_key)
+);
 
 -- Attempts that did not complete (failed, lost, discarded). A completed attempt is the
 -- task row itself, so the happy path writes no history row.

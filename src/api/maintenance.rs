@@ -9,7 +9,7 @@ use pgrx::JsonB;
 use serde_json::json;
 
 /// One pass of what the background worker does: drain committed events, rescue expired
-/// leases, make due retries available, release keys, truncate idle staging. Returns counts.
+/// leases, make due retries available, truncate idle staging. Returns counts.
 /// Safe to call concurrently, e.g. from pg_cron.
 #[pg_extern]
 fn run_maintenance() -> JsonB {
@@ -22,7 +22,6 @@ fn run_maintenance() -> JsonB {
         "lost_leases": pass.rescued.lost,
         "discarded_after_lost_lease": pass.rescued.discarded,
         "due_tasks": pass.rescued.promoted,
-        "released_keys": pass.released,
         "truncated_staging": pass.truncated,
     }))
 }

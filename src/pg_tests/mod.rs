@@ -18,8 +18,13 @@ pub fn run(sql: &str) {
     Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// The first column of the first row; `None` for NULL or no row.
 pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
-    Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, None, &[])?;
+        if table.is_empty() { Ok(None) } else { table.first().get_one::<T>() }
+    })
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 pub fn count(sql: &str) -> i64 {

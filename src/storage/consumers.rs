@@ -1,7 +1,7 @@
 //! Consumers: their settings, and the tasks or cursor position they start with.
 
 use super::{
-    arg, column, drain, scalar, Statement, BIGINT, BOOL, INT, INTERVAL, TEXT, TEXT_ARRAY,
+    arg, column, drain, scalar, tasks, Statement, BIGINT, BOOL, INT, INTERVAL, TEXT, TEXT_ARRAY,
     TIMESTAMPTZ,
 };
 use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
@@ -179,6 +179,8 @@ static DELETE: Statement = Statement::new(
          DELETE FROM eventq_internal.tasks WHERE consumer_id IN (SELECT id FROM gone)
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts WHERE consumer_id IN (SELECT id FROM gone)
+     ), gone_keys AS (
+         DELETE FROM eventq_internal.key_heads WHERE consumer_id IN (SELECT id FROM gone)
      )
      SELECT id FROM gone",
     &[TEXT],
@@ -191,18 +193,13 @@ pub fn delete(client: &SpiClient<'_>, name: &str) -> bool {
 }
 
 // Tasks for events already in the log, published at or after $3. The filter is the
-// consumer's regex form (see core::subject); key ordering follows the same rule as the
-// drain: the oldest unfinished task of a key is the one in flight, the rest wait.
+// consumer's regex form (see core::subject). Keyed tasks start out waiting; `backfill` then
+// lets each free key's oldest task go first.
 static BACKFILL: Statement = Statement::new(
     "INSERT INTO eventq_internal.tasks (consumer_id, seq, state, run_at, order_key)
      SELECT $1, e.seq,
             CASE
-              WHEN $4 AND e.key IS NOT NULL AND (
-                     row_number() OVER (PARTITION BY e.key ORDER BY e.seq) > 1
-                     OR EXISTS (SELECT 1 FROM eventq_internal.tasks o
-                                WHERE o.consumer_id = $1 AND o.order_key = e.key
-                                  AND o.state NOT IN ('completed', 'discarded')))
-                THEN 'waiting'
+              WHEN $4 AND e.key IS NOT NULL THEN 'waiting'
               WHEN e.deliver_at > now() THEN 'scheduled'
               ELSE 'available'
             END::eventq_internal.task_state,
@@ -219,19 +216,24 @@ static BACKFILL: Statement = Statement::new(
 /// Creates tasks for the retained events published at or after `since` that the consumer
 /// has no task for yet. Returns how many were created.
 pub fn backfill(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone) -> usize {
-    BACKFILL
+    let keyed = c.ordering == KeyOrdering::Key;
+    let created = BACKFILL
         .run(
             client,
             &[
                 arg(c.id),
                 arg(c.stream_id),
                 arg(since),
-                arg(c.ordering == KeyOrdering::Key),
+                arg(keyed),
                 arg(c.include_re.clone()),
                 arg(c.exclude_re.clone()),
             ],
         )
-        .len()
+        .len();
+    if keyed && created > 0 {
+        tasks::claim_free_keys(client, c.id, None);
+    }
+    created
 }
 
 // The cursor position from which a log reader sees the events published at or after $2:
@@ -273,7 +275,10 @@ pub fn patterns(client: &SpiClient<'_>, id: i32) -> (Vec<String>, Vec<String>) {
 
 // Turning key ordering off: nothing waits any more, and unfinished tasks forget their key.
 static FORGET_KEY_ORDER: Statement = Statement::new(
-    "UPDATE eventq_internal.tasks
+    "WITH freed AS (
+         DELETE FROM eventq_internal.key_heads WHERE consumer_id = $1
+     )
+     UPDATE eventq_internal.tasks
      SET state = CASE WHEN state <> 'waiting' THEN state
                       WHEN run_at > now() THEN 'scheduled'
                       ELSE 'available' END::eventq_internal.task_state,

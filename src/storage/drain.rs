@@ -21,7 +21,7 @@ use crate::core::settings::Mode;
 use crate::core::subject::{Filter, Router};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::spi::SpiClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Advisory lock key (two int4 keys): "evtq", 1.
 static LOCK: Statement = Statement::new("SELECT pg_advisory_xact_lock(1702261873, 1)", &[]);
@@ -87,24 +87,30 @@ static ROUTES: Statement = Statement::new(
     &[INT_ARRAY],
 );
 
-// One row per (task consumer, event). A keyed task waits when an older task of its key is
-// unfinished, either already in the table or earlier in this batch (`first_of_key` false).
+// The first task of each key in a batch claims the key (see sql/schema.sql). The no-op
+// DO UPDATE locks an existing row, so a finisher that holds it is waited for, and one that
+// comes later sees this drain's tasks. Rows are locked in key order, as finishers do.
+static CLAIM_KEYS: Statement = Statement::new(
+    "INSERT INTO eventq_internal.key_heads AS h (consumer_id, order_key, head_seq)
+     SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) ORDER BY 1, 2
+     ON CONFLICT (consumer_id, order_key) DO UPDATE SET head_seq = h.head_seq
+     RETURNING consumer_id, head_seq",
+    &[INT_ARRAY, TEXT_ARRAY, BIGINT_ARRAY],
+);
+
+// One row per (task consumer, event): waiting unless it heads its key.
 static INSERT_TASKS: Statement = Statement::new(
     "INSERT INTO eventq_internal.tasks (consumer_id, seq, state, run_at, order_key)
      SELECT u.consumer_id, u.seq,
             CASE
-              WHEN u.order_key IS NOT NULL AND (NOT u.first_of_key OR EXISTS (
-                     SELECT 1 FROM eventq_internal.tasks o
-                     WHERE o.consumer_id = u.consumer_id AND o.order_key = u.order_key
-                       AND o.state NOT IN ('completed', 'discarded')))
-                THEN 'waiting'
+              WHEN u.order_key IS NOT NULL AND NOT u.heads_key THEN 'waiting'
               WHEN u.deliver_at > now() THEN 'scheduled'
               ELSE 'available'
             END::eventq_internal.task_state,
             coalesce(u.deliver_at, now()),
             u.order_key
      FROM unnest($1::int[], $2::bigint[], $3::text[], $4::timestamptz[], $5::bool[])
-          AS u(consumer_id, seq, order_key, deliver_at, first_of_key)",
+          AS u(consumer_id, seq, order_key, deliver_at, heads_key)",
     &[INT_ARRAY, BIGINT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, BOOL_ARRAY],
 );
 
@@ -207,12 +213,8 @@ fn drain_batch(client: &SpiClient<'_>, batch_size: i64, received: &mut BTreeMap<
         });
     }
 
-    let mut task_consumer = Vec::new();
-    let mut task_seq = Vec::new();
-    let mut task_key: Vec<Option<String>> = Vec::new();
-    let mut task_deliver_at = Vec::new();
-    let mut task_first_of_key = Vec::new();
-    let mut keys_seen: std::collections::HashSet<(i32, String)> = Default::default();
+    let mut tasks = Tasks::default();
+    let mut first_of_key: HashSet<(i32, String)> = HashSet::new();
     let mut hits = Vec::new();
     for event in &events {
         let Some((router, members)) = routers.get(&event.stream_id) else { continue };
@@ -224,31 +226,59 @@ fn drain_batch(client: &SpiClient<'_>, batch_size: i64, received: &mut BTreeMap<
             if route.mode != Mode::Task {
                 continue;
             }
-            let consumer_id = route.consumer_id;
             let key = if route.keyed { event.key.clone() } else { None };
-            let first_of_key = match &key {
-                Some(k) => keys_seen.insert((consumer_id, k.clone())),
-                None => true,
-            };
-            task_consumer.push(consumer_id);
-            task_seq.push(event.seq);
-            task_key.push(key);
-            task_deliver_at.push(event.deliver_at);
-            task_first_of_key.push(first_of_key);
+            if let Some(k) = &key {
+                if first_of_key.insert((route.consumer_id, k.clone())) {
+                    tasks.claims.push((route.consumer_id, k.clone(), event.seq));
+                }
+            }
+            tasks.consumer.push(route.consumer_id);
+            tasks.seq.push(event.seq);
+            tasks.key.push(key);
+            tasks.deliver_at.push(event.deliver_at);
         }
     }
-    let tasks = task_consumer.len() as i64;
-    if tasks > 0 {
+    let created = tasks.consumer.len() as i64;
+    if created > 0 {
+        let heads = claim_keys(client, &mut tasks.claims);
+        let heads_key: Vec<bool> =
+            tasks.consumer.iter().zip(&tasks.seq).map(|(c, seq)| heads.contains(&(*c, *seq))).collect();
         INSERT_TASKS.run(
             client,
             &[
-                arg(task_consumer),
-                arg(task_seq),
-                arg(task_key),
-                arg(task_deliver_at),
-                arg(task_first_of_key),
+                arg(tasks.consumer),
+                arg(tasks.seq),
+                arg(tasks.key),
+                arg(tasks.deliver_at),
+                arg(heads_key),
             ],
         );
     }
-    Drained { events: events.len() as i64, tasks }
+    Drained { events: events.len() as i64, tasks: created }
+}
+
+#[derive(Default)]
+struct Tasks {
+    consumer: Vec<i32>,
+    seq: Vec<i64>,
+    key: Vec<Option<String>>,
+    deliver_at: Vec<Option<TimestampWithTimeZone>>,
+    /// (consumer, key, seq) of the first task of each key in the batch.
+    claims: Vec<(i32, String, i64)>,
+}
+
+/// Claims the keys; returns (consumer, seq) of the tasks that now head their key: those
+/// whose claim found the key free.
+fn claim_keys(client: &SpiClient<'_>, claims: &mut [(i32, String, i64)]) -> HashSet<(i32, i64)> {
+    if claims.is_empty() {
+        return HashSet::new();
+    }
+    claims.sort();
+    let consumers: Vec<i32> = claims.iter().map(|c| c.0).collect();
+    let keys: Vec<String> = claims.iter().map(|c| c.1.clone()).collect();
+    let seqs: Vec<i64> = claims.iter().map(|c| c.2).collect();
+    CLAIM_KEYS
+        .run(client, &[arg(consumers), arg(keys), arg(seqs)])
+        .filter_map(|row| Some((column::<i32>(&row, 1)?, column::<i64>(&row, 2)?)))
+        .collect()
 }

@@ -1,5 +1,5 @@
-//! One maintenance pass: drain, lease rescue and due timers for every task consumer, key
-//! order repair, and truncation of staging slots nobody writes to any more.
+//! One maintenance pass: drain, lease rescue and due timers for every task consumer, and
+//! truncation of staging slots nobody writes to any more.
 
 use super::drain::{self, Drained};
 use super::tasks::{self, Rescued};
@@ -45,7 +45,6 @@ pub struct Pass {
     /// `None` when another session was draining.
     pub drained: Option<Drained>,
     pub rescued: Rescued,
-    pub released: i64,
     pub truncated: i64,
 }
 
@@ -59,14 +58,13 @@ pub fn run(client: &SpiClient<'_>, batch_size: i64) -> Pass {
     for (id, max_attempts) in consumers {
         rescued += tasks::rescue_and_promote(client, id, max_attempts, RESCUE_LIMIT);
     }
-    let released = tasks::release_stranded(client);
     // Truncating needs the drain lock, which `drain` took unless someone else holds it.
     let truncated = if drained.is_some() && drain::try_lock(client) {
         truncate_idle_slots(client, batch_size)
     } else {
         0
     };
-    Pass { drained, rescued, released, truncated }
+    Pass { drained, rescued, truncated }
 }
 
 /// A slot is truncated only while this transaction holds it exclusively: then no publisher

@@ -34,6 +34,8 @@ static DELETE_ALL: Statement = Statement::new(
          DELETE FROM eventq_internal.tasks WHERE consumer_id IN (SELECT id FROM gone_consumers)
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts WHERE consumer_id IN (SELECT id FROM gone_consumers)
+     ), gone_keys AS (
+         DELETE FROM eventq_internal.key_heads WHERE consumer_id IN (SELECT id FROM gone_consumers)
      ), gone_events AS (
          DELETE FROM eventq_internal.events WHERE stream_id = $1
      ), gone_dedup AS (

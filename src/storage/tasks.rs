@@ -2,11 +2,14 @@
 //! late call about a task that has moved on changes nothing: workers race with leases by
 //! design.
 //!
-//! Key ordering: among the unfinished tasks of one (consumer, key), only the oldest is in
-//! flight (available, scheduled, running or retryable); the rest wait. Whoever finishes the
-//! one in flight releases the next (`release_next`). A drain that runs concurrently with
-//! that finish can still leave a key with waiting tasks and none in flight; maintenance
-//! sweeps those up (`release_stranded`), so a key is never stuck for longer than one pass.
+//! Key ordering: among the unfinished tasks of one (consumer, key), one is in flight (its
+//! seq is the key's row in `key_heads`) and the rest wait. Whoever finishes the task in
+//! flight hands the key to the oldest waiting task (`advance_keys`); see sql/schema.sql for
+//! why the drain and the finishers cannot miss each other.
+//!
+//! Times that record when something happened (lease, finish, retry) use clock_timestamp():
+//! a pull may spend a while draining before it leases, and `now()` is when its transaction
+//! began. Checks for what is due use `now()`, which indexes can use.
 
 use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, TEXT, TEXT_ARRAY};
 use crate::datum::Jsonb;
@@ -28,13 +31,15 @@ static RESCUE_AND_PROMOTE: Statement = Statement::new(
                          ::eventq_internal.task_state,
              run_at = now(),
              lease_until = NULL,
-             finished_at = CASE WHEN t.attempt >= $2 THEN now() END,
+             finished_at = CASE WHEN t.attempt >= $2 THEN clock_timestamp() END,
              last_error = 'lease expired'
          FROM expired WHERE t.consumer_id = $1 AND t.seq = expired.seq
-         RETURNING t.seq, t.attempt, t.started_at, t.state, t.order_key
+         RETURNING t.seq, t.attempt, t.started_at, t.lease_until AS expired_at, t.state, t.order_key
      ), lost AS (
-         INSERT INTO eventq_internal.attempts (consumer_id, task_id, attempt, outcome, error, started_at)
-         SELECT $1, seq, attempt, 'lost', 'lease expired', started_at FROM rescued
+         INSERT INTO eventq_internal.attempts
+             (consumer_id, task_id, attempt, outcome, error, started_at, finished_at)
+         SELECT $1, seq, attempt, 'lost', 'lease expired', started_at, clock_timestamp()
+         FROM rescued
      ), due AS (
          SELECT t.seq FROM eventq_internal.tasks t
          WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable') AND t.run_at <= now()
@@ -48,6 +53,8 @@ static RESCUE_AND_PROMOTE: Statement = Statement::new(
      SELECT (SELECT count(*) FROM rescued WHERE state = 'available'),
             (SELECT count(*) FROM rescued WHERE state = 'discarded'),
             (SELECT array_agg(order_key) FROM rescued
+              WHERE state = 'discarded' AND order_key IS NOT NULL),
+            (SELECT array_agg(seq) FROM rescued
               WHERE state = 'discarded' AND order_key IS NOT NULL),
             (SELECT count(*) FROM promoted)",
     &[INT, INT, BIGINT],
@@ -76,12 +83,11 @@ pub fn rescue_and_promote(client: &SpiClient<'_>, consumer_id: i32, max_attempts
     else {
         return Rescued::default();
     };
-    let keys: Vec<String> = column(&row, 3).unwrap_or_default();
-    release_next(client, consumer_id, keys);
+    advance_keys(client, consumer_id, column(&row, 3).unwrap_or_default(), column(&row, 4).unwrap_or_default());
     Rescued {
         lost: column(&row, 1).unwrap_or(0),
         discarded: column(&row, 2).unwrap_or(0),
-        promoted: column(&row, 4).unwrap_or(0),
+        promoted: column(&row, 5).unwrap_or(0),
     }
 }
 
@@ -95,8 +101,9 @@ static LEASE: Statement = Statement::new(
          FOR UPDATE SKIP LOCKED
      ), leased AS (
          UPDATE eventq_internal.tasks t
-         SET state = 'running', attempt = t.attempt + 1, started_at = now(),
-             lease_until = now() + $3 * interval '1 microsecond'
+         SET state = 'running', attempt = t.attempt + 1, started_at = clock.now,
+             lease_until = clock.now + $3 * interval '1 microsecond'
+         FROM (SELECT clock_timestamp() AS now) clock
          WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM picked))
          RETURNING t.seq, t.attempt
      )
@@ -138,11 +145,14 @@ pub fn lease(client: &SpiClient<'_>, consumer_id: i32, stream_id: i32, max: i64,
 static ACK: Statement = Statement::new(
     "WITH done AS (
          UPDATE eventq_internal.tasks
-         SET state = 'completed', finished_at = now(), lease_until = NULL
+         SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL
          WHERE consumer_id = $1 AND seq = ANY ($2) AND state = 'running'
-         RETURNING order_key
+         RETURNING seq, order_key
      )
-     SELECT count(*)::int, array_agg(order_key) FILTER (WHERE order_key IS NOT NULL) FROM done",
+     SELECT count(*)::int,
+            array_agg(order_key) FILTER (WHERE order_key IS NOT NULL),
+            array_agg(seq) FILTER (WHERE order_key IS NOT NULL)
+     FROM done",
     &[INT, BIGINT_ARRAY],
 );
 
@@ -151,7 +161,7 @@ pub fn ack(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>) -> i32 
     let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
         return 0;
     };
-    release_next(client, consumer_id, column(&row, 2).unwrap_or_default());
+    advance_keys(client, consumer_id, column(&row, 2).unwrap_or_default(), column(&row, 3).unwrap_or_default());
     column(&row, 1).unwrap_or(0)
 }
 
@@ -173,16 +183,18 @@ static END_ATTEMPT: Statement = Statement::new(
     "WITH ended AS (
          UPDATE eventq_internal.tasks t
          SET state = $3::eventq_internal.task_state,
-             run_at = CASE WHEN $3 = 'retryable' THEN now() + $4 * interval '1 microsecond'
+             run_at = CASE WHEN $3 = 'retryable'
+                           THEN clock_timestamp() + $4 * interval '1 microsecond'
                            ELSE t.run_at END,
-             finished_at = CASE WHEN $3 = 'discarded' THEN now() END,
+             finished_at = CASE WHEN $3 = 'discarded' THEN clock_timestamp() END,
              lease_until = NULL,
              last_error = $5
          WHERE t.consumer_id = $1 AND t.seq = $2 AND t.state = 'running'
          RETURNING t.seq, t.attempt, t.started_at, t.order_key
      ), recorded AS (
-         INSERT INTO eventq_internal.attempts (consumer_id, task_id, attempt, outcome, error, started_at)
-         SELECT $1, seq, attempt, $6, $5, started_at FROM ended
+         INSERT INTO eventq_internal.attempts
+             (consumer_id, task_id, attempt, outcome, error, started_at, finished_at)
+         SELECT $1, seq, attempt, $6, $5, started_at, clock_timestamp() FROM ended
      )
      SELECT order_key FROM ended",
     &[INT, BIGINT, TEXT, BIGINT, TEXT, TEXT],
@@ -213,14 +225,14 @@ pub fn end_attempt(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, outco
     };
     if state == "discarded" {
         if let Some(key) = column::<String>(&row, 1) {
-            release_next(client, consumer_id, vec![key]);
+            advance_keys(client, consumer_id, vec![key], vec![task_id]);
         }
     }
     true
 }
 
 static EXTEND_LEASE: Statement = Statement::new(
-    "UPDATE eventq_internal.tasks SET lease_until = now() + $3 * interval '1 microsecond'
+    "UPDATE eventq_internal.tasks SET lease_until = clock_timestamp() + $3 * interval '1 microsecond'
      WHERE consumer_id = $1 AND seq = $2 AND state = 'running'
      RETURNING lease_until",
     &[INT, BIGINT, BIGINT],
@@ -231,7 +243,7 @@ pub fn extend_lease(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, micr
 }
 
 // Discarded tasks start over with a fresh attempt budget. Keyed tasks go through `waiting`
-// so that release_next puts them back in key order.
+// so that `claim_free_keys` puts them back in key order.
 static REDRIVE: Statement = Statement::new(
     "WITH redriven AS (
          UPDATE eventq_internal.tasks
@@ -251,61 +263,85 @@ pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i6
     let Some(row) = REDRIVE.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
         return 0;
     };
-    release_next(client, consumer_id, column(&row, 2).unwrap_or_default());
+    let keys: Vec<String> = column(&row, 2).unwrap_or_default();
+    if !keys.is_empty() {
+        claim_free_keys(client, consumer_id, Some(keys));
+    }
     column(&row, 1).unwrap_or(0)
 }
 
-// For each key, the oldest waiting task becomes available, unless a task of the key is in
-// flight. Runs as its own statement, after the finishing one, so its snapshot includes tasks
-// that a concurrent drain committed meanwhile.
-static RELEASE_NEXT: Statement = Statement::new(
-    "UPDATE eventq_internal.tasks t
+// Locks the key rows whose head just finished. Runs before ADVANCE_KEYS, as its own
+// statement: ADVANCE_KEYS then takes a snapshot in which every drain that added tasks to
+// these keys has committed (a drain needs the same rows to add one).
+static LOCK_FINISHED_HEADS: Statement = Statement::new(
+    "SELECT h.order_key
+     FROM eventq_internal.key_heads h
+     JOIN unnest($2::text[], $3::bigint[]) AS f(order_key, seq)
+       ON h.order_key = f.order_key AND h.head_seq = f.seq
+     WHERE h.consumer_id = $1
+     ORDER BY h.order_key
+     FOR UPDATE OF h",
+    &[INT, TEXT_ARRAY, BIGINT_ARRAY],
+);
+
+// The oldest waiting task of each key becomes its head; keys with none waiting are freed.
+static ADVANCE_KEYS: Statement = Statement::new(
+    "WITH next AS (
+         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq
+         FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.order_key = ANY ($2) AND t.state = 'waiting'
+         ORDER BY t.order_key, t.seq
+     ), moved AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = n.seq
+         FROM next n WHERE h.consumer_id = $1 AND h.order_key = n.order_key
+     ), freed AS (
+         DELETE FROM eventq_internal.key_heads h
+         WHERE h.consumer_id = $1 AND h.order_key = ANY ($2)
+           AND NOT EXISTS (SELECT 1 FROM next n WHERE n.order_key = h.order_key)
+     )
+     UPDATE eventq_internal.tasks t
      SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
                  ::eventq_internal.task_state
-     FROM (
-         SELECT DISTINCT ON (w.order_key) w.seq
-         FROM eventq_internal.tasks w
-         WHERE w.consumer_id = $1 AND w.order_key = ANY ($2) AND w.state = 'waiting'
-           AND NOT EXISTS (
-               SELECT 1 FROM eventq_internal.tasks f
-               WHERE f.consumer_id = $1 AND f.order_key = w.order_key
-                 AND f.state IN ('available', 'scheduled', 'running', 'retryable'))
-         ORDER BY w.order_key, w.seq
-     ) next
-     WHERE t.consumer_id = $1 AND t.seq = next.seq AND t.state = 'waiting'",
+     FROM next n WHERE t.consumer_id = $1 AND t.seq = n.seq",
     &[INT, TEXT_ARRAY],
 );
 
-pub fn release_next(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>) {
-    if !keys.is_empty() {
-        RELEASE_NEXT.run(client, &[arg(consumer_id), arg(keys)]);
+/// Hands each key whose head (`keys[i]`, `seqs[i]`) finished to its next waiting task.
+pub fn advance_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>, seqs: Vec<i64>) {
+    if keys.is_empty() {
+        return;
+    }
+    let locked: Vec<String> = LOCK_FINISHED_HEADS
+        .run(client, &[arg(consumer_id), arg(keys), arg(seqs)])
+        .filter_map(|row| column(&row, 1))
+        .collect();
+    if !locked.is_empty() {
+        ADVANCE_KEYS.run(client, &[arg(consumer_id), arg(locked)]);
     }
 }
 
-static RELEASE_STRANDED: Statement = Statement::new(
-    "WITH stranded AS (
-         SELECT DISTINCT ON (w.consumer_id, w.order_key) w.consumer_id, w.seq
-         FROM eventq_internal.tasks w
-         WHERE w.order_key IS NOT NULL AND w.state = 'waiting'
-           AND NOT EXISTS (
-               SELECT 1 FROM eventq_internal.tasks f
-               WHERE f.consumer_id = w.consumer_id AND f.order_key = w.order_key
-                 AND f.state IN ('available', 'scheduled', 'running', 'retryable'))
-         ORDER BY w.consumer_id, w.order_key, w.seq
-     ), released AS (
-         UPDATE eventq_internal.tasks t
-         SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
-                     ::eventq_internal.task_state
-         FROM stranded
-         WHERE t.consumer_id = stranded.consumer_id AND t.seq = stranded.seq
-           AND t.state = 'waiting'
-         RETURNING 1
+// Keys with waiting tasks and no head (NULL: any key of the consumer) get their oldest
+// waiting task as head. A key whose row exists keeps its head: ON CONFLICT DO NOTHING.
+static CLAIM_FREE_KEYS: Statement = Statement::new(
+    "WITH candidates AS (
+         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq
+         FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.state = 'waiting'
+           AND ($2::text[] IS NULL OR t.order_key = ANY ($2))
+         ORDER BY t.order_key, t.seq
+     ), claimed AS (
+         INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
+         SELECT $1, order_key, seq FROM candidates ORDER BY order_key
+         ON CONFLICT (consumer_id, order_key) DO NOTHING
+         RETURNING head_seq
      )
-     SELECT count(*) FROM released",
-    &[],
+     UPDATE eventq_internal.tasks t
+     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+                 ::eventq_internal.task_state
+     FROM claimed c WHERE t.consumer_id = $1 AND t.seq = c.head_seq",
+    &[INT, TEXT_ARRAY],
 );
 
-/// Releases keys left with waiting tasks and none in flight (see the module note).
-pub fn release_stranded(client: &SpiClient<'_>) -> i64 {
-    super::scalar(&RELEASE_STRANDED, client, &[]).unwrap_or(0)
+pub fn claim_free_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Option<Vec<String>>) {
+    CLAIM_FREE_KEYS.run(client, &[arg(consumer_id), arg(keys)]);
 }

@@ -1,0 +1,171 @@
+//! A throwaway Postgres cluster per test file, with eventq installed (`make test` runs
+//! `cargo pgrx install` first). Started as the `postgres` OS user when the tests run as root,
+//! since Postgres refuses to run as root.
+
+#![allow(dead_code)]
+
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    bindir: PathBuf,
+}
+
+fn pg_config(arg: &str) -> String {
+    let out = Command::new(std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".into()))
+        .arg(arg)
+        .output()
+        .expect("pg_config must be on PATH (or set PG_CONFIG)");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a Postgres program as the user that owns the cluster.
+fn pg_command(bindir: &Path, program: &str) -> Command {
+    let path = bindir.join(program);
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    };
+    // Rust backtraces in server error details are noise for clients.
+    command.env_remove("RUST_BACKTRACE");
+    command
+}
+
+fn check(command: &mut Command) {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Cluster {
+    /// Starts a new cluster; `settings` are appended to postgresql.conf.
+    pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let sharedir = pg_config("--sharedir");
+        assert!(
+            Path::new(&sharedir).join("extension/eventq.control").exists(),
+            "eventq is not installed; run `make install` (or `make test`)"
+        );
+        let bindir = PathBuf::from(pg_config("--bindir"));
+        let dir = std::env::temp_dir().join(format!("eventq-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            check(Command::new("chown").arg("postgres").arg(&dir));
+        }
+        let data = dir.join("data");
+        check(pg_command(&bindir, "initdb").args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data));
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             max_connections = 60\nlog_min_messages = warning\n",
+            dir.display()
+        );
+        for s in settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        check(
+            pg_command(&bindir, "pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("log"))
+                .arg("start"),
+        );
+        let cluster = Cluster { dir, port, bindir };
+        cluster.connect().batch_execute("CREATE EXTENSION eventq").unwrap();
+        cluster
+    }
+
+    pub fn connect(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(
+                &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+                NoTls,
+            ) {
+                Ok(client) => return client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot connect to the test cluster: {e}"),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = pg_command(&self.bindir, "pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `timeout` with the last `Err`, which
+/// describes what was seen instead.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) => assert!(Instant::now() < deadline, "timed out waiting for {what}; last seen: {seen}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small deterministic random number generator, so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}

@@ -1,0 +1,304 @@
+//! Task delivery under concurrency, against a real server with many connections and no
+//! background worker (pull drains inline).
+//!
+//! Publishers commit, roll back, or keep their transaction open while others commit.
+//! Workers ack, fail (retry), abandon tasks (the lease runs out), or ack after their lease
+//! ran out. In the end every committed event must have reached every matching consumer,
+//! no rolled-back event anywhere, every task completed exactly once, and tasks of one key
+//! handled one after the other in seq order.
+
+mod common;
+
+use common::{wait_for, Cluster, Rng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+const PUBLISHERS: u64 = 4;
+const TRANSACTIONS_PER_PUBLISHER: usize = 60;
+const WORKERS: u64 = 4;
+const CONSUMERS: [&str; 3] = ["every", "odd", "keyed"];
+
+#[derive(Default)]
+struct Published {
+    committed: HashMap<String, String>, // id -> subject
+    rolled_back: HashSet<String>,
+}
+
+fn publish(cluster: &Cluster, seed: u64) -> Published {
+    let mut db = cluster.connect();
+    let mut rng = Rng::new(seed);
+    let mut out = Published::default();
+    for _ in 0..TRANSACTIONS_PER_PUBLISHER {
+        let mut tx = db.transaction().unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..1 + rng.below(5) {
+            let n = rng.below(1000);
+            let subject = if n % 2 == 1 { "n.odd" } else { "n.even" };
+            let key = format!("k{}", rng.below(8));
+            let id: String = tx
+                .query_one(
+                    "SELECT eventq.publish('work', $1, jsonb_build_object('n', $2::int), key => $3)::text",
+                    &[&subject, &(n as i32), &key],
+                )
+                .unwrap()
+                .get(0);
+            ids.push((id, subject.to_string()));
+        }
+        if rng.chance(10) {
+            // commit late: other transactions publish and commit meanwhile
+            thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        }
+        if rng.chance(15) {
+            tx.rollback().unwrap();
+            out.rolled_back.extend(ids.into_iter().map(|(id, _)| id));
+        } else {
+            tx.commit().unwrap();
+            out.committed.extend(ids);
+        }
+    }
+    out
+}
+
+/// Per (consumer, task): how many acks succeeded.
+type Acks = Arc<Mutex<BTreeMap<(String, i64), u32>>>;
+
+fn work(cluster: &Cluster, seed: u64, stop: Arc<AtomicBool>, acks: Acks) {
+    let mut db = cluster.connect();
+    let mut rng = Rng::new(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for consumer in CONSUMERS {
+            let rows = db
+                .query(
+                    "SELECT task_id FROM eventq.pull($1, 10, lease => '300 milliseconds')",
+                    &[&consumer],
+                )
+                .unwrap();
+            for row in rows {
+                idle = false;
+                let task: i64 = row.get(0);
+                let roll = rng.below(100);
+                if roll < 8 {
+                    let state: Option<String> = db
+                        .query_one("SELECT eventq.retry($1, $2, 'simulated failure', '20 milliseconds')", &[&consumer, &task])
+                        .unwrap()
+                        .get(0);
+                    // NULL when this batch took so long that the lease ran out
+                    assert!(matches!(state.as_deref(), None | Some("retryable")), "{state:?}");
+                    continue;
+                }
+                if roll < 12 {
+                    continue; // abandoned: the lease runs out and the task comes back
+                }
+                if roll < 15 {
+                    thread::sleep(Duration::from_millis(350)); // ack after the lease ran out
+                }
+                let changed: i32 = db
+                    .query_one("SELECT eventq.ack($1, ARRAY[$2::bigint])", &[&consumer, &task])
+                    .unwrap()
+                    .get(0);
+                if changed == 1 {
+                    *acks.lock().unwrap().entry((consumer.to_string(), task)).or_default() += 1;
+                }
+            }
+        }
+        if idle {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn every_committed_event_reaches_every_matching_consumer_once() {
+    let cluster = Cluster::start("delivery", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('work');
+         SELECT eventq.create_consumer('every', 'work', max_attempts => 1000);
+         SELECT eventq.create_consumer('odd', 'work', subjects => '{*.odd}', max_attempts => 1000);
+         SELECT eventq.create_consumer('keyed', 'work', ordering => 'key', max_attempts => 1000);",
+    )
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Acks = Arc::default();
+    let cluster = Arc::new(cluster);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let (cluster, stop, acks) = (cluster.clone(), stop.clone(), acks.clone());
+            thread::spawn(move || work(&cluster, 100 + i, stop, acks))
+        })
+        .collect();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|i| {
+            let cluster = cluster.clone();
+            thread::spawn(move || publish(&cluster, i + 1))
+        })
+        .collect();
+    let mut published = Published::default();
+    for p in publishers {
+        let p = p.join().unwrap();
+        published.committed.extend(p.committed);
+        published.rolled_back.extend(p.rolled_back);
+    }
+    assert!(published.committed.len() > 300 && !published.rolled_back.is_empty());
+
+    wait_for("every task to complete", Duration::from_secs(60), || {
+        let status: Vec<String> = db
+            .query(
+                "SELECT concat_ws(' ', name, available, waiting, running, retryable, discarded, completed)
+                 FROM eventq.consumers
+                 UNION ALL SELECT 'staged ' || count(*) FROM eventq_internal.staged",
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let finished = db
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM eventq.tasks WHERE state <> 'completed')
+                    AND NOT EXISTS (SELECT 1 FROM eventq_internal.staged)",
+                &[],
+            )
+            .unwrap()
+            .get::<_, bool>(0);
+        if finished { Ok(()) } else { Err(status.join("; ")) }
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    // The log holds exactly the committed events.
+    let logged: HashMap<String, (i64, String)> = db
+        .query("SELECT event_id::text, seq, subject FROM eventq.events WHERE stream = 'work'", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let logged_ids: HashSet<&String> = logged.keys().collect();
+    let committed_ids: HashSet<&String> = published.committed.keys().collect();
+    assert_eq!(logged_ids, committed_ids, "the log holds exactly the committed events");
+    assert!(published.rolled_back.iter().all(|id| !logged.contains_key(id)));
+
+    // Each consumer has one task per matching event, each completed by exactly one ack.
+    let acks = acks.lock().unwrap();
+    for consumer in CONSUMERS {
+        let expected: HashSet<i64> = logged
+            .values()
+            .filter(|(_, subject)| consumer != "odd" || subject == "n.odd")
+            .map(|(seq, _)| *seq)
+            .collect();
+        let tasks: Vec<i64> = db
+            .query("SELECT task_id FROM eventq.tasks WHERE consumer = $1", &[&consumer])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tasks.len(), expected.len(), "{consumer}: one task per event");
+        assert_eq!(tasks.iter().copied().collect::<HashSet<_>>(), expected, "{consumer}: the matching events");
+        for task in tasks {
+            assert_eq!(acks.get(&(consumer.to_string(), task)), Some(&1), "{consumer}/{task} acked once");
+        }
+    }
+    assert_eq!(acks.values().sum::<u32>() as usize, acks.len());
+
+    // Failures and lost leases really happened, and were recorded.
+    let outcomes: HashMap<String, i64> = db
+        .query("SELECT outcome, count(*) FROM eventq.attempts GROUP BY outcome", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(outcomes.get("failed").copied().unwrap_or(0) > 0, "{outcomes:?}");
+    assert!(outcomes.get("lost").copied().unwrap_or(0) > 0, "{outcomes:?}");
+
+    // Key order: a task of a key started its final attempt only after the previous task of
+    // that key had completed.
+    let out_of_order: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT started_at,
+                        lag(finished_at) OVER (PARTITION BY key ORDER BY seq) AS previous_done
+                 FROM eventq.tasks WHERE consumer = 'keyed'
+             ) t WHERE started_at < previous_done",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(out_of_order, 0, "tasks of a key overlapped or ran out of order");
+}
+
+#[test]
+fn pull_in_repeatable_read_serves_what_is_drained_without_failing() {
+    let cluster = Cluster::start("delivery-rr", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('rr');
+         SELECT eventq.create_consumer('rr_c', 'rr');
+         SELECT eventq.publish('rr', 'a');
+         SELECT eventq.run_maintenance();
+         SELECT eventq.publish('rr', 'b');",
+    )
+    .unwrap();
+    let mut other = cluster.connect();
+    let mut tx = db.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    let first: Vec<String> = tx
+        .query("SELECT subject FROM eventq.pull('rr_c', 10)", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(first, ["a"]);
+    // someone else drains `b` meanwhile; this snapshot cannot see it and must not fail
+    other.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    assert!(tx.query("SELECT * FROM eventq.pull('rr_c', 10)", &[]).unwrap().is_empty());
+    tx.commit().unwrap();
+    let next: Vec<String> =
+        db.query("SELECT subject FROM eventq.pull('rr_c', 10)", &[]).unwrap().into_iter().map(|r| r.get(0)).collect();
+    assert_eq!(next, ["b"]);
+}
+
+/// The race key ordering must survive: a drain has added the next task of a key (as
+/// waiting, behind the head) but not committed, while a worker acks the head. The ack must
+/// wait for the drain and then hand the key to the new task, not free the key and strand it.
+#[test]
+fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
+    let cluster = Arc::new(Cluster::start("delivery-race", &[]));
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('race');
+         SELECT eventq.create_consumer('race_c', 'race', ordering => 'key');
+         SELECT eventq.publish('race', 'first', key => 'k');",
+    )
+    .unwrap();
+    let head: i64 = db.query_one("SELECT task_id FROM eventq.pull('race_c')", &[]).unwrap().get(0);
+    db.batch_execute("SELECT eventq.publish('race', 'second', key => 'k')").unwrap();
+
+    let mut drainer = cluster.connect();
+    let mut drain = drainer.transaction().unwrap();
+    drain.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+
+    let acker = {
+        let cluster = cluster.clone();
+        thread::spawn(move || {
+            let mut db = cluster.connect();
+            db.query_one("SELECT eventq.ack('race_c', ARRAY[$1::bigint])", &[&head]).unwrap().get::<_, i32>(0)
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    drain.commit().unwrap();
+    assert_eq!(acker.join().unwrap(), 1);
+
+    let next: Vec<String> = db
+        .query("SELECT subject FROM eventq.pull('race_c')", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(next, ["second"], "the key's next task was stranded");
+}
