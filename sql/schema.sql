@@ -12,9 +12,11 @@
 CREATE SCHEMA eventq_internal;
 COMMENT ON SCHEMA eventq_internal IS 'eventq storage; use the functions and views in schema eventq';
 
+-- Names are ASCII ([a-z0-9_]) and collate as "C": publish looks streams up through this
+-- index directly, with a C-collation scan key, as Postgres does for its catalogs.
 CREATE TABLE eventq_internal.streams (
     id         integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name       text NOT NULL UNIQUE,
+    name       text COLLATE "C" NOT NULL CONSTRAINT streams_name_key UNIQUE,
     retention  interval,
     created_at timestamptz NOT NULL DEFAULT now()
 );
@@ -29,8 +31,10 @@ SELECT setval('eventq_internal.event_seq', 0, true);
 -- (four slots), so maintenance can TRUNCATE a slot nobody writes to any more instead of
 -- leaving the dead rows of drained events to vacuum. That matters when a long snapshot
 -- elsewhere holds the xmin horizon back and vacuum cannot remove anything.
--- Hazard: the drain scans these tables without an index; they stay small only because they
--- are drained continuously and truncated slot by slot.
+-- Hazards: the drain scans these tables without an index; they stay small only because
+-- they are drained continuously and truncated slot by slot. And `publish` appends to the
+-- slot partitions with heap_insert, not INSERT (src/storage/append.rs): they must have no
+-- index, trigger, rule or constraint beyond NOT NULL.
 CREATE TABLE eventq_internal.staged (
     slot         smallint NOT NULL DEFAULT (date_part('epoch', now())::bigint % 4)::smallint,
     id           uuid NOT NULL,
@@ -76,7 +80,7 @@ CREATE INDEX dedup_by_time ON eventq_internal.dedup (stream_id, published_at);
 
 CREATE TABLE eventq_internal.consumers (
     id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name         text NOT NULL UNIQUE,
+    name         text COLLATE "C" NOT NULL UNIQUE,
     stream_id    integer NOT NULL REFERENCES eventq_internal.streams (id),
     mode         text NOT NULL CHECK (mode IN ('task', 'log')),
     subjects     text[] NOT NULL,

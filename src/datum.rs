@@ -150,9 +150,7 @@ fn varlena_elements(datum: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Opti
             &mut nulls,
             &mut n,
         );
-        (0..n as usize)
-            .map(|i| (!*nulls.add(i)).then(|| *values.add(i)))
-            .collect()
+        (0..n as usize).map(|i| (!*nulls.add(i)).then(|| *values.add(i))).collect()
     }
 }
 

@@ -68,11 +68,7 @@ pub fn stream_has_consumers(stream: &str, consumers: &[String]) -> ! {
 /// XX000 for a failure of SPI itself (not of the statement, whose own error propagates with
 /// its own SQLSTATE). Seeing this means eventq has a bug.
 pub fn spi_failure(context: &str, err: SpiError) -> ! {
-    ereport!(
-        ERROR,
-        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("eventq: {context}: {err}")
-    );
+    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("eventq: {context}: {err}"));
 }
 
 /// Turns pure-logic and SPI results into raised errors.
@@ -90,4 +86,14 @@ impl<T> OrRaise<T> for Result<T, SpiError> {
     fn or_raise(self) -> T {
         self.unwrap_or_else(|e| spi_failure("SPI", e))
     }
+}
+
+/// XX000 for an installation whose tables are not what this version of eventq created.
+pub fn damaged_installation(detail: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("eventq: the installation is damaged: {detail}"),
+        "Reinstall the extension (DROP EXTENSION eventq CASCADE; CREATE EXTENSION eventq)."
+    );
 }

@@ -83,7 +83,10 @@ fn work(cluster: &Cluster, seed: u64, stop: Arc<AtomicBool>, acks: Acks) {
                 let roll = rng.below(100);
                 if roll < 8 {
                     let state: Option<String> = db
-                        .query_one("SELECT eventq.retry($1, $2, 'simulated failure', '20 milliseconds')", &[&consumer, &task])
+                        .query_one(
+                            "SELECT eventq.retry($1, $2, 'simulated failure', '20 milliseconds')",
+                            &[&consumer, &task],
+                        )
                         .unwrap()
                         .get(0);
                     // NULL when this batch took so long that the lease ran out
@@ -166,7 +169,11 @@ fn every_committed_event_reaches_every_matching_consumer_once() {
             )
             .unwrap()
             .get::<_, bool>(0);
-        if finished { Ok(()) } else { Err(status.join("; ")) }
+        if finished {
+            Ok(())
+        } else {
+            Err(status.join("; "))
+        }
     });
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -200,9 +207,17 @@ fn every_committed_event_reaches_every_matching_consumer_once() {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(tasks.len(), expected.len(), "{consumer}: one task per event");
-        assert_eq!(tasks.iter().copied().collect::<HashSet<_>>(), expected, "{consumer}: the matching events");
+        assert_eq!(
+            tasks.iter().copied().collect::<HashSet<_>>(),
+            expected,
+            "{consumer}: the matching events"
+        );
         for task in tasks {
-            assert_eq!(acks.get(&(consumer.to_string(), task)), Some(&1), "{consumer}/{task} acked once");
+            assert_eq!(
+                acks.get(&(consumer.to_string(), task)),
+                Some(&1),
+                "{consumer}/{task} acked once"
+            );
         }
     }
     assert_eq!(acks.values().sum::<u32>() as usize, acks.len());
@@ -246,7 +261,11 @@ fn pull_in_repeatable_read_serves_what_is_drained_without_failing() {
     )
     .unwrap();
     let mut other = cluster.connect();
-    let mut tx = db.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    let mut tx = db
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
     let first: Vec<String> = tx
         .query("SELECT subject FROM eventq.pull('rr_c', 10)", &[])
         .unwrap()
@@ -258,8 +277,12 @@ fn pull_in_repeatable_read_serves_what_is_drained_without_failing() {
     other.batch_execute("SELECT eventq.run_maintenance()").unwrap();
     assert!(tx.query("SELECT * FROM eventq.pull('rr_c', 10)", &[]).unwrap().is_empty());
     tx.commit().unwrap();
-    let next: Vec<String> =
-        db.query("SELECT subject FROM eventq.pull('rr_c', 10)", &[]).unwrap().into_iter().map(|r| r.get(0)).collect();
+    let next: Vec<String> = db
+        .query("SELECT subject FROM eventq.pull('rr_c', 10)", &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(next, ["b"]);
 }
 
@@ -287,7 +310,9 @@ fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
         let cluster = cluster.clone();
         thread::spawn(move || {
             let mut db = cluster.connect();
-            db.query_one("SELECT eventq.ack('race_c', ARRAY[$1::bigint])", &[&head]).unwrap().get::<_, i32>(0)
+            db.query_one("SELECT eventq.ack('race_c', ARRAY[$1::bigint])", &[&head])
+                .unwrap()
+                .get::<_, i32>(0)
         })
     };
     thread::sleep(Duration::from_millis(300));

@@ -13,7 +13,9 @@ use pgrx::spi::SpiClient;
 
 fn patterns(list: Vec<Option<String>>, what: &str) -> Vec<String> {
     list.into_iter()
-        .map(|p| p.unwrap_or_else(|| error::invalid_argument(format!("{what} must not contain NULL"))))
+        .map(|p| {
+            p.unwrap_or_else(|| error::invalid_argument(format!("{what} must not contain NULL")))
+        })
         .collect()
 }
 
@@ -87,7 +89,8 @@ fn create_consumer(
     policy(max_attempts, backoff, backoff_base, backoff_max, lease);
 
     Spi::connect(|client| {
-        let stream_id = streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
+        let stream_id =
+            streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
         let created = consumers::insert(
             client,
             NewConsumer {
@@ -141,7 +144,8 @@ fn alter_consumer(
     let exclude = exclude.map(|s| patterns(s, "exclude"));
 
     Spi::connect(|client| {
-        let current = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+        let current =
+            consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
         if mode.is_some_and(|m| m != current.mode) {
             error::invalid_argument(format!(
                 "the mode of consumer \"{name}\" cannot change; drop it and create a {} consumer",

@@ -14,7 +14,10 @@ const MAX_FETCH: i32 = 100_000;
 /// The next `max` matching events after the consumer's cursor, in seq order. Does not move
 /// the cursor: call `commit` with the last seq processed.
 #[pg_extern]
-fn fetch(consumer: Option<&str>, max: default!(Option<i32>, 100)) -> TableIterator<
+fn fetch(
+    consumer: Option<&str>,
+    max: default!(Option<i32>, 100),
+) -> TableIterator<
     'static,
     (
         name!(seq, i64),

@@ -5,6 +5,7 @@ use crate::core::subject::validate_subject;
 use crate::core::ulid::IdSource;
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use crate::error::{self, OrRaise};
+use crate::storage::append::{self, Staged};
 use crate::storage::publish::{self, Batch, Deduplicated, Event};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
@@ -47,22 +48,27 @@ fn publish(
     let payload = required(payload, "payload");
     check_headers(headers, "headers");
     let id = next_ids(1)[0];
-    let event = Event {
-        id,
-        subject: subject.to_string(),
-        payload,
-        key: key.map(str::to_string),
-        headers,
-        deliver_at,
+    let published = match dedup_key {
+        None => append::stream_id(stream).map(|stream_id| {
+            append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at });
+            id
+        }),
+        Some(dedup_key) => Spi::connect(|client| {
+            let event = Event {
+                id,
+                subject: subject.to_string(),
+                payload,
+                key: key.map(str::to_string),
+                headers,
+                deliver_at,
+            };
+            match publish::insert_dedup(client, stream, event, dedup_key) {
+                Deduplicated::NoStream => None,
+                Deduplicated::Published => Some(id),
+                Deduplicated::AlreadyPublished(first) => Some(first),
+            }
+        }),
     };
-    let published = Spi::connect(|client| match dedup_key {
-        None => publish::insert(client, stream, event).then_some(id),
-        Some(dedup_key) => match publish::insert_dedup(client, stream, event, dedup_key) {
-            Deduplicated::NoStream => None,
-            Deduplicated::Published => Some(id),
-            Deduplicated::AlreadyPublished(first) => Some(first),
-        },
-    });
     published.unwrap_or_else(|| error::unknown_stream(stream))
 }
 
@@ -100,7 +106,8 @@ fn publish_batch(
         }
     }
     for (i, subject) in subjects.elements().into_iter().enumerate() {
-        let subject = subject.unwrap_or_else(|| error::invalid_argument(format!("subjects[{}] is NULL", i + 1)));
+        let subject = subject
+            .unwrap_or_else(|| error::invalid_argument(format!("subjects[{}] is NULL", i + 1)));
         validate_subject(&subject).or_raise();
     }
     if let Some(i) = payloads.elements().iter().position(Option::is_none) {

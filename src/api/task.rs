@@ -50,7 +50,17 @@ fn pull(
         tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))
     });
     TableIterator::new(leased.into_iter().map(|t| {
-        (t.seq, t.event_id, t.seq, t.subject, t.key, t.payload, t.headers, t.attempt, t.published_at)
+        (
+            t.seq,
+            t.event_id,
+            t.seq,
+            t.subject,
+            t.key,
+            t.payload,
+            t.headers,
+            t.attempt,
+            t.published_at,
+        )
     }))
 }
 
@@ -97,7 +107,8 @@ fn retry(
                 base_micros: c.policy.backoff_base,
                 max_micros: c.policy.backoff_max,
             };
-            let delay_micros = delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
+            let delay_micros =
+                delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
             (Outcome::Retry { delay_micros }, "retryable")
         };
         tasks::end_attempt(client, c.id, task_id, outcome, error).then(|| state.to_string())
@@ -106,7 +117,11 @@ fn retry(
 
 /// running -> discarded. `false` if the task was not running.
 #[pg_extern]
-fn discard(consumer: Option<&str>, task_id: Option<i64>, reason: default!(Option<&str>, "NULL")) -> bool {
+fn discard(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    reason: default!(Option<&str>, "NULL"),
+) -> bool {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     Spi::connect(|client| {

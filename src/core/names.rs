@@ -30,9 +30,7 @@ pub fn is_valid_name(name: &str) -> bool {
         Some((first, rest)) => {
             bytes.len() <= MAX_NAME_LEN
                 && first.is_ascii_lowercase()
-                && rest
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+                && rest.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
         }
     }
 }

@@ -441,7 +441,8 @@ mod tests {
     #[test]
     fn router_reports_a_filter_once_even_when_several_patterns_match() {
         let mut router = Router::default();
-        router.add(&Filter::parse(["order.*", "order.>", "*.created"], Vec::<&str>::new()).unwrap());
+        router
+            .add(&Filter::parse(["order.*", "order.>", "*.created"], Vec::<&str>::new()).unwrap());
         let mut out = Vec::new();
         router.route("order.created", &mut out);
         assert_eq!(out, vec![0]);

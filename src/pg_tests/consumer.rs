@@ -27,14 +27,25 @@ mod tests {
         run("SELECT eventq.create_consumer('co_all', 'co_m')");
         run("SELECT eventq.create_consumer('co_orders', 'co_m', subjects => '{order.>}', exclude => '{order.internal.>}')");
         run("SELECT eventq.create_consumer('co_created', 'co_m', subjects => '{*.created}')");
-        for s in ["order.created", "order.internal.audit", "order", "payment.created", "order.item.added"] {
+        for s in [
+            "order.created",
+            "order.internal.audit",
+            "order",
+            "payment.created",
+            "order.item.added",
+        ] {
             run(&format!("SELECT eventq.publish('co_m', '{s}')"));
         }
         run("SELECT eventq.run_maintenance()");
         let subjects = |c: &str| {
             one::<String>(&format!("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = '{c}'"))
         };
-        assert_eq!(subjects("co_all"), Some("order.created,order.internal.audit,order,payment.created,order.item.added".into()));
+        assert_eq!(
+            subjects("co_all"),
+            Some(
+                "order.created,order.internal.audit,order,payment.created,order.item.added".into()
+            )
+        );
         assert_eq!(subjects("co_orders"), Some("order.created,order.item.added".into()));
         assert_eq!(subjects("co_created"), Some("order.created,payment.created".into()));
     }
@@ -63,15 +74,38 @@ mod tests {
         }
         assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE stream = 'co_e'"), 0);
         run("SELECT eventq.create_consumer('co_dup', 'co_e')");
-        assert_error("SELECT eventq.create_consumer('co_dup', 'co_e')", "42710", "consumer \"co_dup\" already exists");
-        assert_error("SELECT eventq.alter_consumer('co_none', max_attempts => 2)", "42704", "consumer \"co_none\" does not exist");
-        assert_error("SELECT eventq.alter_consumer('co_dup', mode => 'log')", "22023", "cannot change");
-        assert_error("SELECT eventq.alter_consumer('co_dup', backoff_max => '1 millisecond')", "22023", "backoff_max");
-        assert_error("SELECT eventq.alter_consumer('co_dup', subjects => '{>.a}')", "22023", "invalid subject pattern");
+        assert_error(
+            "SELECT eventq.create_consumer('co_dup', 'co_e')",
+            "42710",
+            "consumer \"co_dup\" already exists",
+        );
+        assert_error(
+            "SELECT eventq.alter_consumer('co_none', max_attempts => 2)",
+            "42704",
+            "consumer \"co_none\" does not exist",
+        );
+        assert_error(
+            "SELECT eventq.alter_consumer('co_dup', mode => 'log')",
+            "22023",
+            "cannot change",
+        );
+        assert_error(
+            "SELECT eventq.alter_consumer('co_dup', backoff_max => '1 millisecond')",
+            "22023",
+            "backoff_max",
+        );
+        assert_error(
+            "SELECT eventq.alter_consumer('co_dup', subjects => '{>.a}')",
+            "22023",
+            "invalid subject pattern",
+        );
         assert_error("SELECT eventq.pause_consumer('co_none')", "42704", "does not exist");
         assert_error("SELECT eventq.resume_consumer('co_none')", "42704", "does not exist");
         assert_error("SELECT eventq.drop_consumer('co_none')", "42704", "does not exist");
-        assert_eq!(one::<i32>("SELECT max_attempts FROM eventq.consumers WHERE name = 'co_dup'"), Some(10));
+        assert_eq!(
+            one::<i32>("SELECT max_attempts FROM eventq.consumers WHERE name = 'co_dup'"),
+            Some(10)
+        );
     }
 
     #[pg_test]
@@ -85,7 +119,12 @@ mod tests {
         run("SELECT eventq.alter_consumer('co_a_c', subjects => '{b.*}', mode => 'task')");
         run("SELECT eventq.publish('co_a', 'a.x'), eventq.publish('co_a', 'b.x')");
         run("SELECT eventq.run_maintenance()");
-        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.tasks WHERE consumer = 'co_a_c'"), Some("b.x".into()));
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(subject, ',') FROM eventq.tasks WHERE consumer = 'co_a_c'"
+            ),
+            Some("b.x".into())
+        );
     }
 
     #[pg_test]
@@ -93,9 +132,15 @@ mod tests {
         stream_with_consumer("co_k", "co_k_c", ", ordering => 'key'");
         run("SELECT eventq.publish('co_k', 'a', key => 'k') FROM generate_series(1, 3)");
         run("SELECT eventq.run_maintenance()");
-        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'co_k_c' AND state = 'waiting'"), 2);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.tasks WHERE consumer = 'co_k_c' AND state = 'waiting'"),
+            2
+        );
         run("SELECT eventq.alter_consumer('co_k_c', ordering => 'none')");
-        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'co_k_c' AND state = 'available'"), 3);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.tasks WHERE consumer = 'co_k_c' AND state = 'available'"),
+            3
+        );
         assert_eq!(count("SELECT * FROM eventq.pull('co_k_c', 10)"), 3);
     }
 
@@ -113,17 +158,27 @@ mod tests {
         run("SELECT eventq.create_consumer('co_st_recent', 'co_st', start_at => now() - interval '1 minute')");
         run("SELECT eventq.create_consumer('co_st_log', 'co_st', mode => 'log', start_at => '-infinity')");
         run("SELECT eventq.create_consumer('co_st_log_new', 'co_st', mode => 'log')");
-        let subjects = |c: &str| one::<String>(&format!("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = '{c}'"));
+        let subjects = |c: &str| {
+            one::<String>(&format!("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = '{c}'"))
+        };
         assert_eq!(subjects("co_st_none"), None);
         assert_eq!(subjects("co_st_all"), Some("old,new".into()));
         assert_eq!(subjects("co_st_recent"), Some("new".into()));
-        assert_eq!(one::<String>("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.fetch('co_st_log')"), Some("old,new".into()));
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.fetch('co_st_log')"
+            ),
+            Some("old,new".into())
+        );
         assert_eq!(count("SELECT * FROM eventq.fetch('co_st_log_new')"), 0);
 
         run("SELECT eventq.publish('co_st', 'later')");
         assert_eq!(subjects("co_st_none"), None);
         assert_eq!(count("SELECT * FROM eventq.pull('co_st_none', 10)"), 1);
-        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.fetch('co_st_log_new')"), Some("later".into()));
+        assert_eq!(
+            one::<String>("SELECT string_agg(subject, ',') FROM eventq.fetch('co_st_log_new')"),
+            Some("later".into())
+        );
 
         // replaying an existing consumer adds only the tasks it lacks
         run("SELECT eventq.alter_consumer('co_st_recent', start_at => '-infinity')");
@@ -139,8 +194,14 @@ mod tests {
         assert_eq!(count("SELECT * FROM eventq.pull('co_p_c')"), 0);
         assert_eq!(count("SELECT * FROM eventq.fetch('co_p_log')"), 0);
         run("SELECT eventq.run_maintenance()");
-        assert_eq!(one::<bool>("SELECT paused FROM eventq.consumers WHERE name = 'co_p_c'"), Some(true));
-        assert_eq!(one::<i64>("SELECT available FROM eventq.consumers WHERE name = 'co_p_c'"), Some(1));
+        assert_eq!(
+            one::<bool>("SELECT paused FROM eventq.consumers WHERE name = 'co_p_c'"),
+            Some(true)
+        );
+        assert_eq!(
+            one::<i64>("SELECT available FROM eventq.consumers WHERE name = 'co_p_c'"),
+            Some(1)
+        );
         run("SELECT eventq.resume_consumer('co_p_c'), eventq.resume_consumer('co_p_log')");
         assert_eq!(count("SELECT * FROM eventq.pull('co_p_c')"), 1);
         assert_eq!(count("SELECT * FROM eventq.fetch('co_p_log')"), 1);

@@ -4,7 +4,9 @@ mod tests {
     use pgrx::prelude::*;
 
     fn fetched(consumer: &str, max: i32) -> Option<String> {
-        one::<String>(&format!("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.fetch('{consumer}', {max})"))
+        one::<String>(&format!(
+            "SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.fetch('{consumer}', {max})"
+        ))
     }
 
     #[pg_test]
@@ -18,7 +20,9 @@ mod tests {
         run(&format!("SELECT eventq.commit('lg_c', {second})"));
         assert_eq!(fetched("lg_c", 100), Some("e3,e4,e5".into()));
         assert_eq!(
-            one::<String>("SELECT payload->>'n' || key || (headers->>'h') FROM eventq.fetch('lg_c', 1)"),
+            one::<String>(
+                "SELECT payload->>'n' || key || (headers->>'h') FROM eventq.fetch('lg_c', 1)"
+            ),
             Some("3ktrue".into())
         );
         // never backward
@@ -35,10 +39,19 @@ mod tests {
     fn a_log_consumer_sees_only_matching_subjects() {
         run("SELECT eventq.create_stream('lg_f')");
         run("SELECT eventq.create_consumer('lg_f_c', 'lg_f', mode => 'log', subjects => '{seller_a.order.>,seller_b.order.*}', exclude => '{*.order.deleted}')");
-        for s in ["seller_a.order.created", "seller_c.order.created", "seller_b.order.item.added", "seller_b.order.paid", "seller_a.order.deleted"] {
+        for s in [
+            "seller_a.order.created",
+            "seller_c.order.created",
+            "seller_b.order.item.added",
+            "seller_b.order.paid",
+            "seller_a.order.deleted",
+        ] {
             run(&format!("SELECT eventq.publish('lg_f', '{s}')"));
         }
-        assert_eq!(fetched("lg_f_c", 100), Some("seller_a.order.created,seller_b.order.paid".into()));
+        assert_eq!(
+            fetched("lg_f_c", 100),
+            Some("seller_a.order.created,seller_b.order.paid".into())
+        );
     }
 
     #[pg_test]
@@ -68,17 +81,53 @@ mod tests {
         run("SELECT eventq.create_consumer('lg_e_c', 'lg_e', mode => 'log')");
         run("SELECT eventq.publish('lg_e', 'a')");
         run("SELECT eventq.run_maintenance()");
-        let head = one::<i64>("SELECT pg_sequence_last_value('eventq_internal.event_seq')").unwrap();
-        assert_error("SELECT * FROM eventq.fetch('lg_none')", "42704", "consumer \"lg_none\" does not exist");
-        assert_error("SELECT * FROM eventq.fetch('lg_e_task')", "55000", "is a task consumer; fetch needs a log consumer");
-        assert_error("SELECT eventq.commit('lg_e_task', 1)", "55000", "commit needs a log consumer");
-        assert_error("SELECT eventq.seek('lg_e_task', 1::bigint)", "55000", "seek needs a log consumer");
-        assert_error("SELECT * FROM eventq.fetch('lg_e_c', 0)", "22023", "max must be between 1 and");
-        assert_error(&format!("SELECT eventq.commit('lg_e_c', {})", head + 1), "22023", "is not a position in the log");
+        let head =
+            one::<i64>("SELECT pg_sequence_last_value('eventq_internal.event_seq')").unwrap();
+        assert_error(
+            "SELECT * FROM eventq.fetch('lg_none')",
+            "42704",
+            "consumer \"lg_none\" does not exist",
+        );
+        assert_error(
+            "SELECT * FROM eventq.fetch('lg_e_task')",
+            "55000",
+            "is a task consumer; fetch needs a log consumer",
+        );
+        assert_error(
+            "SELECT eventq.commit('lg_e_task', 1)",
+            "55000",
+            "commit needs a log consumer",
+        );
+        assert_error(
+            "SELECT eventq.seek('lg_e_task', 1::bigint)",
+            "55000",
+            "seek needs a log consumer",
+        );
+        assert_error(
+            "SELECT * FROM eventq.fetch('lg_e_c', 0)",
+            "22023",
+            "max must be between 1 and",
+        );
+        assert_error(
+            &format!("SELECT eventq.commit('lg_e_c', {})", head + 1),
+            "22023",
+            "is not a position in the log",
+        );
         assert_error("SELECT eventq.commit('lg_e_c', -1)", "22023", "is not a position in the log");
         assert_error("SELECT eventq.commit('lg_e_c', NULL)", "22023", "seq must not be NULL");
-        assert_error(&format!("SELECT eventq.seek('lg_e_c', {}::bigint)", head + 1), "22023", "is not a position");
-        assert_error("SELECT eventq.seek('lg_e_c', NULL::timestamptz)", "22023", "at must not be NULL");
-        assert_eq!(one::<i64>("SELECT cursor_seq FROM eventq.consumers WHERE name = 'lg_e_c'"), Some(head - 1));
+        assert_error(
+            &format!("SELECT eventq.seek('lg_e_c', {}::bigint)", head + 1),
+            "22023",
+            "is not a position",
+        );
+        assert_error(
+            "SELECT eventq.seek('lg_e_c', NULL::timestamptz)",
+            "22023",
+            "at must not be NULL",
+        );
+        assert_eq!(
+            one::<i64>("SELECT cursor_seq FROM eventq.consumers WHERE name = 'lg_e_c'"),
+            Some(head - 1)
+        );
     }
 }

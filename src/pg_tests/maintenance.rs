@@ -29,7 +29,10 @@ mod tests {
             one::<bool>("SELECT array_agg(event_id ORDER BY seq) = array_agg(event_id ORDER BY event_id) FROM eventq.events WHERE stream = 'mt_n'"),
             Some(true)
         );
-        assert_eq!(one::<i64>("SELECT count(DISTINCT seq) FROM eventq.events WHERE stream = 'mt_n'"), Some(10));
+        assert_eq!(
+            one::<i64>("SELECT count(DISTINCT seq) FROM eventq.events WHERE stream = 'mt_n'"),
+            Some(10)
+        );
     }
 
     #[pg_test]
@@ -45,21 +48,43 @@ mod tests {
 
     #[pg_test]
     fn subject_matches_follows_nats_rules() {
-        assert_eq!(one::<bool>("SELECT eventq.subject_matches('order.*', 'order.created')"), Some(true));
-        assert_eq!(one::<bool>("SELECT eventq.subject_matches('order.*', 'order.item.added')"), Some(false));
-        assert_eq!(one::<bool>("SELECT eventq.subject_matches('order.>', 'order.item.added')"), Some(true));
+        assert_eq!(
+            one::<bool>("SELECT eventq.subject_matches('order.*', 'order.created')"),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>("SELECT eventq.subject_matches('order.*', 'order.item.added')"),
+            Some(false)
+        );
+        assert_eq!(
+            one::<bool>("SELECT eventq.subject_matches('order.>', 'order.item.added')"),
+            Some(true)
+        );
         assert_eq!(one::<bool>("SELECT eventq.subject_matches('order.>', 'order')"), Some(false));
-        assert_eq!(one::<bool>("SELECT eventq.subject_matches('Order.*', 'order.created')"), Some(false));
+        assert_eq!(
+            one::<bool>("SELECT eventq.subject_matches('Order.*', 'order.created')"),
+            Some(false)
+        );
         assert_eq!(one::<bool>("SELECT eventq.subject_matches(NULL, 'order')"), None);
-        assert_error("SELECT eventq.subject_matches('order.>.x', 'order.a.x')", "22023", "invalid subject pattern");
-        assert_error("SELECT eventq.subject_matches('order.*', 'order..x')", "22023", "invalid subject");
+        assert_error(
+            "SELECT eventq.subject_matches('order.>.x', 'order.a.x')",
+            "22023",
+            "invalid subject pattern",
+        );
+        assert_error(
+            "SELECT eventq.subject_matches('order.*', 'order..x')",
+            "22023",
+            "invalid subject",
+        );
     }
 
     #[pg_test]
     fn views_show_where_every_task_stands() {
         stream_with_consumer("mt_v", "mt_v_c", "");
         run("SELECT eventq.publish('mt_v', 'e') FROM generate_series(1, 4)");
-        let ids = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('mt_v_c', 3)").unwrap();
+        let ids =
+            one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('mt_v_c', 3)")
+                .unwrap();
         run(&format!("SELECT eventq.ack('mt_v_c', ARRAY[{}])", ids[0]));
         run(&format!("SELECT eventq.retry('mt_v_c', {})", ids[1]));
         let counts = one::<String>(
@@ -71,6 +96,9 @@ mod tests {
             one::<String>("SELECT concat_ws(',', events, head_seq IS NOT NULL, oldest_at <= newest_at, staged) FROM eventq.streams WHERE name = 'mt_v'"),
             Some("4,t,t,0".into())
         );
-        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'mt_v_c' AND event_id IS NOT NULL"), 4);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.tasks WHERE consumer = 'mt_v_c' AND event_id IS NOT NULL"),
+            4
+        );
     }
 }

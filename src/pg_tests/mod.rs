@@ -22,7 +22,11 @@ pub fn run(sql: &str) {
 pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
     Spi::connect_mut(|client| {
         let table = client.update(sql, None, &[])?;
-        if table.is_empty() { Ok(None) } else { table.first().get_one::<T>() }
+        if table.is_empty() {
+            Ok(None)
+        } else {
+            table.first().get_one::<T>()
+        }
     })
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
@@ -34,9 +38,11 @@ pub fn count(sql: &str) -> i64 {
 /// Runs `sql` in a subtransaction and returns the SQLSTATE and message it failed with, or
 /// `None` when it succeeded (its effects then stay).
 pub fn error_of(sql: &str) -> Option<(String, String)> {
-    run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text, OUT state text, OUT message text)
+    run(
+        "CREATE OR REPLACE FUNCTION pg_temp.error_of(q text, OUT state text, OUT message text)
          LANGUAGE plpgsql AS $$
-         BEGIN EXECUTE q; EXCEPTION WHEN OTHERS THEN state := SQLSTATE; message := SQLERRM; END $$");
+         BEGIN EXECUTE q; EXCEPTION WHEN OTHERS THEN state := SQLSTATE; message := SQLERRM; END $$",
+    );
     let (state, message) = Spi::get_two_with_args::<String, String>(
         "SELECT state, message FROM pg_temp.error_of($1)",
         &[sql.into()],

@@ -12,10 +12,15 @@ mod tests {
             "SELECT subject, key, payload::text FROM eventq_internal.staged WHERE id = '{id}'"
         ))
         .unwrap();
-        assert_eq!(row, (Some("order.created".into()), Some("k".into()), Some("{\"n\": 1}".into())));
+        assert_eq!(
+            row,
+            (Some("order.created".into()), Some("k".into()), Some("{\"n\": 1}".into()))
+        );
         run("SELECT eventq.run_maintenance()");
         assert_eq!(
-            one::<String>(&format!("SELECT headers::text FROM eventq.events WHERE event_id = '{id}'")),
+            one::<String>(&format!(
+                "SELECT headers::text FROM eventq.events WHERE event_id = '{id}'"
+            )),
             Some("{\"h\": 1}".into())
         );
     }
@@ -24,7 +29,10 @@ mod tests {
     fn ids_increase_and_the_default_payload_is_an_empty_object() {
         run("SELECT eventq.create_stream('pb_ids')");
         run("SELECT eventq.publish('pb_ids', 'a') FROM generate_series(1, 50)");
-        assert_eq!(one::<String>("SELECT payload::text FROM eventq_internal.staged LIMIT 1"), Some("{}".into()));
+        assert_eq!(
+            one::<String>("SELECT payload::text FROM eventq_internal.staged LIMIT 1"),
+            Some("{}".into())
+        );
         run("SELECT eventq.run_maintenance()");
         // seq order (drain order) equals id order (publish order) within a transaction
         assert_eq!(
@@ -36,16 +44,40 @@ mod tests {
     #[pg_test]
     fn publish_errors_change_nothing() {
         run("SELECT eventq.create_stream('pb_err')");
-        assert_error("SELECT eventq.publish('pb_none', 'a')", "42704", "stream \"pb_none\" does not exist");
-        assert_error("SELECT eventq.publish('pb_err', 'a..b')", "22023", "invalid subject \"a..b\"");
+        assert_error(
+            "SELECT eventq.publish('pb_none', 'a')",
+            "42704",
+            "stream \"pb_none\" does not exist",
+        );
+        assert_error(
+            "SELECT eventq.publish('pb_err', 'a..b')",
+            "22023",
+            "invalid subject \"a..b\"",
+        );
         assert_error("SELECT eventq.publish('pb_err', 'a.*')", "22023", "invalid subject");
         assert_error("SELECT eventq.publish('pb_err', '')", "22023", "invalid subject");
-        assert_error(&format!("SELECT eventq.publish('pb_err', '{}')", "a".repeat(256)), "22023", "1 to 255");
+        assert_error(
+            &format!("SELECT eventq.publish('pb_err', '{}')", "a".repeat(256)),
+            "22023",
+            "1 to 255",
+        );
         assert_error("SELECT eventq.publish('pb_err', NULL)", "22023", "subject must not be NULL");
         assert_error("SELECT eventq.publish(NULL, 'a')", "22023", "stream must not be NULL");
-        assert_error("SELECT eventq.publish('pb_err', 'a', NULL)", "22023", "payload must not be NULL");
-        assert_error("SELECT eventq.publish('pb_err', 'a', headers => '[1]')", "22023", "headers must be a JSON object");
-        assert_error("SELECT eventq.publish('pb_err', 'a', headers => '\"x\"')", "22023", "headers must be a JSON object");
+        assert_error(
+            "SELECT eventq.publish('pb_err', 'a', NULL)",
+            "22023",
+            "payload must not be NULL",
+        );
+        assert_error(
+            "SELECT eventq.publish('pb_err', 'a', headers => '[1]')",
+            "22023",
+            "headers must be a JSON object",
+        );
+        assert_error(
+            "SELECT eventq.publish('pb_err', 'a', headers => '\"x\"')",
+            "22023",
+            "headers must be a JSON object",
+        );
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 0);
         // JSON null headers are not an object either; SQL NULL is fine
         assert_error("SELECT eventq.publish('pb_err', 'a', headers => 'null')", "22023", "headers");
@@ -56,18 +88,32 @@ mod tests {
     fn dedup_returns_the_first_id_and_adds_nothing() {
         run("SELECT eventq.create_stream('pb_dd')");
         run("SELECT eventq.create_stream('pb_dd2')");
-        let first = one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd', 'a', '{\"n\":1}', dedup_key => 'order-1')").unwrap();
-        let again = one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd', 'a', '{\"n\":2}', dedup_key => 'order-1')").unwrap();
+        let first = one::<pgrx::Uuid>(
+            "SELECT eventq.publish('pb_dd', 'a', '{\"n\":1}', dedup_key => 'order-1')",
+        )
+        .unwrap();
+        let again = one::<pgrx::Uuid>(
+            "SELECT eventq.publish('pb_dd', 'a', '{\"n\":2}', dedup_key => 'order-1')",
+        )
+        .unwrap();
         assert_eq!(first, again);
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 1);
         // keys are per stream
-        let other = one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd2', 'a', dedup_key => 'order-1')").unwrap();
+        let other =
+            one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd2', 'a', dedup_key => 'order-1')")
+                .unwrap();
         assert_ne!(first, other);
         run("SELECT eventq.run_maintenance()");
-        let after_drain = one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd', 'a', dedup_key => 'order-1')").unwrap();
+        let after_drain =
+            one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd', 'a', dedup_key => 'order-1')")
+                .unwrap();
         assert_eq!(first, after_drain);
         assert_eq!(count("SELECT 1 FROM eventq.events WHERE stream = 'pb_dd'"), 1);
-        assert_error("SELECT eventq.publish('pb_none', 'a', dedup_key => 'x')", "42704", "does not exist");
+        assert_error(
+            "SELECT eventq.publish('pb_none', 'a', dedup_key => 'x')",
+            "42704",
+            "does not exist",
+        );
     }
 
     #[pg_test]
@@ -96,16 +142,40 @@ mod tests {
     fn publish_batch_errors_change_nothing() {
         run("SELECT eventq.create_stream('pb_be')");
         let ok_payloads = "ARRAY['{}','{}']::jsonb[]";
-        assert_error(&format!("SELECT eventq.publish_batch('pb_none', ARRAY['a','b'], {ok_payloads})"), "42704", "does not exist");
-        assert_error("SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], ARRAY['{}']::jsonb[])", "22023", "same length");
+        assert_error(
+            &format!("SELECT eventq.publish_batch('pb_none', ARRAY['a','b'], {ok_payloads})"),
+            "42704",
+            "does not exist",
+        );
+        assert_error(
+            "SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], ARRAY['{}']::jsonb[])",
+            "22023",
+            "same length",
+        );
         assert_error(&format!("SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], {ok_payloads}, keys => ARRAY['k'])"), "22023", "keys has 1");
         assert_error(&format!("SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], {ok_payloads}, headers => ARRAY['{{}}']::jsonb[])"), "22023", "headers has 1");
-        assert_error(&format!("SELECT eventq.publish_batch('pb_be', ARRAY['a','b..c'], {ok_payloads})"), "22023", "invalid subject \"b..c\"");
-        assert_error(&format!("SELECT eventq.publish_batch('pb_be', ARRAY['a',NULL], {ok_payloads})"), "22023", "subjects[2] is NULL");
-        assert_error("SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], ARRAY['{}',NULL]::jsonb[])", "22023", "payloads[2] is NULL");
+        assert_error(
+            &format!("SELECT eventq.publish_batch('pb_be', ARRAY['a','b..c'], {ok_payloads})"),
+            "22023",
+            "invalid subject \"b..c\"",
+        );
+        assert_error(
+            &format!("SELECT eventq.publish_batch('pb_be', ARRAY['a',NULL], {ok_payloads})"),
+            "22023",
+            "subjects[2] is NULL",
+        );
+        assert_error(
+            "SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], ARRAY['{}',NULL]::jsonb[])",
+            "22023",
+            "payloads[2] is NULL",
+        );
         assert_error(&format!("SELECT eventq.publish_batch('pb_be', ARRAY['a','b'], {ok_payloads}, headers => ARRAY['{{}}','[]']::jsonb[])"), "22023", "headers[2] must be a JSON object");
         assert_error("SELECT eventq.publish_batch('pb_be', ARRAY[['a'],['b']], ARRAY[['{}'],['{}']]::jsonb[])", "22023", "one-dimensional");
-        assert_error("SELECT eventq.publish_batch('pb_be', NULL, ARRAY['{}']::jsonb[])", "22023", "subjects must not be NULL");
+        assert_error(
+            "SELECT eventq.publish_batch('pb_be', NULL, ARRAY['{}']::jsonb[])",
+            "22023",
+            "subjects must not be NULL",
+        );
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 0);
     }
 
@@ -115,5 +185,53 @@ mod tests {
         assert!(error_of("SELECT eventq.publish('pb_rb', 'a'), 1/0").is_some());
         run("SELECT eventq.run_maintenance()");
         assert_eq!(count("SELECT 1 FROM eventq.events WHERE stream = 'pb_rb'"), 0);
+    }
+
+    #[pg_test]
+    fn publishing_needs_the_privileges_an_insert_would() {
+        run("SELECT eventq.create_stream('pb_acl')");
+        run("CREATE ROLE eventq_test_publisher");
+        run("GRANT USAGE ON SCHEMA eventq TO eventq_test_publisher");
+        run("SET LOCAL ROLE eventq_test_publisher");
+        assert_error(
+            "SELECT eventq.publish('pb_acl', 'a')",
+            "42501",
+            "permission denied for schema eventq_internal",
+        );
+        run("RESET ROLE");
+        run("GRANT USAGE ON SCHEMA eventq_internal TO eventq_test_publisher");
+        run("SET LOCAL ROLE eventq_test_publisher");
+        assert_error(
+            "SELECT eventq.publish('pb_acl', 'a')",
+            "42501",
+            "permission denied for table streams",
+        );
+        run("RESET ROLE");
+        run("GRANT SELECT ON eventq_internal.streams TO eventq_test_publisher");
+        run("SET LOCAL ROLE eventq_test_publisher");
+        assert_error(
+            "SELECT eventq.publish('pb_acl', 'a')",
+            "42501",
+            "permission denied for table staged",
+        );
+        run("RESET ROLE");
+        run("GRANT INSERT ON eventq_internal.staged TO eventq_test_publisher");
+        run("SET LOCAL ROLE eventq_test_publisher");
+        run("SELECT eventq.publish('pb_acl', 'a')");
+        run("RESET ROLE");
+        assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 1);
+    }
+
+    #[pg_test]
+    fn large_payloads_are_toasted_and_survive_the_drain() {
+        run("SELECT eventq.create_stream('pb_big')");
+        run("SELECT eventq.publish('pb_big', 'big', jsonb_build_object('blob', repeat(md5(n::text), 20000))) FROM generate_series(1, 3) n");
+        run("SELECT eventq.run_maintenance()");
+        assert_eq!(
+            one::<i64>(
+                "SELECT sum(length(payload->>'blob')) FROM eventq.events WHERE stream = 'pb_big'"
+            ),
+            Some(3 * 32 * 20000)
+        );
     }
 }

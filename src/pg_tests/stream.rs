@@ -16,7 +16,10 @@ mod tests {
             Some("1 day".into())
         );
         run("SELECT eventq.alter_stream('st_orders', NULL)");
-        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_orders'"), Some(true));
+        assert_eq!(
+            one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_orders'"),
+            Some(true)
+        );
         run("SELECT eventq.drop_stream('st_orders')");
         assert_eq!(count("SELECT 1 FROM eventq.streams WHERE name = 'st_orders'"), 0);
     }
@@ -24,25 +27,55 @@ mod tests {
     #[pg_test]
     fn forever_retention_and_if_not_exists() {
         run("SELECT eventq.create_stream('st_keep', NULL)");
-        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"), Some(true));
+        assert_eq!(
+            one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"),
+            Some(true)
+        );
         run("SELECT eventq.create_stream('st_keep', '1 day', if_not_exists => true)");
-        assert_eq!(one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"), Some(true));
+        assert_eq!(
+            one::<bool>("SELECT retention IS NULL FROM eventq.streams WHERE name = 'st_keep'"),
+            Some(true)
+        );
     }
 
     #[pg_test]
     fn stream_errors_name_the_object_and_change_nothing() {
-        assert_error("SELECT eventq.create_stream('Orders')", "22023", "invalid stream name \"Orders\"");
+        assert_error(
+            "SELECT eventq.create_stream('Orders')",
+            "22023",
+            "invalid stream name \"Orders\"",
+        );
         assert_error("SELECT eventq.create_stream('')", "22023", "invalid stream name");
         assert_error("SELECT eventq.create_stream(NULL)", "22023", "name must not be NULL");
-        assert_error("SELECT eventq.create_stream('st_x', '-1 day')", "22023", "retention must be a positive interval");
-        assert_error("SELECT eventq.create_stream('st_x', '0')", "22023", "retention must be a positive interval");
+        assert_error(
+            "SELECT eventq.create_stream('st_x', '-1 day')",
+            "22023",
+            "retention must be a positive interval",
+        );
+        assert_error(
+            "SELECT eventq.create_stream('st_x', '0')",
+            "22023",
+            "retention must be a positive interval",
+        );
         assert_eq!(count("SELECT 1 FROM eventq.streams WHERE name = 'st_x'"), 0);
 
         run("SELECT eventq.create_stream('st_dup')");
-        assert_error("SELECT eventq.create_stream('st_dup')", "42710", "stream \"st_dup\" already exists");
-        assert_error("SELECT eventq.alter_stream('st_none', '1 day')", "42704", "stream \"st_none\" does not exist");
+        assert_error(
+            "SELECT eventq.create_stream('st_dup')",
+            "42710",
+            "stream \"st_dup\" already exists",
+        );
+        assert_error(
+            "SELECT eventq.alter_stream('st_none', '1 day')",
+            "42704",
+            "stream \"st_none\" does not exist",
+        );
         assert_error("SELECT eventq.alter_stream('st_dup', '-1 day')", "22023", "retention");
-        assert_error("SELECT eventq.drop_stream('st_none')", "42704", "stream \"st_none\" does not exist");
+        assert_error(
+            "SELECT eventq.drop_stream('st_none')",
+            "42704",
+            "stream \"st_none\" does not exist",
+        );
     }
 
     #[pg_test]

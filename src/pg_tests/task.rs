@@ -4,7 +4,9 @@ mod tests {
     use pgrx::prelude::*;
 
     fn state(consumer: &str, task: i64) -> Option<String> {
-        one::<String>(&format!("SELECT state FROM eventq.tasks WHERE consumer = '{consumer}' AND task_id = {task}"))
+        one::<String>(&format!(
+            "SELECT state FROM eventq.tasks WHERE consumer = '{consumer}' AND task_id = {task}"
+        ))
     }
 
     #[pg_test]
@@ -18,10 +20,21 @@ mod tests {
             one::<bool>("SELECT bool_and(task_id = seq AND event_id IS NOT NULL AND published_at IS NOT NULL) FROM eventq.pull('tk_c', 10)"),
             Some(true)
         );
-        let ids = one::<Vec<i64>>("SELECT array_agg(task_id) FROM eventq.tasks WHERE consumer = 'tk_c'").unwrap();
-        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_c', '{{{}}}')", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))), Some(5));
+        let ids =
+            one::<Vec<i64>>("SELECT array_agg(task_id) FROM eventq.tasks WHERE consumer = 'tk_c'")
+                .unwrap();
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT eventq.ack('tk_c', '{{{}}}')",
+                ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            )),
+            Some(5)
+        );
         // a second ack changes nothing and says so
-        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_c', ARRAY[{}, 999999])", ids[0])), Some(0));
+        assert_eq!(
+            one::<i32>(&format!("SELECT eventq.ack('tk_c', ARRAY[{}, 999999])", ids[0])),
+            Some(0)
+        );
         assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_c' AND state = 'completed' AND finished_at IS NOT NULL"), 5);
         assert_eq!(count("SELECT * FROM eventq.pull('tk_c', 10)"), 0);
         assert_eq!(one::<i32>("SELECT eventq.ack('tk_c', '{}')"), Some(0));
@@ -44,7 +57,10 @@ mod tests {
         stream_with_consumer("tk_r", "tk_r_c", ", max_attempts => 2, backoff => 'fixed', backoff_base => '1 minute', backoff_max => '1 minute'");
         run("SELECT eventq.publish('tk_r', 'a')");
         let task = one::<i64>("SELECT task_id FROM eventq.pull('tk_r_c')").unwrap();
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout')")), Some("retryable".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout')")),
+            Some("retryable".into())
+        );
         assert_eq!(state("tk_r_c", task), Some("retryable".into()));
         assert_eq!(
             one::<bool>(&format!("SELECT run_at - now() BETWEEN '1 minute' AND '1 minute 5 seconds' FROM eventq.tasks WHERE task_id = {task}")),
@@ -54,7 +70,10 @@ mod tests {
         // a retry with an explicit delay of zero is due at once
         run(&format!("UPDATE eventq_internal.tasks SET run_at = now() WHERE seq = {task}"));
         assert_eq!(one::<i32>("SELECT attempt FROM eventq.pull('tk_r_c')"), Some(2));
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout again')")), Some("discarded".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_r_c', {task}, 'timeout again')")),
+            Some("discarded".into())
+        );
         assert_eq!(state("tk_r_c", task), Some("discarded".into()));
         assert_eq!(
             one::<String>(&format!("SELECT string_agg(attempt || ':' || outcome || ':' || coalesce(error, ''), ',' ORDER BY attempt) FROM eventq.attempts WHERE consumer = 'tk_r_c' AND task_id = {task}")),
@@ -67,9 +86,15 @@ mod tests {
 
     #[pg_test]
     fn retry_with_delay_and_exponential_backoff() {
-        stream_with_consumer("tk_x", "tk_x_c", ", backoff_base => '10 seconds', backoff_max => '1 hour'");
+        stream_with_consumer(
+            "tk_x",
+            "tk_x_c",
+            ", backoff_base => '10 seconds', backoff_max => '1 hour'",
+        );
         run("SELECT eventq.publish('tk_x', 'a'), eventq.publish('tk_x', 'b')");
-        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_x_c', 2)").unwrap();
+        let tasks =
+            one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_x_c', 2)")
+                .unwrap();
         run(&format!("SELECT eventq.retry('tk_x_c', {}, delay => '0 seconds')", tasks[0]));
         run(&format!("SELECT eventq.retry('tk_x_c', {})", tasks[1]));
         let waits = Spi::get_two::<f64, f64>(&format!(
@@ -84,24 +109,45 @@ mod tests {
         // within one transaction now() stands still: make the zero-delay retry due
         run("UPDATE eventq_internal.tasks SET run_at = now() WHERE run_at < now() + interval '1 second'");
         assert_eq!(one::<i64>("SELECT task_id FROM eventq.pull('tk_x_c')"), Some(tasks[0]));
-        assert_error(&format!("SELECT eventq.retry('tk_x_c', {}, delay => '-1 second')", tasks[1]), "22023", "delay must not be a negative");
+        assert_error(
+            &format!("SELECT eventq.retry('tk_x_c', {}, delay => '-1 second')", tasks[1]),
+            "22023",
+            "delay must not be a negative",
+        );
     }
 
     #[pg_test]
     fn discard_and_redrive() {
         stream_with_consumer("tk_d", "tk_d_c", ", max_attempts => 1");
         run("SELECT eventq.publish('tk_d', 'a'), eventq.publish('tk_d', 'b')");
-        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_d_c', 2)").unwrap();
-        assert_eq!(one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'bad payload')", tasks[0])), Some(true));
-        assert_eq!(one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'again')", tasks[0])), Some(false));
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_d_c', {})", tasks[1])), Some("discarded".into()));
+        let tasks =
+            one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_d_c', 2)")
+                .unwrap();
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'bad payload')", tasks[0])),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.discard('tk_d_c', {}, 'again')", tasks[0])),
+            Some(false)
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_d_c', {})", tasks[1])),
+            Some("discarded".into())
+        );
         assert_eq!(
             one::<String>(&format!("SELECT outcome || ':' || error FROM eventq.attempts WHERE consumer = 'tk_d_c' AND task_id = {}", tasks[0])),
             Some("discarded:bad payload".into())
         );
-        assert_eq!(one::<i32>(&format!("SELECT eventq.redrive('tk_d_c', ARRAY[{}])", tasks[0])), Some(1));
         assert_eq!(
-            one::<String>(&format!("SELECT state || ':' || attempt FROM eventq.tasks WHERE task_id = {}", tasks[0])),
+            one::<i32>(&format!("SELECT eventq.redrive('tk_d_c', ARRAY[{}])", tasks[0])),
+            Some(1)
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT state || ':' || attempt FROM eventq.tasks WHERE task_id = {}",
+                tasks[0]
+            )),
             Some("available:0".into())
         );
         assert_eq!(one::<i32>("SELECT eventq.redrive('tk_d_c')"), Some(1));
@@ -122,9 +168,18 @@ mod tests {
             one::<bool>(&format!("SELECT eventq.extend_lease('tk_e_c', {task}) - clock_timestamp() BETWEEN '29 seconds' AND '30 seconds'")),
             Some(true)
         );
-        assert_error(&format!("SELECT eventq.extend_lease('tk_e_c', {task}, '0')"), "22023", "lease must be a positive");
+        assert_error(
+            &format!("SELECT eventq.extend_lease('tk_e_c', {task}, '0')"),
+            "22023",
+            "lease must be a positive",
+        );
         run(&format!("SELECT eventq.ack('tk_e_c', ARRAY[{task}])"));
-        assert_eq!(one::<pgrx::datum::TimestampWithTimeZone>(&format!("SELECT eventq.extend_lease('tk_e_c', {task}, '1 hour')")), None);
+        assert_eq!(
+            one::<pgrx::datum::TimestampWithTimeZone>(&format!(
+                "SELECT eventq.extend_lease('tk_e_c', {task}, '1 hour')"
+            )),
+            None
+        );
     }
 
     #[pg_test]
@@ -149,13 +204,19 @@ mod tests {
         stream_with_consumer("tk_later", "tk_later_c", "");
         run("SELECT eventq.publish('tk_later', 'later', deliver_at => now() + interval '1 hour')");
         run("SELECT eventq.publish('tk_later', 'now')");
-        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"), Some("now".into()));
+        assert_eq!(
+            one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"),
+            Some("now".into())
+        );
         assert_eq!(
             one::<String>("SELECT state || ':' || (run_at - now())::text FROM eventq.tasks WHERE consumer = 'tk_later_c' AND subject = 'later'"),
             Some("available:01:00:00".into())
         );
         run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'scheduled'");
-        assert_eq!(one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"), Some("later".into()));
+        assert_eq!(
+            one::<String>("SELECT string_agg(subject, ',') FROM eventq.pull('tk_later_c', 10)"),
+            Some("later".into())
+        );
     }
 
     #[pg_test]
@@ -163,10 +224,14 @@ mod tests {
         stream_with_consumer("tk_key", "tk_key_c", ", ordering => 'key'");
         run("SELECT eventq.publish('tk_key', 'e', jsonb_build_object('n', n), key => CASE WHEN n % 2 = 0 THEN 'even' ELSE 'odd' END) FROM generate_series(1, 6) n");
         run("SELECT eventq.publish('tk_key', 'nokey')");
-        let pull = || one::<String>("SELECT string_agg(coalesce(payload->>'n', subject), ',' ORDER BY seq) FROM eventq.pull('tk_key_c', 10)");
+        let pull = || {
+            one::<String>("SELECT string_agg(coalesce(payload->>'n', subject), ',' ORDER BY seq) FROM eventq.pull('tk_key_c', 10)")
+        };
         assert_eq!(pull(), Some("1,2,nokey".into()));
         assert_eq!(pull(), None, "the next of each key waits");
-        let done = |n: i32| run(&format!("SELECT eventq.ack('tk_key_c', array_agg(task_id)) FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'running' AND (SELECT payload->>'n' FROM eventq.events e WHERE e.event_id = tasks.event_id) = '{n}'"));
+        let done = |n: i32| {
+            run(&format!("SELECT eventq.ack('tk_key_c', array_agg(task_id)) FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'running' AND (SELECT payload->>'n' FROM eventq.events e WHERE e.event_id = tasks.event_id) = '{n}'"))
+        };
         done(1);
         assert_eq!(pull(), Some("3".into()));
         // a failed head keeps its place: the key waits for its retry
@@ -180,7 +245,10 @@ mod tests {
         done(2);
         done(5);
         assert_eq!(pull(), Some("4".into()));
-        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'waiting'"), 1);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.tasks WHERE consumer = 'tk_key_c' AND state = 'waiting'"),
+            1
+        );
         // redriving the discarded head puts it back in line ahead of younger tasks
         run(&format!("SELECT eventq.redrive('tk_key_c', ARRAY[{three}])"));
         assert_eq!(pull(), Some("3".into()));
@@ -190,21 +258,40 @@ mod tests {
     fn a_key_row_names_the_task_in_flight_while_there_is_one() {
         stream_with_consumer("tk_head", "tk_head_c", ", ordering => 'key'");
         run("SELECT eventq.publish('tk_head', 'a', key => 'k') FROM generate_series(1, 3)");
-        let seqs = one::<Vec<i64>>("SELECT array_agg(seq ORDER BY seq) FROM eventq.events WHERE stream = 'tk_head'");
-        let head = || one::<i64>("SELECT head_seq FROM eventq_internal.key_heads h JOIN eventq_internal.consumers c ON c.id = h.consumer_id WHERE c.name = 'tk_head_c' AND h.order_key = 'k'");
+        let seqs = one::<Vec<i64>>(
+            "SELECT array_agg(seq ORDER BY seq) FROM eventq.events WHERE stream = 'tk_head'",
+        );
+        let head = || {
+            one::<i64>("SELECT head_seq FROM eventq_internal.key_heads h JOIN eventq_internal.consumers c ON c.id = h.consumer_id WHERE c.name = 'tk_head_c' AND h.order_key = 'k'")
+        };
         assert_eq!(seqs, None, "nothing drained yet");
         run("SELECT eventq.run_maintenance()");
-        let seqs = one::<Vec<i64>>("SELECT array_agg(seq ORDER BY seq) FROM eventq.events WHERE stream = 'tk_head'").unwrap();
+        let seqs = one::<Vec<i64>>(
+            "SELECT array_agg(seq ORDER BY seq) FROM eventq.events WHERE stream = 'tk_head'",
+        )
+        .unwrap();
         assert_eq!(head(), Some(seqs[0]));
-        run(&format!("SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.ack('tk_head_c', ARRAY[{}])", seqs[0]));
+        run(&format!(
+            "SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.ack('tk_head_c', ARRAY[{}])",
+            seqs[0]
+        ));
         assert_eq!(head(), Some(seqs[1]));
-        run(&format!("SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.discard('tk_head_c', {})", seqs[1]));
+        run(&format!(
+            "SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.discard('tk_head_c', {})",
+            seqs[1]
+        ));
         assert_eq!(head(), Some(seqs[2]));
-        run(&format!("SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.ack('tk_head_c', ARRAY[{}])", seqs[2]));
+        run(&format!(
+            "SELECT * FROM eventq.pull('tk_head_c'); SELECT eventq.ack('tk_head_c', ARRAY[{}])",
+            seqs[2]
+        ));
         assert_eq!(head(), None, "the key is free");
         run(&format!("SELECT eventq.redrive('tk_head_c', ARRAY[{}])", seqs[1]));
         assert_eq!(head(), Some(seqs[1]));
-        assert_eq!(one::<String>(&format!("SELECT state FROM eventq.tasks WHERE task_id = {}", seqs[1])), Some("available".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT state FROM eventq.tasks WHERE task_id = {}", seqs[1])),
+            Some("available".into())
+        );
         run("SELECT eventq.drop_consumer('tk_head_c')");
         assert_eq!(count("SELECT 1 FROM eventq_internal.key_heads"), 0);
     }
@@ -224,16 +311,44 @@ mod tests {
     fn task_calls_check_their_arguments() {
         stream_with_consumer("tk_err", "tk_err_c", "");
         run("SELECT eventq.create_consumer('tk_err_log', 'tk_err', mode => 'log')");
-        assert_error("SELECT * FROM eventq.pull('tk_none')", "42704", "consumer \"tk_none\" does not exist");
-        assert_error("SELECT * FROM eventq.pull('tk_err_log')", "55000", "consumer \"tk_err_log\" is a log consumer; pull needs a task consumer");
-        assert_error("SELECT eventq.ack('tk_err_log', '{1}')", "55000", "ack needs a task consumer");
+        assert_error(
+            "SELECT * FROM eventq.pull('tk_none')",
+            "42704",
+            "consumer \"tk_none\" does not exist",
+        );
+        assert_error(
+            "SELECT * FROM eventq.pull('tk_err_log')",
+            "55000",
+            "consumer \"tk_err_log\" is a log consumer; pull needs a task consumer",
+        );
+        assert_error(
+            "SELECT eventq.ack('tk_err_log', '{1}')",
+            "55000",
+            "ack needs a task consumer",
+        );
         assert_error("SELECT eventq.retry('tk_err_log', 1)", "55000", "retry");
         assert_error("SELECT eventq.discard('tk_err_log', 1)", "55000", "discard");
-        assert_error("SELECT eventq.extend_lease('tk_err_log', 1, '1 minute')", "55000", "extend_lease");
+        assert_error(
+            "SELECT eventq.extend_lease('tk_err_log', 1, '1 minute')",
+            "55000",
+            "extend_lease",
+        );
         assert_error("SELECT eventq.redrive('tk_err_log')", "55000", "redrive");
-        assert_error("SELECT * FROM eventq.pull('tk_err_c', 0)", "22023", "max must be between 1 and");
-        assert_error("SELECT * FROM eventq.pull('tk_err_c', -5)", "22023", "max must be between 1 and");
-        assert_error("SELECT * FROM eventq.pull('tk_err_c', 1, '-1 minute')", "22023", "lease must be a positive");
+        assert_error(
+            "SELECT * FROM eventq.pull('tk_err_c', 0)",
+            "22023",
+            "max must be between 1 and",
+        );
+        assert_error(
+            "SELECT * FROM eventq.pull('tk_err_c', -5)",
+            "22023",
+            "max must be between 1 and",
+        );
+        assert_error(
+            "SELECT * FROM eventq.pull('tk_err_c', 1, '-1 minute')",
+            "22023",
+            "lease must be a positive",
+        );
         assert_error("SELECT eventq.ack('tk_err_c', NULL)", "22023", "task_ids must not be NULL");
         assert_error("SELECT eventq.retry('tk_err_c', NULL)", "22023", "task_id must not be NULL");
         assert_error("SELECT eventq.ack('tk_none', '{1}')", "42704", "does not exist");

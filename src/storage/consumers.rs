@@ -78,7 +78,10 @@ static INSERT: Statement = Statement::new(
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
              pg_sequence_last_value('eventq_internal.event_seq'))
      ON CONFLICT (name) DO NOTHING RETURNING id",
-    &[TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL, INTERVAL],
+    &[
+        TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
+        INTERVAL,
+    ],
 );
 
 /// Creates the consumer, reading from the stream's head; `None` if the name is taken.
@@ -260,10 +263,8 @@ pub fn set_cursor(client: &SpiClient<'_>, id: i32, seq: i64) {
     SET_CURSOR.run(client, &[arg(id), arg(seq)]);
 }
 
-static PATTERNS: Statement = Statement::new(
-    "SELECT subjects, exclude FROM eventq_internal.consumers WHERE id = $1",
-    &[INT],
-);
+static PATTERNS: Statement =
+    Statement::new("SELECT subjects, exclude FROM eventq_internal.consumers WHERE id = $1", &[INT]);
 
 /// The consumer's include and exclude patterns.
 pub fn patterns(client: &SpiClient<'_>, id: i32) -> (Vec<String>, Vec<String>) {

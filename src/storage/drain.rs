@@ -16,7 +16,10 @@
 //! long transaction holds back every other drain until it commits; `pull` and `fetch`
 //! therefore only try the lock, and never wait for it.
 
-use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY};
+use super::{
+    arg, column, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT_ARRAY, TEXT_ARRAY,
+    TIMESTAMPTZ_ARRAY,
+};
 use crate::core::settings::Mode;
 use crate::core::subject::{Filter, Router};
 use pgrx::datum::TimestampWithTimeZone;
@@ -25,8 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Advisory lock key (two int4 keys): "evtq", 1.
 static LOCK: Statement = Statement::new("SELECT pg_advisory_xact_lock(1702261873, 1)", &[]);
-static TRY_LOCK: Statement =
-    Statement::new("SELECT pg_try_advisory_xact_lock(1702261873, 1)", &[]);
+static TRY_LOCK: Statement = Statement::new("SELECT pg_try_advisory_xact_lock(1702261873, 1)", &[]);
 
 /// Waits for the drain lock; held until the transaction ends.
 pub fn lock(client: &SpiClient<'_>) {
@@ -175,7 +177,11 @@ struct MovedEvent {
     deliver_at: Option<TimestampWithTimeZone>,
 }
 
-fn drain_batch(client: &SpiClient<'_>, batch_size: i64, received: &mut BTreeMap<String, i64>) -> Drained {
+fn drain_batch(
+    client: &SpiClient<'_>,
+    batch_size: i64,
+    received: &mut BTreeMap<String, i64>,
+) -> Drained {
     let mut events: Vec<MovedEvent> = MOVE
         .run(client, &[arg(batch_size)])
         .map(|row| MovedEvent {
@@ -241,8 +247,12 @@ fn drain_batch(client: &SpiClient<'_>, batch_size: i64, received: &mut BTreeMap<
     let created = tasks.consumer.len() as i64;
     if created > 0 {
         let heads = claim_keys(client, &mut tasks.claims);
-        let heads_key: Vec<bool> =
-            tasks.consumer.iter().zip(&tasks.seq).map(|(c, seq)| heads.contains(&(*c, *seq))).collect();
+        let heads_key: Vec<bool> = tasks
+            .consumer
+            .iter()
+            .zip(&tasks.seq)
+            .map(|(c, seq)| heads.contains(&(*c, *seq)))
+            .collect();
         INSERT_TASKS.run(
             client,
             &[

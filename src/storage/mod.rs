@@ -4,6 +4,7 @@
 //! and keeps the plan for the rest of its life, so no hot path parses or plans SQL per call.
 //! Postgres' plan cache re-plans a kept statement by itself when the tables change.
 
+pub mod append;
 pub mod consumers;
 pub mod drain;
 pub mod log;
@@ -39,7 +40,11 @@ impl Statement {
     /// committed before it started, in READ COMMITTED), yet, unlike pgrx's `update`, does not
     /// force a transaction id on the caller. A statement that changes nothing leaves the
     /// transaction read-only, so an empty `pull` commits without a WAL flush.
-    pub fn run<'c>(&'static self, client: &SpiClient<'c>, args: &[DatumWithOid<'_>]) -> SpiTupleTable<'c> {
+    pub fn run<'c>(
+        &'static self,
+        client: &SpiClient<'c>,
+        args: &[DatumWithOid<'_>],
+    ) -> SpiTupleTable<'c> {
         let plan = self.plan(client);
         client.select(&*plan, None, args).or_raise()
     }

@@ -1,7 +1,12 @@
 //! The publisher's path: one row into staging per event, in the caller's transaction.
-//! Nothing here waits for, or works for, consumers: that is the drain's job.
+//! Nothing here waits for, or works for, consumers: that is the drain's job. A plain
+//! `publish` takes the fast path in `append`; these statements serve publishes with a
+//! dedup key (which need the dedup table's unique index) and batches.
 
-use super::{arg, column, Statement, INT, JSONB, JSONB_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, UUID, UUID_ARRAY};
+use super::{
+    arg, column, Statement, INT, JSONB, JSONB_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, UUID,
+    UUID_ARRAY,
+};
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -14,33 +19,6 @@ pub struct Event {
     pub key: Option<String>,
     pub headers: Option<Jsonb>,
     pub deliver_at: Option<TimestampWithTimeZone>,
-}
-
-// The stream lookup and the insert are one statement: no row comes back when the stream
-// does not exist, and then nothing was inserted.
-static INSERT: Statement = Statement::new(
-    "INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers, deliver_at)
-     SELECT $2, s.id, $3, $4, $5, $6, $7 FROM eventq_internal.streams s WHERE s.name = $1
-     RETURNING stream_id",
-    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ],
-);
-
-/// `false` if the stream does not exist.
-pub fn insert(client: &SpiClient<'_>, stream: &str, e: Event) -> bool {
-    INSERT
-        .first_row(
-            client,
-            &[
-                arg(stream),
-                arg(e.id),
-                arg(e.subject),
-                arg(e.key),
-                arg(e.payload),
-                arg(e.headers),
-                arg(e.deliver_at),
-            ],
-        )
-        .is_some()
 }
 
 // With a dedup key the event is staged only if this transaction claims the key. A
@@ -74,7 +52,12 @@ pub enum Deduplicated {
     AlreadyPublished(Uuid),
 }
 
-pub fn insert_dedup(client: &SpiClient<'_>, stream: &str, e: Event, dedup_key: &str) -> Deduplicated {
+pub fn insert_dedup(
+    client: &SpiClient<'_>,
+    stream: &str,
+    e: Event,
+    dedup_key: &str,
+) -> Deduplicated {
     let Some(row) = INSERT_DEDUP.first_row(
         client,
         &[
@@ -136,7 +119,14 @@ pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
     INSERT_BATCH
         .run(
             client,
-            &[arg(stream), arg(b.ids), arg(b.subjects), arg(b.payloads), arg(b.keys), arg(b.headers)],
+            &[
+                arg(stream),
+                arg(b.ids),
+                arg(b.subjects),
+                arg(b.payloads),
+                arg(b.keys),
+                arg(b.headers),
+            ],
         )
         .len()
         > 0

@@ -78,12 +78,23 @@ impl std::ops::AddAssign for Rescued {
     }
 }
 
-pub fn rescue_and_promote(client: &SpiClient<'_>, consumer_id: i32, max_attempts: i32, limit: i64) -> Rescued {
-    let Some(row) = RESCUE_AND_PROMOTE.first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit)])
+pub fn rescue_and_promote(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    max_attempts: i32,
+    limit: i64,
+) -> Rescued {
+    let Some(row) =
+        RESCUE_AND_PROMOTE.first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit)])
     else {
         return Rescued::default();
     };
-    advance_keys(client, consumer_id, column(&row, 3).unwrap_or_default(), column(&row, 4).unwrap_or_default());
+    advance_keys(
+        client,
+        consumer_id,
+        column(&row, 3).unwrap_or_default(),
+        column(&row, 4).unwrap_or_default(),
+    );
     Rescued {
         lost: column(&row, 1).unwrap_or(0),
         discarded: column(&row, 2).unwrap_or(0),
@@ -124,7 +135,13 @@ pub struct Leased {
     pub published_at: TimestampWithTimeZone,
 }
 
-pub fn lease(client: &SpiClient<'_>, consumer_id: i32, stream_id: i32, max: i64, lease_micros: i64) -> Vec<Leased> {
+pub fn lease(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    stream_id: i32,
+    max: i64,
+    lease_micros: i64,
+) -> Vec<Leased> {
     LEASE
         .run(client, &[arg(consumer_id), arg(max), arg(lease_micros), arg(stream_id)])
         .filter_map(|row| {
@@ -161,7 +178,12 @@ pub fn ack(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>) -> i32 
     let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
         return 0;
     };
-    advance_keys(client, consumer_id, column(&row, 2).unwrap_or_default(), column(&row, 3).unwrap_or_default());
+    advance_keys(
+        client,
+        consumer_id,
+        column(&row, 2).unwrap_or_default(),
+        column(&row, 3).unwrap_or_default(),
+    );
     column(&row, 1).unwrap_or(0)
 }
 
@@ -211,7 +233,13 @@ pub enum Outcome {
 }
 
 /// Ends a running attempt; `false` if the task was not running.
-pub fn end_attempt(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, outcome: Outcome, error: Option<&str>) -> bool {
+pub fn end_attempt(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    task_id: i64,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> bool {
     let (state, delay, recorded_as) = match outcome {
         Outcome::Retry { delay_micros } => ("retryable", delay_micros, "failed"),
         Outcome::FailAndDiscard => ("discarded", 0, "failed"),
@@ -238,7 +266,12 @@ static EXTEND_LEASE: Statement = Statement::new(
     &[INT, BIGINT, BIGINT],
 );
 
-pub fn extend_lease(client: &SpiClient<'_>, consumer_id: i32, task_id: i64, micros: i64) -> Option<TimestampWithTimeZone> {
+pub fn extend_lease(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    task_id: i64,
+    micros: i64,
+) -> Option<TimestampWithTimeZone> {
     super::scalar(&EXTEND_LEASE, client, &[arg(consumer_id), arg(task_id), arg(micros)])
 }
 

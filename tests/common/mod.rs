@@ -73,7 +73,11 @@ impl Cluster {
             check(Command::new("chown").arg("postgres").arg(&dir));
         }
         let data = dir.join("data");
-        check(pg_command(&bindir, "initdb").args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data));
+        check(
+            pg_command(&bindir, "initdb")
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+        );
         let port = free_port();
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
@@ -139,12 +143,19 @@ impl Drop for Cluster {
 
 /// Polls `check` until it returns `Ok`, or panics after `timeout` with the last `Err`, which
 /// describes what was seen instead.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match check() {
             Ok(value) => return value,
-            Err(seen) => assert!(Instant::now() < deadline, "timed out waiting for {what}; last seen: {seen}"),
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {seen}"
+            ),
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,0 +1,56 @@
+# eventq: build, test, demo and benchmark. Every target first installs what is missing
+# (apt packages, cargo-pgrx, pgrx's Postgres configuration), so each works on a fresh
+# Debian 12 machine as root.
+
+SHELL := /bin/bash
+PG_CONFIG ?= /usr/bin/pg_config
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# A Rust backtrace setting would be inherited by test servers and end up in error details.
+unexport RUST_BACKTRACE
+
+# Postgres refuses to run as root: as root, test servers run as the postgres user.
+ifeq ($(shell id -u),0)
+RUNAS := --runas postgres
+endif
+PGTEST_DIR ?= /tmp/eventq-pgtest
+
+.PHONY: all deps build install unit test demo demo-stop bench clean
+
+all: build
+
+deps:
+	@.ci/install-deps
+
+build: deps
+	cargo build --features pg15
+
+# Builds and installs the extension into the Postgres that $(PG_CONFIG) describes.
+install: deps
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+# The pure-logic tests alone: no Postgres involved.
+unit: deps
+	cargo test --lib core::
+
+# Everything: pure-logic #[test]s, #[pg_test]s inside Postgres, then the integration tests
+# in tests/ against their own throwaway clusters. One test at a time: the machine is small
+# and the integration tests run several connections each.
+test: deps
+	@mkdir -p $(PGTEST_DIR) && chmod 777 $(PGTEST_DIR)
+	RUST_TEST_THREADS=1 cargo pgrx test pg15 $(RUNAS) --pgdata $(PGTEST_DIR)/data
+
+# A throwaway local Postgres with eventq preloaded, a short tour, and how to connect.
+demo: install
+	@.ci/demo start
+
+demo-stop:
+	@.ci/demo stop
+
+# Throughput of eventq next to a minimal hand-written queue on one fresh cluster.
+bench: deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	@bench/run
+
+clean:
+	-@.ci/demo stop
+	cargo clean

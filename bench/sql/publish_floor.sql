@@ -1,0 +1,1 @@
+INSERT INTO floor_events (subject, payload) VALUES ('order.created', '{"order": 12345, "total": 99.5, "currency": "EUR", "lines": 3}');
