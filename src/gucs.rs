@@ -7,8 +7,8 @@ pub static DRAIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub fn register() {
     GucRegistry::define_int_guc(
         c"eventq.drain_batch_size",
-        c"Events moved from staging into the log per drain transaction.",
-        c"Larger batches drain faster under load; smaller ones keep each drain short.",
+        c"Events the drain fans out into tasks per round.",
+        c"Each round reads this many moved events back and inserts their tasks in one statement.",
         &DRAIN_BATCH_SIZE,
         1,
         1_000_000,

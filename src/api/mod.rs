@@ -41,6 +41,6 @@ pub fn drain_before_reading(client: &SpiClient<'_>) {
     let read_committed =
         unsafe { pgrx::pg_sys::XactIsoLevel } == pgrx::pg_sys::XACT_READ_COMMITTED as i32;
     if read_committed {
-        crate::storage::drain::drain(client, crate::gucs::drain_batch_size(), 1);
+        crate::storage::drain::drain(client, crate::gucs::drain_batch_size());
     }
 }

@@ -264,6 +264,10 @@ impl Router {
         index
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.filters == 0
+    }
+
     /// `subject` must be valid. Appends the accepting filter indexes to `out`.
     pub fn route(&self, subject: &str, out: &mut Vec<usize>) {
         if self.filters == 0 {

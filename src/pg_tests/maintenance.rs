@@ -20,7 +20,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn drained_events_are_numbered_per_batch_in_id_order() {
+    fn drained_events_are_numbered_in_id_order_across_fan_out_rounds() {
         run("SELECT eventq.create_stream('mt_n')");
         run("SET LOCAL eventq.drain_batch_size = 3");
         run("SELECT eventq.publish('mt_n', 'e') FROM generate_series(1, 10)");
@@ -33,6 +33,10 @@ mod tests {
             one::<i64>("SELECT count(DISTINCT seq) FROM eventq.events WHERE stream = 'mt_n'"),
             Some(10)
         );
+        // tasks are created for every event, whatever the number of fan-out rounds
+        run("SELECT eventq.create_consumer('mt_n_c', 'mt_n')");
+        run("SELECT eventq.publish('mt_n', 'f') FROM generate_series(1, 10)");
+        assert_eq!(one::<i64>("SELECT (eventq.run_maintenance()->>'created_tasks')::bigint"), Some(10));
     }
 
     #[pg_test]

@@ -9,15 +9,19 @@
 //! commits late is simply drained by the first drain after its commit: it is never skipped,
 //! because staging rows leave staging only by being drained (or with their stream).
 //!
-//! Within one batch, events are numbered in id order. Ids from one backend increase, so
-//! the events of one transaction keep the order they were published in.
+//! Publication order within a transaction: all of a transaction's events are in one staging
+//! slot (the slot follows the transaction's start time), and a slot is moved whole, its
+//! events numbered in id order. Ids from one backend increase, so they keep the order they
+//! were published in. Moving whole slots, rather than the N oldest events, also keeps the
+//! cost linear in what is staged: finding the N oldest would need an index the publisher
+//! would pay for, or a sort of all of staging per batch.
 //!
 //! Hazard: the drain lock is a transaction-level advisory lock. A drain that runs inside a
 //! long transaction holds back every other drain until it commits; `pull` and `fetch`
 //! therefore only try the lock, and never wait for it.
 
 use super::{
-    arg, column, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT_ARRAY, TEXT_ARRAY,
+    arg, column, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY, TEXT_ARRAY,
     TIMESTAMPTZ_ARRAY,
 };
 use crate::core::settings::Mode;
@@ -48,48 +52,61 @@ pub fn anything_staged(client: &SpiClient<'_>) -> bool {
     super::scalar::<bool>(&ANYTHING_STAGED, client, &[]).unwrap_or(false)
 }
 
-// Moves the `$1` oldest visible staged events into the log. `upto` bounds the batch by id:
-// every visible row at or below it is in the batch (ids are unique), and DELETE only sees
-// the same committed rows. Events of dropped streams are deleted without a trace.
-// Numbers are reserved with one setval under the drain lock; an aborted drain leaves a
-// gap, never a reuse.
-static MOVE: Statement = Statement::new(
-    "WITH bound AS (
-         SELECT id AS upto
-         FROM (SELECT id FROM eventq_internal.staged ORDER BY id LIMIT $1) oldest
-         ORDER BY id DESC LIMIT 1
-     ), moved AS (
-         DELETE FROM eventq_internal.staged s USING bound WHERE s.id <= bound.upto
-         RETURNING s.id, s.stream_id, s.subject, s.key, s.payload, s.headers,
-                   s.deliver_at, s.published_at
-     ), kept AS (
-         SELECT m.*, row_number() OVER (ORDER BY m.id) AS n
-         FROM moved m
-         WHERE EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = m.stream_id)
-     ), numbers AS (
-         SELECT CASE WHEN count(*) > 0 THEN
-                    setval('eventq_internal.event_seq',
-                           pg_sequence_last_value('eventq_internal.event_seq') + count(*))
-                    - count(*)
-                END AS before_first
-         FROM kept
-     )
-     INSERT INTO eventq_internal.events
-         (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at)
-     SELECT k.stream_id, numbers.before_first + k.n, k.id, k.subject, k.key, k.payload,
-            k.headers, k.published_at, k.deliver_at
-     FROM kept k CROSS JOIN numbers
-     RETURNING stream_id, seq, subject, key, deliver_at",
-    &[BIGINT],
+/// Moves every visible event of one staging slot into the log. Events of dropped streams
+/// are deleted without a trace. Numbers are reserved with one setval under the drain lock;
+/// an aborted drain leaves a gap, never a reuse. Returns, per stream, the range of seq
+/// numbers given out (each range holds only this drain's events of that stream).
+macro_rules! move_slot {
+    ($slot:literal) => {
+        Statement::new(
+            concat!(
+                "WITH moved AS (
+                     DELETE FROM eventq_internal.staged_", $slot, "
+                     RETURNING id, stream_id, subject, key, payload, headers, deliver_at, published_at
+                 ), kept AS (
+                     SELECT m.*, row_number() OVER (ORDER BY m.id) AS n
+                     FROM moved m
+                     WHERE EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = m.stream_id)
+                 ), numbers AS (
+                     SELECT CASE WHEN count(*) > 0 THEN
+                                setval('eventq_internal.event_seq',
+                                       pg_sequence_last_value('eventq_internal.event_seq') + count(*))
+                                - count(*)
+                            END AS before_first
+                     FROM kept
+                 ), logged AS (
+                     INSERT INTO eventq_internal.events
+                         (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at)
+                     SELECT k.stream_id, numbers.before_first + k.n, k.id, k.subject, k.key, k.payload,
+                            k.headers, k.published_at, k.deliver_at
+                     FROM kept k CROSS JOIN numbers
+                     RETURNING stream_id, seq
+                 )
+                 SELECT stream_id, min(seq), max(seq), count(*) FROM logged GROUP BY stream_id"
+            ),
+            &[],
+        )
+    };
+}
+
+static MOVE_SLOT: [Statement; 4] =
+    [move_slot!("0"), move_slot!("1"), move_slot!("2"), move_slot!("3")];
+
+// What routing needs of the events just moved, read back in chunks.
+static MOVED_EVENTS: Statement = Statement::new(
+    "SELECT seq, subject, key, deliver_at FROM eventq_internal.events
+     WHERE stream_id = $1 AND seq BETWEEN $2 AND $3
+     ORDER BY seq",
+    &[INT, BIGINT, BIGINT],
 );
 
 static ROUTES: Statement = Statement::new(
-    "SELECT id, name, stream_id, mode, subjects, exclude, ordering = 'key'
-     FROM eventq_internal.consumers WHERE stream_id = ANY($1)",
-    &[INT_ARRAY],
+    "SELECT id, name, mode, subjects, exclude, ordering = 'key'
+     FROM eventq_internal.consumers WHERE stream_id = $1",
+    &[INT],
 );
 
-// The first task of each key in a batch claims the key (see sql/schema.sql). The no-op
+// The first task of each key in a drain claims the key (see sql/schema.sql). The no-op
 // DO UPDATE locks an existing row, so a finisher that holds it is waited for, and one that
 // comes later sees this drain's tasks. Rows are locked in key order, as finishers do.
 static CLAIM_KEYS: Statement = Statement::new(
@@ -135,18 +152,11 @@ impl std::ops::AddAssign for Drained {
     }
 }
 
-struct Route {
-    consumer_id: i32,
-    name: String,
-    mode: Mode,
-    keyed: bool,
-}
-
-/// Drains up to `max_batches` batches of `batch_size` events, if the drain lock is free.
-/// `None` when another session holds the lock (it is draining). Consumers that received
-/// something are notified once, on channel `eventq_<consumer>`, when this transaction
-/// commits.
-pub fn drain(client: &SpiClient<'_>, batch_size: i64, max_batches: usize) -> Option<Drained> {
+/// Drains every committed staged event, fanning out `chunk` events at a time, if the drain
+/// lock is free; `None` when another session holds it (it is draining). Consumers that
+/// received something are notified once, on channel `eventq_<consumer>`, when this
+/// transaction commits.
+pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
     if !anything_staged(client) {
         return Some(Drained::default());
     }
@@ -154,117 +164,37 @@ pub fn drain(client: &SpiClient<'_>, batch_size: i64, max_batches: usize) -> Opt
         return None;
     }
     let mut total = Drained::default();
-    let mut received: BTreeMap<String, i64> = BTreeMap::new();
-    for _ in 0..max_batches {
-        let batch = drain_batch(client, batch_size, &mut received);
-        total += batch;
-        if batch.events < batch_size {
-            break;
+    let mut fan_out = FanOut::default();
+    for statement in &MOVE_SLOT {
+        let moved: Vec<(i32, i64, i64, i64)> = statement
+            .run(client, &[])
+            .filter_map(|row| {
+                Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3)?, column(&row, 4)?))
+            })
+            .collect();
+        for (stream_id, first, last, count) in moved {
+            total.events += count;
+            total.tasks += fan_out.stream(client, stream_id, first, last, chunk);
         }
     }
-    if !received.is_empty() {
-        let (names, counts): (Vec<String>, Vec<i64>) = received.into_iter().unzip();
-        NOTIFY.run(client, &[arg(names), arg(counts)]);
-    }
+    fan_out.notify(client);
     Some(total)
 }
 
-struct MovedEvent {
-    stream_id: i32,
-    seq: i64,
-    subject: String,
-    key: Option<String>,
-    deliver_at: Option<TimestampWithTimeZone>,
+struct Route {
+    consumer_id: i32,
+    name: String,
+    mode: Mode,
+    keyed: bool,
 }
 
-fn drain_batch(
-    client: &SpiClient<'_>,
-    batch_size: i64,
-    received: &mut BTreeMap<String, i64>,
-) -> Drained {
-    let mut events: Vec<MovedEvent> = MOVE
-        .run(client, &[arg(batch_size)])
-        .map(|row| MovedEvent {
-            stream_id: column(&row, 1).unwrap_or(0),
-            seq: column(&row, 2).unwrap_or(0),
-            subject: column(&row, 3).unwrap_or_default(),
-            key: column(&row, 4),
-            deliver_at: column(&row, 5),
-        })
-        .collect();
-    if events.is_empty() {
-        return Drained::default();
-    }
-    events.sort_by_key(|e| e.seq);
-
-    let mut streams: Vec<i32> = events.iter().map(|e| e.stream_id).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let mut routes: Vec<Route> = Vec::new();
-    let mut routers: HashMap<i32, (Router, Vec<usize>)> = HashMap::new();
-    for row in ROUTES.run(client, &[arg(streams)]) {
-        let include: Vec<String> = column(&row, 5).unwrap_or_default();
-        let exclude: Vec<String> = column(&row, 6).unwrap_or_default();
-        // Stored filters were validated when the consumer was created or altered.
-        let Ok(filter) = Filter::parse(&include, &exclude) else { continue };
-        let stream_id: i32 = column(&row, 3).unwrap_or(0);
-        let (router, members) = routers.entry(stream_id).or_default();
-        router.add(&filter);
-        members.push(routes.len());
-        routes.push(Route {
-            consumer_id: column(&row, 1).unwrap_or(0),
-            name: column(&row, 2).unwrap_or_default(),
-            mode: Mode::parse(&column::<String>(&row, 4).unwrap_or_default()).unwrap_or(Mode::Task),
-            keyed: column(&row, 7).unwrap_or(false),
-        });
-    }
-
-    let mut tasks = Tasks::default();
-    let mut first_of_key: HashSet<(i32, String)> = HashSet::new();
-    let mut hits = Vec::new();
-    for event in &events {
-        let Some((router, members)) = routers.get(&event.stream_id) else { continue };
-        hits.clear();
-        router.route(&event.subject, &mut hits);
-        for &hit in &hits {
-            let route = &routes[members[hit]];
-            *received.entry(route.name.clone()).or_default() += 1;
-            if route.mode != Mode::Task {
-                continue;
-            }
-            let key = if route.keyed { event.key.clone() } else { None };
-            if let Some(k) = &key {
-                if first_of_key.insert((route.consumer_id, k.clone())) {
-                    tasks.claims.push((route.consumer_id, k.clone(), event.seq));
-                }
-            }
-            tasks.consumer.push(route.consumer_id);
-            tasks.seq.push(event.seq);
-            tasks.key.push(key);
-            tasks.deliver_at.push(event.deliver_at);
-        }
-    }
-    let created = tasks.consumer.len() as i64;
-    if created > 0 {
-        let heads = claim_keys(client, &mut tasks.claims);
-        let heads_key: Vec<bool> = tasks
-            .consumer
-            .iter()
-            .zip(&tasks.seq)
-            .map(|(c, seq)| heads.contains(&(*c, *seq)))
-            .collect();
-        INSERT_TASKS.run(
-            client,
-            &[
-                arg(tasks.consumer),
-                arg(tasks.seq),
-                arg(tasks.key),
-                arg(tasks.deliver_at),
-                arg(heads_key),
-            ],
-        );
-    }
-    Drained { events: events.len() as i64, tasks: created }
+/// Routing state of one drain: consumers per stream, keys claimed so far, and how many
+/// events each consumer received.
+#[derive(Default)]
+struct FanOut {
+    routers: HashMap<i32, (Router, Vec<Route>)>,
+    keys_seen: HashSet<(i32, String)>,
+    received: BTreeMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -273,8 +203,122 @@ struct Tasks {
     seq: Vec<i64>,
     key: Vec<Option<String>>,
     deliver_at: Vec<Option<TimestampWithTimeZone>>,
-    /// (consumer, key, seq) of the first task of each key in the batch.
+    /// (consumer, key, seq) of the first task of each key in the drain.
     claims: Vec<(i32, String, i64)>,
+}
+
+impl FanOut {
+    fn routes(&mut self, client: &SpiClient<'_>, stream_id: i32) -> &(Router, Vec<Route>) {
+        self.routers.entry(stream_id).or_insert_with(|| {
+            let mut router = Router::default();
+            let mut routes = Vec::new();
+            for row in ROUTES.run(client, &[arg(stream_id)]) {
+                let include: Vec<String> = column(&row, 4).unwrap_or_default();
+                let exclude: Vec<String> = column(&row, 5).unwrap_or_default();
+                // Stored filters were validated when the consumer was created or altered.
+                let Ok(filter) = Filter::parse(&include, &exclude) else { continue };
+                router.add(&filter);
+                routes.push(Route {
+                    consumer_id: column(&row, 1).unwrap_or(0),
+                    name: column(&row, 2).unwrap_or_default(),
+                    mode: Mode::parse(&column::<String>(&row, 3).unwrap_or_default())
+                        .unwrap_or(Mode::Task),
+                    keyed: column(&row, 6).unwrap_or(false),
+                });
+            }
+            (router, routes)
+        })
+    }
+
+    /// Creates the tasks for the events `first..=last` of a stream; returns how many.
+    fn stream(
+        &mut self,
+        client: &SpiClient<'_>,
+        stream_id: i32,
+        first: i64,
+        last: i64,
+        chunk: i64,
+    ) -> i64 {
+        if self.routes(client, stream_id).0.is_empty() {
+            return 0;
+        }
+        let mut created = 0;
+        let mut cursor = MOVED_EVENTS.cursor(client, &[arg(stream_id), arg(first), arg(last)]);
+        loop {
+            let rows =
+                cursor.fetch(chunk).unwrap_or_else(|e| crate::error::spi_failure("fetch", e));
+            if rows.is_empty() {
+                break;
+            }
+            let events: Vec<(i64, String, Option<String>, Option<TimestampWithTimeZone>)> = rows
+                .filter_map(|row| {
+                    Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3), column(&row, 4)))
+                })
+                .collect();
+            created += self.chunk(client, stream_id, events);
+        }
+        created
+    }
+
+    fn chunk(
+        &mut self,
+        client: &SpiClient<'_>,
+        stream_id: i32,
+        events: Vec<(i64, String, Option<String>, Option<TimestampWithTimeZone>)>,
+    ) -> i64 {
+        let Some((router, routes)) = self.routers.get(&stream_id) else { return 0 };
+        let mut tasks = Tasks::default();
+        let mut hits = Vec::new();
+        for (seq, subject, key, deliver_at) in events {
+            hits.clear();
+            router.route(&subject, &mut hits);
+            for &hit in &hits {
+                let route = &routes[hit];
+                *self.received.entry(route.name.clone()).or_default() += 1;
+                if route.mode != Mode::Task {
+                    continue;
+                }
+                let key = if route.keyed { key.clone() } else { None };
+                if let Some(k) = &key {
+                    if self.keys_seen.insert((route.consumer_id, k.clone())) {
+                        tasks.claims.push((route.consumer_id, k.clone(), seq));
+                    }
+                }
+                tasks.consumer.push(route.consumer_id);
+                tasks.seq.push(seq);
+                tasks.key.push(key);
+                tasks.deliver_at.push(deliver_at);
+            }
+        }
+        let created = tasks.consumer.len() as i64;
+        if created > 0 {
+            let heads = claim_keys(client, &mut tasks.claims);
+            let heads_key: Vec<bool> = tasks
+                .consumer
+                .iter()
+                .zip(&tasks.seq)
+                .map(|(c, seq)| heads.contains(&(*c, *seq)))
+                .collect();
+            INSERT_TASKS.run(
+                client,
+                &[
+                    arg(tasks.consumer),
+                    arg(tasks.seq),
+                    arg(tasks.key),
+                    arg(tasks.deliver_at),
+                    arg(heads_key),
+                ],
+            );
+        }
+        created
+    }
+
+    fn notify(self, client: &SpiClient<'_>) {
+        if !self.received.is_empty() {
+            let (names, counts): (Vec<String>, Vec<i64>) = self.received.into_iter().unzip();
+            NOTIFY.run(client, &[arg(names), arg(counts)]);
+        }
+    }
 }
 
 /// Claims the keys; returns (consumer, seq) of the tasks that now head their key: those

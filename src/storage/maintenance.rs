@@ -37,8 +37,6 @@ static TRUNCATE: [Statement; 4] = [
 
 /// Rows of expired leases and due timers handled per consumer and pass.
 pub const RESCUE_LIMIT: i64 = 10_000;
-/// Drain batches per pass: a pass is one transaction and should stay short.
-pub const DRAIN_BATCHES: usize = 100;
 
 #[derive(Debug, Default)]
 pub struct Pass {
@@ -49,7 +47,7 @@ pub struct Pass {
 }
 
 pub fn run(client: &SpiClient<'_>, batch_size: i64) -> Pass {
-    let drained = drain::drain(client, batch_size, DRAIN_BATCHES);
+    let drained = drain::drain(client, batch_size);
     let mut rescued = Rescued::default();
     let consumers: Vec<(i32, i32)> = TASK_CONSUMERS
         .run(client, &[])
@@ -85,7 +83,7 @@ fn truncate_idle_slots(client: &SpiClient<'_>, batch_size: i64) -> i64 {
         if !locked {
             continue;
         }
-        drain::drain(client, batch_size, usize::MAX);
+        drain::drain(client, batch_size);
         if scalar::<bool>(&SLOT_IS_EMPTY, client, &[arg(slot)]).unwrap_or(false) {
             TRUNCATE[slot as usize].run(client, &[]);
             truncated += 1;

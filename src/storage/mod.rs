@@ -16,7 +16,7 @@ pub mod tasks;
 use crate::error::OrRaise;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiCursor, SpiHeapTupleData, SpiTupleTable};
 use pgrx::{FromDatum, IntoDatum};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,6 +47,16 @@ impl Statement {
     ) -> SpiTupleTable<'c> {
         let plan = self.plan(client);
         client.select(&*plan, None, args).or_raise()
+    }
+
+    /// Opens a cursor over the statement's rows, fetched in chunks with `SpiCursor::fetch`.
+    pub fn cursor<'c>(
+        &'static self,
+        client: &SpiClient<'c>,
+        args: &[DatumWithOid<'_>],
+    ) -> SpiCursor<'c> {
+        let plan = self.plan(client);
+        client.try_open_cursor(&*plan, args).or_raise()
     }
 
     /// Runs the statement and returns its first row, if any.
