@@ -1,10 +1,33 @@
-//! Settings under `eventq.`, registered when the library loads.
+//! Settings under `eventq.`, registered when the library loads. The README lists them.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
-pub static DRAIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static DRAIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static MAINTENANCE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static CLEANUP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static KEEP_FINISHED_TASKS_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
 
 pub fn register() {
+    GucRegistry::define_string_guc(
+        c"eventq.database",
+        c"Database the eventq background worker serves.",
+        c"The worker restarts in the new database after a configuration reload.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"eventq.worker_enabled",
+        c"Whether the eventq background worker runs (needs shared_preload_libraries).",
+        c"When off, schedule eventq.run_maintenance() instead; pull and fetch drain by themselves.",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"eventq.drain_batch_size",
         c"Events the drain fans out into tasks per round.",
@@ -15,8 +38,58 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"eventq.maintenance_interval",
+        c"How often the worker rescues expired leases and makes due retries available.",
+        c"Draining does not wait for it: a publishing commit wakes the worker at once.",
+        &MAINTENANCE_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"eventq.cleanup_interval",
+        c"How often the worker applies retention and removes old finished tasks.",
+        c"",
+        &CLEANUP_INTERVAL_MS,
+        100,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"eventq.keep_finished_tasks",
+        c"How long completed and discarded tasks (and their attempts) are kept.",
+        c"Events themselves are kept for their stream's retention.",
+        &KEEP_FINISHED_TASKS_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+pub fn database() -> String {
+    DATABASE.get().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn worker_enabled() -> bool {
+    WORKER_ENABLED.get()
 }
 
 pub fn drain_batch_size() -> i64 {
     DRAIN_BATCH_SIZE.get() as i64
+}
+
+pub fn maintenance_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(MAINTENANCE_INTERVAL_MS.get() as u64)
+}
+
+pub fn cleanup_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(CLEANUP_INTERVAL_MS.get() as u64)
+}
+
+pub fn keep_finished_tasks_seconds() -> i64 {
+    KEEP_FINISHED_TASKS_S.get() as i64
 }

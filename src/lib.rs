@@ -7,6 +7,7 @@
 //! - `datum`   jsonb and array values passed through as Postgres datums
 //! - `error`   every SQLSTATE eventq raises
 //! - `gucs`    settings under `eventq.`
+//! - `worker`  the background worker; `wakeup` the commit-time latch that wakes it
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -16,6 +17,8 @@ mod datum;
 mod error;
 mod gucs;
 mod storage;
+mod wakeup;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
@@ -29,6 +32,11 @@ pgrx::extension_sql_file!("../sql/views.sql", name = "views", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
+    // The worker and its wake-up slot exist only when the library is preloaded.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        wakeup::init_shared_memory();
+        worker::register();
+    }
 }
 
 /// Required by `cargo pgrx test`.

@@ -8,12 +8,15 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
-/// One pass of what the background worker does: drain committed events, rescue expired
-/// leases, make due retries available, truncate idle staging. Returns counts.
-/// Safe to call concurrently, e.g. from pg_cron.
+/// One pass of everything the background worker does: drain committed events, rescue
+/// expired leases, make due retries available, truncate idle staging, apply retention and
+/// remove old finished tasks. Returns counts. Safe to call concurrently (with itself and
+/// with the worker), e.g. from pg_cron.
 #[pg_extern]
 fn run_maintenance() -> JsonB {
-    let pass = Spi::connect(|client| maintenance::run(client, gucs::drain_batch_size()));
+    let pass = Spi::connect(|client| {
+        maintenance::run(client, gucs::drain_batch_size(), gucs::keep_finished_tasks_seconds())
+    });
     let drained = pass.drained.unwrap_or_default();
     JsonB(json!({
         "drained_events": drained.events,
@@ -22,7 +25,10 @@ fn run_maintenance() -> JsonB {
         "lost_leases": pass.rescued.lost,
         "discarded_after_lost_lease": pass.rescued.discarded,
         "due_tasks": pass.rescued.promoted,
-        "truncated_staging": pass.truncated,
+        "truncated_staging": drained.truncated,
+        "expired_events": pass.cleaned.expired_events,
+        "expired_tasks": pass.cleaned.expired_tasks,
+        "removed_finished_tasks": pass.cleaned.removed_tasks,
     }))
 }
 

@@ -33,14 +33,15 @@ pub fn consumer_for(client: &SpiClient<'_>, name: &str, mode: Mode, call: &str) 
     consumer
 }
 
-/// `pull` and `fetch` drain what has committed before they read, so that a consumer never
-/// waits for a background worker that is not running. They only try the drain lock (whoever
-/// holds it is draining), and they drain only in READ COMMITTED: a REPEATABLE READ snapshot
-/// could not see newly drained events anyway, and its drain could fail to serialize.
+/// Without a background worker, `pull` and `fetch` drain what has committed before they
+/// read, so that a consumer never waits for a worker that is not running. They only try the
+/// drain lock (whoever holds it is draining), and they drain only in READ COMMITTED: a
+/// REPEATABLE READ snapshot could not see newly drained events anyway, and its drain could
+/// fail to serialize.
 pub fn drain_before_reading(client: &SpiClient<'_>) {
     let read_committed =
         unsafe { pgrx::pg_sys::XactIsoLevel } == pgrx::pg_sys::XACT_READ_COMMITTED as i32;
-    if read_committed {
+    if read_committed && !crate::wakeup::worker_serves_this_database() {
         crate::storage::drain::drain(client, crate::gucs::drain_batch_size());
     }
 }

@@ -7,6 +7,7 @@ use crate::datum::{Jsonb, JsonbArray, TextArray};
 use crate::error::{self, OrRaise};
 use crate::storage::append::{self, Staged};
 use crate::storage::publish::{self, Batch, Deduplicated, Event};
+use crate::wakeup;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -69,7 +70,9 @@ fn publish(
             }
         }),
     };
-    published.unwrap_or_else(|| error::unknown_stream(stream))
+    let id = published.unwrap_or_else(|| error::unknown_stream(stream));
+    wakeup::published();
+    id
 }
 
 /// Publishes `subjects[i]` with `payloads[i]` (and `keys[i]`, `headers[i]` when given) for
@@ -123,6 +126,9 @@ fn publish_batch(
     let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers };
     if !Spi::connect(|client| publish::insert_batch(client, stream, batch)) {
         error::unknown_stream(stream);
+    }
+    if n > 0 {
+        wakeup::published();
     }
     SetOfIterator::new(ids)
 }

@@ -27,6 +27,7 @@ use super::{
 use crate::core::settings::Mode;
 use crate::core::subject::{Filter, Router};
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -51,6 +52,30 @@ static ANYTHING_STAGED: Statement =
 pub fn anything_staged(client: &SpiClient<'_>) -> bool {
     super::scalar::<bool>(&ANYTHING_STAGED, client, &[]).unwrap_or(false)
 }
+
+// Staging slots other than the current and the next one (see sql/schema.sql) that still
+// have pages: their rows are drained, or dead, and the pages should go. Cheap: it reads
+// relation sizes, not rows.
+static IDLE_SLOTS: Statement = Statement::new(
+    "SELECT s, format('eventq_internal.staged_%s', s)::regclass::oid
+     FROM generate_series(0, 3) s
+     WHERE s <> date_part('epoch', clock_timestamp())::bigint % 4
+       AND s <> (date_part('epoch', clock_timestamp())::bigint + 1) % 4
+       AND pg_relation_size(format('eventq_internal.staged_%s', s)::regclass) > 0",
+    &[],
+);
+
+static SLOT_IS_EMPTY: Statement = Statement::new(
+    "SELECT NOT EXISTS (SELECT 1 FROM eventq_internal.staged WHERE slot = $1)",
+    &[INT],
+);
+
+static TRUNCATE: [Statement; 4] = [
+    Statement::new("TRUNCATE eventq_internal.staged_0", &[]),
+    Statement::new("TRUNCATE eventq_internal.staged_1", &[]),
+    Statement::new("TRUNCATE eventq_internal.staged_2", &[]),
+    Statement::new("TRUNCATE eventq_internal.staged_3", &[]),
+];
 
 /// Moves every visible event of one staging slot into the log. Events of dropped streams
 /// are deleted without a trace. Numbers are reserved with one setval under the drain lock;
@@ -143,26 +168,53 @@ static NOTIFY: Statement = Statement::new(
 pub struct Drained {
     pub events: i64,
     pub tasks: i64,
+    /// Staging slots truncated.
+    pub truncated: i64,
 }
 
-impl std::ops::AddAssign for Drained {
-    fn add_assign(&mut self, other: Drained) {
-        self.events += other.events;
-        self.tasks += other.tasks;
-    }
-}
-
-/// Drains every committed staged event, fanning out `chunk` events at a time, if the drain
-/// lock is free; `None` when another session holds it (it is draining). Consumers that
-/// received something are notified once, on channel `eventq_<consumer>`, when this
-/// transaction commits.
+/// Drains every committed staged event, fanning out `chunk` events at a time, and truncates
+/// idle staging slots, if the drain lock is free; `None` when another session holds it (it
+/// is draining). Consumers that received something are notified once, on channel
+/// `eventq_<consumer>`, when this transaction commits.
+///
+/// Truncating is part of draining, whoever drains: a drained slot's dead rows would
+/// otherwise make every "anything staged?" check walk them until vacuum came by.
 pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
-    if !anything_staged(client) {
+    let idle: Vec<(i32, pg_sys::Oid)> = IDLE_SLOTS
+        .run(client, &[])
+        .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
+        .collect();
+    if idle.is_empty() && !anything_staged(client) {
         return Some(Drained::default());
     }
     if !try_lock(client) {
         return None;
     }
+    let mut total = move_all(client, chunk);
+    for (slot, relation) in idle {
+        // Exclusively held, a slot has no uncommitted rows; once every committed row has
+        // been moved, nothing in it is needed. A slot in use is tried again next time.
+        let locked = unsafe {
+            // SAFETY: a conditional lock request on an existing relation, held until the
+            // transaction ends.
+            pg_sys::ConditionalLockRelationOid(relation, pg_sys::AccessExclusiveLock as i32)
+        };
+        if !locked {
+            continue;
+        }
+        let late = move_all(client, chunk);
+        total.events += late.events;
+        total.tasks += late.tasks;
+        if super::scalar::<bool>(&SLOT_IS_EMPTY, client, &[arg(slot)]).unwrap_or(false) {
+            TRUNCATE[slot as usize].run(client, &[]);
+            total.truncated += 1;
+        }
+    }
+    Some(total)
+}
+
+/// Moves and fans out every visible staged event; needs the drain lock.
+fn move_all(client: &SpiClient<'_>, chunk: i64) -> Drained {
     let mut total = Drained::default();
     let mut fan_out = FanOut::default();
     for statement in &MOVE_SLOT {
@@ -178,7 +230,7 @@ pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
         }
     }
     fan_out.notify(client);
-    Some(total)
+    total
 }
 
 struct Route {

@@ -10,6 +10,7 @@ pub mod drain;
 pub mod log;
 pub mod maintenance;
 pub mod publish;
+pub mod retention;
 pub mod streams;
 pub mod tasks;
 
