@@ -14,7 +14,7 @@ RUNAS := --runas postgres
 endif
 PGTEST_DIR ?= /tmp/eventq-pgtest
 
-.PHONY: all deps build install unit test demo demo-stop bench clean
+.PHONY: all deps build install unit test demo demo-stop bench soak clean
 
 all: build
 
@@ -46,10 +46,17 @@ demo: install
 demo-stop:
 	@.ci/demo stop
 
-# Throughput of eventq next to a minimal hand-written queue on one fresh cluster.
+# Throughput of eventq next to a minimal hand-written queue on one fresh cluster, and the
+# latency from publish to available task with the background worker.
 bench: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	cargo build --release --example latency
 	@bench/run
+
+# A sustained publish + pull + ack run with the worker, sampling table sizes over time.
+soak: deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	@bench/soak
 
 clean:
 	-@.ci/demo stop

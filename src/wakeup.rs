@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering}
 
 #[derive(Default)]
 pub struct WorkerSlot {
-    /// The worker's `MyLatch` (inside its PGPROC, in shared memory); 0 when no worker serves.
+    /// The worker's `MyLatch` (inside its PGPROC, in shared memory); 0 when there is no
+    /// worker process.
     latch: AtomicUsize,
     database: AtomicU32,
+    /// Whether the worker drains (it is enabled and the extension exists in its database).
+    serving: AtomicBool,
     /// When the worker last went round its loop (Postgres timestamp, microseconds).
     heartbeat: AtomicI64,
 }
@@ -40,19 +43,28 @@ fn my_database() -> u32 {
     unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
-/// Worker side: from now on, publishers in this database wake this process.
-pub fn serve() {
+/// Worker side, at start: publishers in this database wake this process from now on, even
+/// while it idles (so that it notices a newly created extension at the first publish).
+pub fn attach() {
     if let Some(slot) = slot() {
         slot.database.store(my_database(), Ordering::Relaxed);
         slot.latch.store(unsafe { pg_sys::MyLatch } as usize, Ordering::Release);
-        beat();
     }
 }
 
-/// Worker side: publishers stop waking this process; `pull` and `fetch` drain again.
-pub fn stop_serving() {
+/// Worker side, at exit.
+pub fn detach() {
     if let Some(slot) = slot() {
+        slot.serving.store(false, Ordering::Release);
         slot.latch.store(0, Ordering::Release);
+    }
+}
+
+/// Worker side: whether it drains this database now; readers drain themselves otherwise.
+pub fn set_serving(serving: bool) {
+    if let Some(slot) = slot() {
+        slot.serving.store(serving, Ordering::Release);
+        beat();
     }
 }
 
@@ -68,7 +80,7 @@ pub fn beat() {
 /// does not count: readers then try the drain lock themselves, which is harmless.
 pub fn worker_serves_this_database() -> bool {
     let Some(slot) = slot() else { return false };
-    if slot.latch.load(Ordering::Acquire) == 0
+    if !slot.serving.load(Ordering::Acquire)
         || slot.database.load(Ordering::Relaxed) != my_database()
     {
         return false;

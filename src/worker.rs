@@ -43,6 +43,7 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+    wakeup::attach();
     log!("eventq worker serving database \"{database}\"");
 
     let mut next_timers = Instant::now();
@@ -60,11 +61,10 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             next_cleanup = next_cleanup.min(Instant::now() + gucs::cleanup_interval());
         }
         if !gucs::worker_enabled() {
-            wakeup::stop_serving();
+            wakeup::set_serving(false);
             wait = IDLE_RECHECK;
             continue;
         }
-        wakeup::serve();
         let created = in_transaction("draining", || {
             Spi::connect(|client| {
                 let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
@@ -76,10 +76,11 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             })
         });
         if created == Some(false) {
-            wakeup::stop_serving();
+            wakeup::set_serving(false);
             wait = IDLE_RECHECK;
             continue;
         }
+        wakeup::set_serving(true);
         let now = Instant::now();
         if now >= next_timers {
             in_transaction("rescuing leases", || Spi::connect(maintenance::timers));
@@ -101,7 +102,7 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
-    wakeup::stop_serving();
+    wakeup::detach();
 }
 
 /// Runs `work` in its own transaction. An error is logged as a warning and the transaction

@@ -58,8 +58,15 @@ fn check(command: &mut Command) {
 }
 
 impl Cluster {
-    /// Starts a new cluster; `settings` are appended to postgresql.conf.
+    /// Starts a new cluster with eventq created in database `postgres`; `settings` are
+    /// appended to postgresql.conf.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let cluster = Cluster::start_without_extension(name, settings);
+        cluster.connect().batch_execute("CREATE EXTENSION eventq").unwrap();
+        cluster
+    }
+
+    pub fn start_without_extension(name: &str, settings: &[&str]) -> Cluster {
         let sharedir = pg_config("--sharedir");
         assert!(
             Path::new(&sharedir).join("extension/eventq.control").exists(),
@@ -101,16 +108,18 @@ impl Cluster {
                 .arg(dir.join("log"))
                 .arg("start"),
         );
-        let cluster = Cluster { dir, port, bindir };
-        cluster.connect().batch_execute("CREATE EXTENSION eventq").unwrap();
-        cluster
+        Cluster { dir, port, bindir }
     }
 
     pub fn connect(&self) -> Client {
+        self.connect_to("postgres")
+    }
+
+    pub fn connect_to(&self, database: &str) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect(
-                &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+                &format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port),
                 NoTls,
             ) {
                 Ok(client) => return client,
