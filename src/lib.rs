@@ -2,7 +2,7 @@
 //!
 //! - `core`    pure logic: names, subjects and routing, backoff, settings, ids (no Postgres)
 //! - `storage` the tables (`sql/schema.sql`) and every statement on them, planned once;
-//!             `storage::drain` is where commit order comes from
+//!   `storage::drain` is where commit order comes from
 //! - `api`     the SQL functions, one file per part of the API
 //! - `datum`   jsonb and array values passed through as Postgres datums
 //! - `error`   every SQLSTATE eventq raises

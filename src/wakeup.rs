@@ -117,10 +117,8 @@ unsafe extern "C-unwind" fn at_transaction_end(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            if PUBLISHED.with(|p| p.replace(false)) {
-                wake_worker();
-            }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT if PUBLISHED.with(|p| p.replace(false)) => {
+            wake_worker()
         }
         // A prepared transaction commits later, maybe elsewhere: the worker's timer finds it.
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {

@@ -57,11 +57,18 @@ fn run_maintenance_on_a_pg_cron_schedule_drains_and_applies_retention() {
             Err(format!("kept tasks {kept_tasks}, brief expired {brief_expired}, staged {staged}"))
         }
     });
-    let succeeded: i64 = db
-        .query_one("SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'", &[])
-        .unwrap()
-        .get(0);
-    assert!(succeeded >= 1);
+    // pg_cron records the run as succeeded just after the job's own transaction commits.
+    wait_for("pg_cron to record the run", Duration::from_secs(10), || {
+        let succeeded: i64 = db
+            .query_one("SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'", &[])
+            .unwrap()
+            .get(0);
+        if succeeded >= 1 {
+            Ok(())
+        } else {
+            Err("no succeeded run".into())
+        }
+    });
     assert_eq!(
         db.query_one("SELECT count(*) FROM eventq.events WHERE stream = 'brief'", &[])
             .unwrap()

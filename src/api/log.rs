@@ -13,6 +13,8 @@ const MAX_FETCH: i32 = 100_000;
 
 /// The next `max` matching events after the consumer's cursor, in seq order. Does not move
 /// the cursor: call `commit` with the last seq processed.
+// pgrx needs the row type written out in the signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern]
 fn fetch(
     consumer: Option<&str>,

@@ -14,6 +14,8 @@ const MAX_PULL: i32 = 10_000;
 
 /// Leases up to `max` due tasks, oldest first. Concurrent pullers never get the same task.
 /// The lease defaults to the consumer's; an expired lease makes the task due again.
+// pgrx needs the row type written out in the signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern]
 fn pull(
     consumer: Option<&str>,

@@ -180,15 +180,19 @@ pub struct Drained {
 /// Truncating is part of draining, whoever drains: a drained slot's dead rows would
 /// otherwise make every "anything staged?" check walk them until vacuum came by.
 pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
+    // Lock first: only the session that can drain looks at staging at all. Looking takes
+    // ACCESS SHARE on every slot (even reading a slot's size does) until the transaction
+    // ends, and a crowd of readers holding it would keep idle slots from ever being
+    // truncated; they would then walk dead rows on every call.
+    if !try_lock(client) {
+        return None;
+    }
     let idle: Vec<(i32, pg_sys::Oid)> = IDLE_SLOTS
         .run(client, &[])
         .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
         .collect();
     if idle.is_empty() && !anything_staged(client) {
         return Some(Drained::default());
-    }
-    if !try_lock(client) {
-        return None;
     }
     let mut total = move_all(client, chunk);
     for (slot, relation) in idle {

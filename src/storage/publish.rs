@@ -116,7 +116,7 @@ pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
     if b.ids.is_empty() {
         return super::scalar::<bool>(&STREAM_EXISTS, client, &[arg(stream)]).unwrap_or(false);
     }
-    INSERT_BATCH
+    !INSERT_BATCH
         .run(
             client,
             &[
@@ -128,6 +128,5 @@ pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
                 arg(b.headers),
             ],
         )
-        .len()
-        > 0
+        .is_empty()
 }
