@@ -6,8 +6,10 @@ SELECT s.name,
        s.retention,
        (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
        (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
-       (SELECT min(e.published_at) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS oldest_at,
-       (SELECT max(e.published_at) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS newest_at,
+       (SELECT min(e.published_at) FROM eventq_internal.events e
+         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
+       (SELECT max(e.published_at) FROM eventq_internal.events e
+         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
        -- published and committed (or still in flight), not yet drained
        (SELECT count(*) FROM eventq_internal.staged st WHERE st.stream_id = s.id) AS staged,
        s.created_at

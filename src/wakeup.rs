@@ -43,8 +43,9 @@ fn my_database() -> u32 {
     unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
-/// Worker side, at start: publishers in this database wake this process from now on, even
-/// while it idles (so that it notices a newly created extension at the first publish).
+/// Worker side, while enabled: publishers in this database wake this process, even while
+/// it idles for want of the extension (so that it notices a new extension at the first
+/// publish).
 pub fn attach() {
     if let Some(slot) = slot() {
         slot.database.store(my_database(), Ordering::Relaxed);
@@ -52,7 +53,7 @@ pub fn attach() {
     }
 }
 
-/// Worker side, at exit.
+/// Worker side, at exit or when disabled.
 pub fn detach() {
     if let Some(slot) = slot() {
         slot.serving.store(false, Ordering::Release);

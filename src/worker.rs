@@ -43,7 +43,6 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
-    wakeup::attach();
     log!("eventq worker serving database \"{database}\"");
 
     let mut next_timers = Instant::now();
@@ -61,10 +60,13 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             next_cleanup = next_cleanup.min(Instant::now() + gucs::cleanup_interval());
         }
         if !gucs::worker_enabled() {
-            wakeup::set_serving(false);
+            // Stop being woken too: every publishing commit would otherwise wake this
+            // process for nothing.
+            wakeup::detach();
             wait = IDLE_RECHECK;
             continue;
         }
+        wakeup::attach();
         let created = in_transaction("draining", || {
             Spi::connect(|client| {
                 let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])

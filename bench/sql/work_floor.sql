@@ -6,4 +6,4 @@ WITH picked AS (
     RETURNING q.id, q.payload
 )
 SELECT coalesce(array_agg(id), '{}') AS ids FROM leased \gset
-DELETE FROM floor_queue WHERE id = ANY (':ids'::bigint[]);
+DELETE FROM floor_queue WHERE id = ANY (:ids::bigint[]);

@@ -209,7 +209,7 @@ static BACKFILL: Statement = Statement::new(
             coalesce(e.deliver_at, now()),
             CASE WHEN $4 THEN e.key END
      FROM eventq_internal.events e
-     WHERE e.stream_id = $2 AND e.published_at >= $3
+     WHERE e.stream_id = $2 AND e.published_at > '-infinity' AND e.published_at >= $3
        AND ($5::text IS NULL OR e.subject ~ $5)
        AND ($6::text IS NULL OR e.subject !~ $6)
      ON CONFLICT (consumer_id, seq) DO NOTHING",
@@ -245,7 +245,8 @@ pub fn backfill(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZo
 // is skipped.
 static POSITION_AT: Statement = Statement::new(
     "SELECT coalesce(
-         (SELECT min(seq) - 1 FROM eventq_internal.events WHERE stream_id = $1 AND published_at >= $2),
+         (SELECT min(seq) - 1 FROM eventq_internal.events
+          WHERE stream_id = $1 AND published_at > '-infinity' AND published_at >= $2),
          pg_sequence_last_value('eventq_internal.event_seq'))",
     &[INT, TIMESTAMPTZ],
 );

@@ -20,20 +20,31 @@ static STREAMS_WITH_RETENTION: Statement = Statement::new(
 );
 
 // The oldest expired events of a stream, with their tasks. Tasks that were in flight for
-// an ordered key are reported, so that the key moves on to its next task.
+// an ordered key are reported, so that the key moves on to its next task. Rows are found
+// by key and deleted by ctid: joins here could be planned as hashes of whole tables when
+// statistics are stale (see events_by_time in sql/schema.sql).
 static EXPIRE_EVENTS: Statement = Statement::new(
     "WITH doomed AS (
-         SELECT seq FROM eventq_internal.events
-         WHERE stream_id = $1 AND published_at < now() - $2 * interval '1 microsecond'
+         SELECT ctid FROM eventq_internal.events
+         WHERE stream_id = $1 AND published_at > '-infinity'
+           AND published_at < now() - $2 * interval '1 microsecond'
          ORDER BY published_at LIMIT $3
      ), gone AS (
-         DELETE FROM eventq_internal.events e USING doomed d
-         WHERE e.stream_id = $1 AND e.seq = d.seq
-         RETURNING e.seq
+         DELETE FROM eventq_internal.events
+         WHERE ctid = ANY (ARRAY (SELECT ctid FROM doomed))
+         RETURNING seq
      ), gone_tasks AS (
-         DELETE FROM eventq_internal.tasks t USING gone g, eventq_internal.consumers c
-         WHERE c.stream_id = $1 AND t.consumer_id = c.id AND t.seq = g.seq
-         RETURNING t.consumer_id, t.seq, t.state, t.order_key
+         DELETE FROM eventq_internal.tasks
+         WHERE ctid = ANY (ARRAY (
+             SELECT task.ctid
+             FROM gone g
+             CROSS JOIN eventq_internal.consumers c
+             CROSS JOIN LATERAL (
+                 SELECT t.ctid FROM eventq_internal.tasks t
+                 WHERE t.consumer_id = c.id AND t.seq = g.seq LIMIT 1
+             ) task
+             WHERE c.stream_id = $1))
+         RETURNING consumer_id, seq, state, order_key
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts a USING gone_tasks t
          WHERE a.consumer_id = t.consumer_id AND a.task_id = t.seq
@@ -57,7 +68,8 @@ static EXPIRE_EVENTS: Statement = Statement::new(
 
 static EXPIRE_DEDUP: Statement = Statement::new(
     "DELETE FROM eventq_internal.dedup
-     WHERE stream_id = $1 AND published_at < now() - $2 * interval '1 microsecond'",
+     WHERE stream_id = $1 AND published_at > '-infinity'
+       AND published_at < now() - $2 * interval '1 microsecond'",
     &[INT, BIGINT],
 );
 
@@ -69,12 +81,12 @@ static CONSUMERS_WITH_TASKS: Statement =
 // round cheap however many tasks a consumer has.
 static REMOVE_FINISHED: Statement = Statement::new(
     "WITH oldest AS (
-         SELECT seq FROM eventq_internal.tasks
+         SELECT ctid FROM eventq_internal.tasks
          WHERE consumer_id = $1 AND state IN ('completed', 'discarded')
          ORDER BY seq LIMIT $3
      ), gone AS (
-         DELETE FROM eventq_internal.tasks t USING oldest o
-         WHERE t.consumer_id = $1 AND t.seq = o.seq
+         DELETE FROM eventq_internal.tasks t
+         WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM oldest))
            AND t.state IN ('completed', 'discarded')
            AND t.finished_at < now() - $2 * interval '1 second'
          RETURNING t.seq
