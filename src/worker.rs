@@ -98,6 +98,10 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             next_cleanup = now + gucs::cleanup_interval();
         }
         wait = next_timers.min(next_cleanup).saturating_duration_since(Instant::now());
+        if wait >= Duration::from_secs(1) {
+            // Statistics still pending from the last round are due before a long sleep.
+            unsafe { pg_sys::pgstat_report_stat(true) };
+        }
     }
     log!("eventq worker shutting down");
 }
@@ -137,12 +141,12 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R) -> Option<R> {
         } else {
             pg_sys::AbortCurrentTransaction();
         }
-        pgstat_report_idle();
+        // A background worker must hand in its own table statistics (a client backend does
+        // so when idle). Without them autovacuum never learns that the worker's inserts and
+        // retention deletes left dead rows, and never vacuums the log, which then only
+        // grows: 340 MB in a 10-minute run holding 240k events.
+        pg_sys::pgstat_report_stat(false);
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
     }
     result
-}
-
-/// Keeps `pg_stat_activity` honest between transactions.
-unsafe fn pgstat_report_idle() {
-    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
 }

@@ -9,7 +9,7 @@ pub mod stream;
 pub mod task;
 
 use crate::core::settings::Mode;
-use crate::error;
+use crate::error::{self, OrRaise};
 use crate::storage::consumers::{self, Consumer};
 use pgrx::datum::Interval;
 use pgrx::spi::SpiClient;
@@ -22,6 +22,24 @@ pub fn required<T>(value: Option<T>, what: &str) -> T {
 /// An interval in microseconds, months counted as 30 days (as Postgres does for epochs).
 pub fn micros(interval: Interval) -> i64 {
     interval.as_micros().clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// An optional interval argument that must be positive, in microseconds.
+pub fn positive_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
+    interval.map(|i| {
+        let us = micros(i);
+        crate::core::settings::positive(what, us).or_raise();
+        us
+    })
+}
+
+/// An optional interval argument that must not be negative, in microseconds.
+pub fn non_negative_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
+    interval.map(|i| {
+        let us = micros(i);
+        crate::core::settings::not_negative(what, us).or_raise();
+        us
+    })
 }
 
 /// The named consumer, which must be in `mode` for `call`.

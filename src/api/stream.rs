@@ -1,17 +1,14 @@
 //! create_stream, alter_stream, drop_stream.
 
-use super::{micros, required};
+use super::{positive_micros, required};
 use crate::core::names::{validate_name, Kind};
-use crate::core::settings::positive;
 use crate::error::{self, OrRaise};
 use crate::storage::streams;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
 fn check_retention(retention: Option<Interval>) {
-    if let Some(r) = retention {
-        positive("retention", micros(r)).or_raise();
-    }
+    positive_micros(retention, "retention");
 }
 
 /// Creates a stream. `retention` NULL keeps events forever.

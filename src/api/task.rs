@@ -1,8 +1,8 @@
 //! Task consumers: pull, ack, retry, discard, extend_lease, redrive.
 
-use super::{consumer_for, micros, required};
+use super::{consumer_for, non_negative_micros, positive_micros, required};
 use crate::core::backoff::Backoff;
-use crate::core::settings::{batch_size, not_negative, positive, Mode};
+use crate::core::settings::{batch_size, Mode};
 use crate::datum::Jsonb;
 use crate::error::OrRaise;
 use crate::storage::maintenance::RESCUE_LIMIT;
@@ -37,11 +37,7 @@ fn pull(
 > {
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
-    let lease = lease.map(|l| {
-        let l = micros(l);
-        positive("lease", l).or_raise();
-        l
-    });
+    let lease = positive_micros(lease, "lease");
     let leased = Spi::connect(|client| {
         let c = consumer_for(client, name, Mode::Task, "pull");
         if c.paused {
@@ -93,11 +89,7 @@ fn retry(
 ) -> Option<String> {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
-    let delay = delay.map(|d| {
-        let d = micros(d);
-        not_negative("delay", d).or_raise();
-        d
-    });
+    let delay = non_negative_micros(delay, "delay");
     Spi::connect(|client| {
         let c = consumer_for(client, name, Mode::Task, "retry");
         let attempt = tasks::running_attempt(client, c.id, task_id)?;
@@ -142,11 +134,7 @@ fn extend_lease(
 ) -> Option<TimestampWithTimeZone> {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
-    let lease = lease.map(|l| {
-        let l = micros(l);
-        positive("lease", l).or_raise();
-        l
-    });
+    let lease = positive_micros(lease, "lease");
     Spi::connect(|client| {
         let c = consumer_for(client, name, Mode::Task, "extend_lease");
         tasks::extend_lease(client, c.id, task_id, lease.unwrap_or(c.policy.lease))
