@@ -36,7 +36,8 @@ SELECT setval('eventq_internal.event_seq', 0, true);
 -- slot partitions with heap_insert, not INSERT (src/storage/append.rs): they must have no
 -- index, trigger, rule or constraint beyond NOT NULL.
 CREATE TABLE eventq_internal.staged (
-    slot         smallint NOT NULL DEFAULT (date_part('epoch', now())::bigint % 4)::smallint,
+    -- chosen by eventq (core::staging): the second the publishing transaction started, mod 4
+    slot         smallint NOT NULL,
     id           uuid NOT NULL,
     stream_id    integer NOT NULL,
     subject      text NOT NULL,

@@ -16,6 +16,18 @@ fn count(db: &mut Client, sql: &str) -> i64 {
     db.query_one(&format!("SELECT count(*) FROM ({sql}) q"), &[]).unwrap().get(0)
 }
 
+/// Waits until `sql` returns `expected` rows.
+fn wait_for_count(db: &mut Client, what: &str, sql: &str, expected: i64, timeout: Duration) {
+    wait_for(what, timeout, || {
+        let n = count(db, sql);
+        if n == expected {
+            Ok(())
+        } else {
+            Err(format!("{n} rows"))
+        }
+    });
+}
+
 fn worker_pid(db: &mut Client) -> Option<i32> {
     db.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventq worker'", &[])
         .ok()
@@ -47,17 +59,13 @@ fn the_worker_drains_and_notifies_without_anyone_asking() {
 
     db.batch_execute("SELECT eventq.publish('orders', 'order.created', jsonb_build_object('n', n)) FROM generate_series(1, 5) n")
         .unwrap();
-    wait_for("the worker to drain", Duration::from_secs(5), || {
-        let n = count(
-            &mut db,
-            "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND state = 'available'",
-        );
-        if n == 5 {
-            Ok(())
-        } else {
-            Err(format!("{n} tasks"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the worker to drain",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND state = 'available'",
+        5,
+        Duration::from_secs(5),
+    );
     let mut channels: Vec<(String, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while channels.len() < 2 && Instant::now() < deadline {
@@ -91,24 +99,22 @@ fn a_transaction_that_commits_last_is_still_delivered() {
     let mut slow_tx = slow.transaction().unwrap();
     slow_tx.execute("SELECT eventq.publish('late', 'slow')", &[]).unwrap();
     db.execute("SELECT eventq.publish('late', 'fast')", &[]).unwrap();
-    wait_for("the fast event", Duration::from_secs(5), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'late_c'");
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(format!("{n} tasks"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the fast event",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'late_c'",
+        1,
+        Duration::from_secs(5),
+    );
     std::thread::sleep(Duration::from_millis(300));
     slow_tx.commit().unwrap();
-    wait_for("the slow event", Duration::from_secs(5), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'late_c'");
-        if n == 2 {
-            Ok(())
-        } else {
-            Err(format!("{n} tasks"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the slow event",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'late_c'",
+        2,
+        Duration::from_secs(5),
+    );
     let order: Vec<String> = db
         .query("SELECT subject FROM eventq.tasks WHERE consumer = 'late_c' ORDER BY seq", &[])
         .unwrap()
@@ -148,14 +154,13 @@ fn a_killed_worker_loses_nothing_and_comes_back() {
         }
     });
     db.execute("SELECT eventq.publish('k', 'after')", &[]).unwrap();
-    wait_for("every event to be drained", Duration::from_secs(30), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'k_c'");
-        if n == 20_001 {
-            Ok(())
-        } else {
-            Err(format!("{n} tasks"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "every event to be drained",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'k_c'",
+        20_001,
+        Duration::from_secs(30),
+    );
     assert_eq!(count(&mut db, "SELECT DISTINCT seq FROM eventq.events"), 20_001);
 }
 
@@ -168,14 +173,13 @@ fn a_reload_applies_a_new_maintenance_interval() {
     )
     .unwrap();
     db.execute("SELECT eventq.publish('h', 'a')", &[]).unwrap();
-    wait_for("the task", Duration::from_secs(5), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'available'");
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the task",
+        "SELECT 1 FROM eventq.tasks WHERE state = 'available'",
+        1,
+        Duration::from_secs(5),
+    );
     // Leased and abandoned; nobody pulls, so only the worker's timer can rescue it.
     db.execute("SELECT * FROM eventq.pull('h_c', 1, lease => '100 milliseconds')", &[]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -187,14 +191,13 @@ fn a_reload_applies_a_new_maintenance_interval() {
 
     db.batch_execute("ALTER SYSTEM SET eventq.maintenance_interval = '100ms'").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_for("the lease to be rescued", Duration::from_secs(5), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.attempts WHERE outcome = 'lost'");
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(format!("{n} lost attempts"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the lease to be rescued",
+        "SELECT 1 FROM eventq.attempts WHERE outcome = 'lost'",
+        1,
+        Duration::from_secs(5),
+    );
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'available'"), 1);
 }
 
@@ -214,14 +217,7 @@ fn the_worker_applies_retention_and_removes_finished_tasks() {
          SELECT eventq.publish('long', 'x', dedup_key => 'x1'), eventq.publish('long', 'y');",
     )
     .unwrap();
-    wait_for("the tasks", Duration::from_secs(5), || {
-        let n = count(&mut db, "SELECT 1 FROM eventq.tasks");
-        if n == 4 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    });
+    wait_for_count(&mut db, "the tasks", "SELECT 1 FROM eventq.tasks", 4, Duration::from_secs(5));
     // One task of the long stream completes; the short stream's tasks stay unfinished.
     db.batch_execute(
         "SELECT eventq.ack('long_c', array_agg(task_id)) FROM eventq.pull('long_c', 1)",
@@ -262,20 +258,18 @@ fn the_worker_moves_to_another_database_on_reload() {
         .unwrap();
     db.batch_execute("ALTER SYSTEM SET eventq.database = 'other'").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_for("the worker in database other", Duration::from_secs(20), || {
-        let n = count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker' AND datname = 'other'");
-        if n == 1 {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
-    wait_for("the event drained in other", Duration::from_secs(10), || {
-        let n = count(&mut other, "SELECT 1 FROM eventq_internal.events");
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(format!("{n}"))
-        }
-    });
+    wait_for_count(
+        &mut db,
+        "the worker in database other",
+        "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker' AND datname = 'other'",
+        1,
+        Duration::from_secs(20),
+    );
+    wait_for_count(
+        &mut other,
+        "the event drained in other",
+        "SELECT 1 FROM eventq_internal.events",
+        1,
+        Duration::from_secs(10),
+    );
 }

@@ -19,22 +19,22 @@ fn patterns(list: Vec<Option<String>>, what: &str) -> Vec<String> {
         .collect()
 }
 
-fn policy(
+fn check_policy(
     max_attempts: i32,
     backoff: BackoffKind,
     base: Interval,
     max: Interval,
     lease: Interval,
-) -> RetryPolicy {
-    let policy = RetryPolicy {
+) {
+    RetryPolicy {
         max_attempts,
         backoff,
         backoff_base: micros(base),
         backoff_max: micros(max),
         lease: micros(lease),
-    };
-    policy.validate().or_raise();
-    policy
+    }
+    .validate()
+    .or_raise();
 }
 
 /// Gives an existing consumer the events published at or after `start_at` that it has not
@@ -86,7 +86,7 @@ fn create_consumer(
     let backoff_max = backoff_max.unwrap_or_else(|| Interval::from_hours(1));
     let lease = lease.unwrap_or_else(|| Interval::from_seconds(30.0));
     let max_attempts = max_attempts.unwrap_or(10);
-    policy(max_attempts, backoff, backoff_base, backoff_max, lease);
+    check_policy(max_attempts, backoff, backoff_base, backoff_max, lease);
 
     Spi::connect(|client| {
         let stream_id =

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod names;
 pub mod settings;
+pub mod staging;
 pub mod subject;
 pub mod ulid;
 

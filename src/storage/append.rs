@@ -11,6 +11,7 @@
 //! routed through the partitioned parent) made a single-event publish about 0.8x a plain
 //! INSERT; this path is the difference.
 
+use crate::core::staging;
 use crate::datum::Jsonb;
 use pgrx::datum::{IntoDatum, TimestampWithTimeZone, Uuid};
 use pgrx::pg_sys;
@@ -19,7 +20,7 @@ use std::ffi::CStr;
 const NAMESPACE: &CStr = c"eventq_internal";
 const SLOT_TABLES: [&CStr; 4] = [c"staged_0", c"staged_1", c"staged_2", c"staged_3"];
 /// Seconds from the Unix epoch to Postgres' epoch (2000-01-01).
-const POSTGRES_EPOCH_UNIX_SECONDS: f64 = 946_684_800.0;
+const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 
 pub struct Staged<'a> {
     pub id: Uuid,
@@ -114,12 +115,10 @@ pub fn stream_id(name: &str) -> Option<i32> {
     }
 }
 
-/// The staging slot for this transaction: its start time's second, modulo four, as the
-/// `slot` column default computes it.
-fn current_slot() -> usize {
+/// The staging slot of this transaction (see core::staging).
+pub fn current_slot() -> i64 {
     let start = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let unix_seconds = (start as f64 / 1_000_000.0 + POSTGRES_EPOCH_UNIX_SECONDS).round() as i64;
-    unix_seconds.rem_euclid(4) as usize
+    staging::slot_at(start.div_euclid(1_000_000) + POSTGRES_EPOCH_UNIX_SECONDS)
 }
 
 /// Appends the event to staging, in the current transaction.
@@ -127,7 +126,7 @@ pub fn append(event: Staged<'_>) {
     let namespace = namespace();
     require(relation(namespace, c"staged"), pg_sys::ACL_INSERT);
     let slot = current_slot();
-    let relid = relation(namespace, SLOT_TABLES[slot]);
+    let relid = relation(namespace, SLOT_TABLES[slot as usize]);
     unsafe {
         // SAFETY: the relation is opened with the lock an INSERT takes and kept until the
         // transaction ends; values and nulls are built for exactly its attributes.
@@ -135,7 +134,7 @@ pub fn append(event: Staged<'_>) {
         if (*(*rel).rd_rel).relhasindex {
             crate::error::damaged_installation(&format!(
                 "eventq_internal.{} has an index; staging tables must have none",
-                SLOT_TABLES[slot].to_string_lossy()
+                SLOT_TABLES[slot as usize].to_string_lossy()
             ));
         }
         let desc = (*rel).rd_att;

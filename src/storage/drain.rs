@@ -25,6 +25,7 @@ use super::{
     TIMESTAMPTZ_ARRAY,
 };
 use crate::core::settings::Mode;
+use crate::core::staging;
 use crate::core::subject::{Filter, Router};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
@@ -41,7 +42,7 @@ pub fn lock(client: &SpiClient<'_>) {
 }
 
 /// Takes the drain lock if nobody holds it; held until the transaction ends.
-pub fn try_lock(client: &SpiClient<'_>) -> bool {
+fn try_lock(client: &SpiClient<'_>) -> bool {
     super::scalar::<bool>(&TRY_LOCK, client, &[]).unwrap_or(false)
 }
 
@@ -49,21 +50,26 @@ static ANYTHING_STAGED: Statement =
     Statement::new("SELECT EXISTS (SELECT 1 FROM eventq_internal.staged)", &[]);
 
 /// Whether any staged row is visible (committed, or this transaction's own).
-pub fn anything_staged(client: &SpiClient<'_>) -> bool {
+fn anything_staged(client: &SpiClient<'_>) -> bool {
     super::scalar::<bool>(&ANYTHING_STAGED, client, &[]).unwrap_or(false)
 }
 
-// Staging slots other than the current and the next one (see sql/schema.sql) that still
-// have pages: their rows are drained, or dead, and the pages should go. Cheap: it reads
-// relation sizes, not rows.
-static IDLE_SLOTS: Statement = Statement::new(
+// Of the idle staging slots (core::staging), those that still have pages: their rows are
+// drained, or dead, and the pages should go. Cheap: it reads relation sizes, not rows.
+static SLOTS_WITH_PAGES: Statement = Statement::new(
     "SELECT s, format('eventq_internal.staged_%s', s)::regclass::oid
-     FROM generate_series(0, 3) s
-     WHERE s <> date_part('epoch', clock_timestamp())::bigint % 4
-       AND s <> (date_part('epoch', clock_timestamp())::bigint + 1) % 4
-       AND pg_relation_size(format('eventq_internal.staged_%s', s)::regclass) > 0",
-    &[],
+     FROM unnest($1::int[]) s
+     WHERE pg_relation_size(format('eventq_internal.staged_%s', s)::regclass) > 0",
+    &[INT_ARRAY],
 );
+
+fn idle_slots() -> Vec<i32> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    (0..staging::SLOTS).filter(|&s| staging::is_idle(s, now)).map(|s| s as i32).collect()
+}
 
 static SLOT_IS_EMPTY: Statement = Statement::new(
     "SELECT NOT EXISTS (SELECT 1 FROM eventq_internal.staged WHERE slot = $1)",
@@ -187,8 +193,8 @@ pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
     if !try_lock(client) {
         return None;
     }
-    let idle: Vec<(i32, pg_sys::Oid)> = IDLE_SLOTS
-        .run(client, &[])
+    let idle: Vec<(i32, pg_sys::Oid)> = SLOTS_WITH_PAGES
+        .run(client, &[arg(idle_slots())])
         .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
         .collect();
     if idle.is_empty() && !anything_staged(client) {

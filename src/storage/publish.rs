@@ -4,8 +4,8 @@
 //! dedup key (which need the dedup table's unique index) and batches.
 
 use super::{
-    arg, column, Statement, INT, JSONB, JSONB_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ, UUID,
-    UUID_ARRAY,
+    append, arg, column, Statement, INT, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
+    TIMESTAMPTZ, UUID, UUID_ARRAY,
 };
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -33,12 +33,13 @@ static INSERT_DEDUP: Statement = Statement::new(
          ON CONFLICT (stream_id, dedup_key) DO NOTHING
          RETURNING stream_id
      ), staged AS (
-         INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers, deliver_at)
-         SELECT $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
+         INSERT INTO eventq_internal.staged
+             (slot, id, stream_id, subject, key, payload, headers, deliver_at)
+         SELECT $9, $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
          RETURNING stream_id
      )
      SELECT (SELECT id FROM stream), EXISTS (SELECT 1 FROM staged)",
-    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT],
+    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT],
 );
 
 static DEDUP_FIRST: Statement = Statement::new(
@@ -69,6 +70,7 @@ pub fn insert_dedup(
             arg(e.headers),
             arg(e.deliver_at),
             arg(dedup_key),
+            arg(append::current_slot() as i16),
         ],
     ) else {
         return Deduplicated::NoStream;
@@ -96,14 +98,14 @@ pub struct Batch {
 }
 
 static INSERT_BATCH: Statement = Statement::new(
-    "INSERT INTO eventq_internal.staged (id, stream_id, subject, key, payload, headers)
-     SELECT u.id, s.id, u.subject, u.key, u.payload, u.headers
+    "INSERT INTO eventq_internal.staged (slot, id, stream_id, subject, key, payload, headers)
+     SELECT $7, u.id, s.id, u.subject, u.key, u.payload, u.headers
      FROM eventq_internal.streams s,
           unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
             AS u(id, subject, payload, key, headers)
      WHERE s.name = $1
      RETURNING stream_id",
-    &[TEXT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY],
+    &[TEXT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT],
 );
 
 static STREAM_EXISTS: Statement = Statement::new(
@@ -126,6 +128,7 @@ pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
                 arg(b.payloads),
                 arg(b.keys),
                 arg(b.headers),
+                arg(append::current_slot() as i16),
             ],
         )
         .is_empty()
