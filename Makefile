@@ -14,7 +14,7 @@ RUNAS := --runas postgres
 endif
 PGTEST_DIR ?= /tmp/eventq-pgtest
 
-.PHONY: all deps build install unit test demo demo-stop bench soak clean
+.PHONY: all deps build install unit test chaos demo demo-stop bench soak clean
 
 all: build
 
@@ -38,6 +38,12 @@ unit: deps
 test: deps
 	@mkdir -p $(PGTEST_DIR) && chmod 777 $(PGTEST_DIR)
 	RUST_TEST_THREADS=1 cargo pgrx test pg15 $(RUNAS) --pgdata $(PGTEST_DIR)/data
+
+# A longer seeded chaos run (tests/chaos.rs): make chaos SEED=7 MINUTES=10
+SEED ?= 20261127
+MINUTES ?= 5
+chaos: install
+	CHAOS_SEED=$(SEED) CHAOS_SECONDS=$$(( $(MINUTES) * 60 )) cargo test --test chaos -- --nocapture
 
 # A throwaway local Postgres with eventq preloaded, a short tour, and how to connect.
 demo: install

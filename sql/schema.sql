@@ -3,11 +3,15 @@
 --
 -- The life of an event:
 --   publish  -> one row in `staged` (no index: the publisher's insert is as cheap as it gets)
---   drain    -> rows that have committed move, under one lock, into `events` with `seq`
---               numbers given in the order they became visible, and one row per matching
---               task consumer goes into `tasks`
+--   drain    -> rows that have committed move, one drain at a time, into `events` with `seq`
+--               numbers in the order of their transactions' ids, and one row per matching
+--               task consumer goes into `tasks` (src/storage/drain.rs says why that order
+--               is commit order for everything a reader can tell apart)
 --   pull     -> a task is leased (available -> running); ack / retry / discard finish it
 --   maintain -> expired leases rescued, due retries made available, retention applied
+--
+-- Every table has a primary key, or (staging) REPLICA IDENTITY FULL, so that deletes keep
+-- working when a publication FOR ALL TABLES includes them.
 
 CREATE SCHEMA eventq_internal;
 COMMENT ON SCHEMA eventq_internal IS 'eventq storage; use the functions and views in schema eventq';
@@ -38,6 +42,9 @@ SELECT setval('eventq_internal.event_seq', 0, true);
 CREATE TABLE eventq_internal.staged (
     -- chosen by eventq (core::staging): the second the publishing transaction started, mod 4
     slot         smallint NOT NULL,
+    -- the publishing transaction's top-level id: the drain numbers events in (xid, id)
+    -- order. Ids from one backend increase, so a transaction's events keep their order.
+    xid          xid8 NOT NULL,
     id           uuid NOT NULL,
     stream_id    integer NOT NULL,
     subject      text NOT NULL,
@@ -51,6 +58,24 @@ CREATE TABLE eventq_internal.staged_0 PARTITION OF eventq_internal.staged FOR VA
 CREATE TABLE eventq_internal.staged_1 PARTITION OF eventq_internal.staged FOR VALUES IN (1);
 CREATE TABLE eventq_internal.staged_2 PARTITION OF eventq_internal.staged FOR VALUES IN (2);
 CREATE TABLE eventq_internal.staged_3 PARTITION OF eventq_internal.staged FOR VALUES IN (3);
+-- The drain deletes what it moves. Without an index there is no replica identity to name a
+-- row by, and a publication that publishes deletes would make every drain fail; FULL costs
+-- nothing below wal_level = logical.
+ALTER TABLE eventq_internal.staged REPLICA IDENTITY FULL;
+ALTER TABLE eventq_internal.staged_0 REPLICA IDENTITY FULL;
+ALTER TABLE eventq_internal.staged_1 REPLICA IDENTITY FULL;
+ALTER TABLE eventq_internal.staged_2 REPLICA IDENTITY FULL;
+ALTER TABLE eventq_internal.staged_3 REPLICA IDENTITY FULL;
+
+-- One row per committed drain that moved events: the log's head is the newest row's
+-- last_seq. Readers use it, not the sequence, whose value also counts numbers an
+-- unfinished drain has reserved. Insert-only; old rows are trimmed by cleanup.
+CREATE TABLE eventq_internal.drains (
+    last_seq   bigint PRIMARY KEY,
+    events     bigint NOT NULL,
+    drained_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO eventq_internal.drains (last_seq, events) VALUES (0, 0);
 
 -- Drained events: insert-only, deleted by retention.
 CREATE TABLE eventq_internal.events (
@@ -87,6 +112,15 @@ CREATE TABLE eventq_internal.dedup (
 CREATE INDEX dedup_by_time ON eventq_internal.dedup (stream_id, published_at)
     WHERE published_at > '-infinity';
 
+-- Whether every pattern of a list has the shape src/core/subject.rs accepts, so that no
+-- stored filter can fail to parse when the drain routes by it.
+CREATE FUNCTION eventq_internal.valid_patterns(patterns text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN (SELECT coalesce(bool_and(p IS NOT NULL
+                                 AND octet_length(p) BETWEEN 1 AND 255
+                                 AND p ~ '^((\*|[A-Za-z0-9_-]+)\.)*(\*|>|[A-Za-z0-9_-]+)$'), true)
+        FROM unnest(patterns) AS p);
+
 CREATE TABLE eventq_internal.consumers (
     id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name         text COLLATE "C" NOT NULL UNIQUE,
@@ -107,9 +141,13 @@ CREATE TABLE eventq_internal.consumers (
     paused       boolean NOT NULL DEFAULT false,
     -- log mode: the last seq the reader committed
     cursor_seq   bigint NOT NULL DEFAULT 0,
-    -- unfinished tasks deleted by retention
-    expired      bigint NOT NULL DEFAULT 0,
-    created_at   timestamptz NOT NULL DEFAULT now()
+    -- start_at: only events published at or after it (NULL: no such limit)
+    start_at     timestamptz,
+    -- cleanup of finished tasks resumes after this seq
+    cleanup_seq  bigint NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT consumers_patterns_check
+        CHECK (eventq_internal.valid_patterns(subjects) AND eventq_internal.valid_patterns(exclude))
 );
 CREATE INDEX consumers_by_stream ON eventq_internal.consumers (stream_id);
 
@@ -146,17 +184,45 @@ CREATE INDEX tasks_leased ON eventq_internal.tasks (consumer_id, lease_until)
 CREATE INDEX tasks_waiting ON eventq_internal.tasks (consumer_id, order_key, seq)
     WHERE state = 'waiting';
 
--- Key ordering: the task of each (consumer, key) that is in flight (available, scheduled,
--- running or retryable); the key's other unfinished tasks wait. A row exists exactly while
--- the key has a task in flight. The drain claims it with INSERT .. ON CONFLICT DO UPDATE
--- and whoever finishes the head locks it FOR UPDATE before choosing the next, so the two
--- can never both miss each other's work. Pull never touches it.
+-- Key ordering: per (consumer, key), the task in flight (available, scheduled, running or
+-- retryable), or NULL when the key is idle; the key's other unfinished tasks wait. Rows of
+-- idle keys stay until cleanup removes them. See src/storage/keys.rs for how the drain and
+-- whoever finishes a head use these rows without ever missing each other's work, and
+-- without the drain ever waiting for a worker's transaction. Pull never touches them.
 CREATE TABLE eventq_internal.key_heads (
     consumer_id integer NOT NULL,
     order_key   text NOT NULL,
-    head_seq    bigint NOT NULL,
+    head_seq    bigint,
     PRIMARY KEY (consumer_id, order_key)
 );
+
+-- Keys whose row was busy when a drain or a background pass wanted to look at it: the
+-- next drain settles them (src/storage/keys.rs).
+CREATE TABLE eventq_internal.key_rechecks (
+    consumer_id integer NOT NULL,
+    order_key   text NOT NULL,
+    PRIMARY KEY (consumer_id, order_key)
+);
+
+-- Events a consumer has no tasks for yet although it should: those drained while it was
+-- being created (to_seq NULL: up to the drain that first sees it), or while a change to it
+-- kept drains from routing to it. The next drain that can lock the consumer fills them.
+CREATE TABLE eventq_internal.routing_gaps (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer_id integer NOT NULL,
+    from_seq    bigint NOT NULL,
+    to_seq      bigint
+);
+
+-- Unfinished tasks deleted by retention (or found without their event), counted on the
+-- consumer as `expired`. Insert-only, so that counting never waits for a transaction that
+-- holds the consumer's row; cleanup folds the rows of a consumer into one.
+CREATE TABLE eventq_internal.expirations (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer_id integer NOT NULL,
+    tasks       bigint NOT NULL
+);
+CREATE INDEX expirations_by_consumer ON eventq_internal.expirations (consumer_id);
 
 -- Attempts that did not complete (failed, lost, discarded). A completed attempt is the
 -- task row itself, so the happy path writes no history row.

@@ -1,5 +1,6 @@
 -- Views for people and dashboards. They count and join on every read: fine for a console
--- or a test, not for a hot loop.
+-- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
+-- transaction would otherwise keep staging from being truncated.
 
 CREATE VIEW eventq.streams AS
 SELECT s.name,
@@ -10,8 +11,6 @@ SELECT s.name,
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
        (SELECT max(e.published_at) FROM eventq_internal.events e
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
-       -- published and committed (or still in flight), not yet drained
-       (SELECT count(*) FROM eventq_internal.staged st WHERE st.stream_id = s.id) AS staged,
        s.created_at
 FROM eventq_internal.streams s;
 
@@ -29,20 +28,23 @@ SELECT c.name,
        coalesce(t.retryable, 0) AS retryable,
        coalesce(t.completed, 0) AS completed,
        coalesce(t.discarded, 0) AS discarded,
-       c.expired,
+       coalesce((SELECT sum(x.tasks) FROM eventq_internal.expirations x
+                 WHERE x.consumer_id = c.id), 0)::bigint AS expired,
        CASE c.mode
          WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
          ELSE (SELECT count(*) FROM eventq_internal.events e
                WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
                  AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re))
+                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+                 AND (c.start_at IS NULL OR e.published_at >= c.start_at))
        END AS lag,
        CASE c.mode
-         WHEN 'task' THEN now() - t.oldest_due
+         WHEN 'task' THEN CASE WHEN isfinite(t.oldest_due) THEN now() - t.oldest_due END
          ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
                        WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
                          AND (c.include_re IS NULL OR e.subject ~ c.include_re)
                          AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+                         AND (c.start_at IS NULL OR e.published_at >= c.start_at)
                        ORDER BY e.seq LIMIT 1)
        END AS oldest_due_age,
        CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
@@ -54,6 +56,7 @@ SELECT c.name,
        c.backoff_base,
        c.backoff_max,
        c.lease,
+       c.start_at,
        c.created_at
 FROM eventq_internal.consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id

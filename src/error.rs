@@ -71,6 +71,20 @@ pub fn spi_failure(context: &str, err: SpiError) -> ! {
     ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("eventq: {context}: {err}"));
 }
 
+/// XX000 for an SPI call that returned a failure status instead of raising an error.
+pub fn spi_status(sql: &str, status: i32) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("eventq: SPI failed with status {status} on: {sql}")
+    );
+}
+
+/// XX000 for something that cannot happen unless eventq has a bug.
+pub fn internal(message: &str) -> ! {
+    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("eventq: {message}"));
+}
+
 /// Turns pure-logic and SPI results into raised errors.
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

@@ -7,7 +7,8 @@
 //! - `datum`   jsonb and array values passed through as Postgres datums
 //! - `error`   every SQLSTATE eventq raises
 //! - `gucs`    settings under `eventq.`
-//! - `worker`  the background worker; `wakeup` the commit-time latch that wakes it
+//! - `worker`  the background worker and the drain helper; `wakeup` what backends share
+//!   through shared memory: the worker's latch, and what has been published and drained
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -35,6 +36,7 @@ pub extern "C-unwind" fn _PG_init() {
     // The worker and its wake-up slot exist only when the library is preloaded.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
+        wakeup::install_hooks();
         worker::register();
     }
 }

@@ -1,24 +1,31 @@
-//! The background worker (with `shared_preload_libraries = 'eventq'`): one process serving
-//! the database named by `eventq.database`.
+//! Background processes: the worker (with `shared_preload_libraries = 'eventq'`), one
+//! process serving the database named by `eventq.database`, and the drain helper, a
+//! short-lived process a reader starts when it must see committed events drained but
+//! cannot drain itself (see `api::drain_before_reading`).
 //!
-//! It drains whenever a publishing commit sets its latch (see `wakeup`), rescues expired
-//! leases and makes due tasks available every `eventq.maintenance_interval`, and applies
-//! retention and removes old finished tasks every `eventq.cleanup_interval`. Each piece of
-//! work is its own transaction; an error is logged and the loop goes on. It idles while the
-//! extension is not created in its database, and restarts in another database when
-//! `eventq.database` changes.
+//! The worker drains whenever a publishing commit sets its latch (see `wakeup`), rescues
+//! expired leases and makes due tasks available every `eventq.maintenance_interval`, and
+//! applies retention and removes old finished tasks every `eventq.cleanup_interval`. Each
+//! piece of work is its own transaction; an error is logged (once a minute at most for a
+//! repeating one) and the loop goes on. It idles while the extension is not created in its
+//! database, and restarts in another database when `eventq.database` changes.
+//!
+//! Both run their transactions in READ COMMITTED, read-write, whatever the database's
+//! defaults say, with a lock timeout as a backstop (nothing they do should wait for a
+//! user's transaction). SIGTERM ends them at once, even inside a statement that waits.
 
-use crate::storage::{drain, maintenance, retention, Statement};
+use crate::storage::{drain, maintenance, Statement};
 use crate::{gucs, wakeup};
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// How often an idle worker (extension not created, or worker disabled) looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// A repeating failure is logged at most this often.
+const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("eventq worker")
@@ -36,21 +43,110 @@ static EXTENSION_CREATED: Statement = Statement::new(
     &[],
 );
 
+// Postgres' own signal handlers, called by the kernel: no Rust wrapper may stand between.
+unsafe extern "C-unwind" {
+    fn die(signal: std::ffi::c_int);
+    fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
+}
+
+/// Signals as a Postgres backend has them: SIGTERM ends the process through
+/// CHECK_FOR_INTERRUPTS, also while a statement waits for a lock; SIGHUP asks for a reload.
+fn prepare_process() {
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+fn set(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
+/// Settings of the database or role that would change what a drain does.
+fn session_settings() {
+    set(c"default_transaction_isolation", c"read committed");
+    set(c"default_transaction_read_only", c"off");
+    set(c"default_transaction_deferrable", c"off");
+    set(c"statement_timeout", c"0");
+    set(c"idle_in_transaction_session_timeout", c"0");
+    set(c"lock_timeout", c"10s");
+    set(c"search_path", c"pg_catalog, pg_temp");
+}
+
+fn check_for_interrupts() {
+    unsafe {
+        if pg_sys::InterruptPending != 0 {
+            pg_sys::ProcessInterrupts();
+        }
+    }
+}
+
+/// Logs a failure as a WARNING, at most once a minute for each kind of work.
+#[derive(Default)]
+struct Warnings {
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Warnings {
+    fn report(&mut self, what: &'static str, message: &str) {
+        let now = Instant::now();
+        match self.last.get_mut(what) {
+            Some((at, suppressed)) if now.duration_since(*at) < WARNING_INTERVAL => {
+                *suppressed += 1;
+            }
+            entry => {
+                let suppressed = entry.map(|(_, n)| *n).unwrap_or(0);
+                let again = if suppressed > 0 {
+                    format!(" ({suppressed} more times since the last report)")
+                } else {
+                    String::new()
+                };
+                warning!("eventq worker: error while {what}: {message}{again}");
+                self.last.insert(what, (now, 0));
+            }
+        }
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    prepare_process();
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    session_settings();
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
     log!("eventq worker serving database \"{database}\"");
 
+    let mut warnings = Warnings::default();
     let mut next_timers = Instant::now();
     let mut next_cleanup = Instant::now();
     let mut wait = Duration::ZERO;
-    while BackgroundWorker::wait_latch(Some(wait)) {
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    loop {
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                wait.as_millis().min(i32::MAX as u128) as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        check_for_interrupts();
+        if unsafe { pg_sys::ConfigReloadPending } != 0 {
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+            session_settings();
             if gucs::database() != database {
                 log!("eventq worker restarting to serve database \"{}\"", gucs::database());
                 unsafe { pg_sys::proc_exit(1) };
@@ -67,43 +163,75 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             continue;
         }
         wakeup::attach();
-        let created = in_transaction("draining", || {
+        let drained = in_transaction("draining", &mut warnings, || {
             Spi::connect(|client| {
                 let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
                     .unwrap_or(false);
-                if created {
-                    drain::drain(client, gucs::drain_batch_size());
-                }
-                created
+                created.then(|| {
+                    drain::drain(
+                        client,
+                        drain::Options {
+                            wait: true,
+                            truncate: true,
+                            chunk: gucs::drain_batch_size(),
+                        },
+                    )
+                })
             })
         });
-        if created == Some(false) {
-            wakeup::set_serving(false);
-            wait = IDLE_RECHECK;
-            continue;
-        }
+        let drained = match drained {
+            Some(None) => {
+                wakeup::set_serving(false);
+                wait = IDLE_RECHECK;
+                continue;
+            }
+            Some(Some(drained)) => drained,
+            None => None,
+        };
         wakeup::set_serving(true);
+        let mut more_to_do = false;
+        if let Some(drained) = drained {
+            more_to_do = drained.gaps_left > 0;
+            if !drained.received.is_empty() {
+                // After the drain committed: a failure to notify must not undo the drain.
+                in_transaction("notifying listeners", &mut warnings, || {
+                    Spi::connect(|client| drain::notify(client, drained.received))
+                });
+            }
+        }
         let now = Instant::now();
         if now >= next_timers {
-            in_transaction("rescuing leases", || Spi::connect(maintenance::timers));
+            in_transaction("rescuing leases", &mut warnings, || {
+                let (_, errors) = Spi::connect(maintenance::timers);
+                errors
+            })
+            .into_iter()
+            .flatten()
+            .for_each(|e| warnings.report("rescuing leases", &e));
             next_timers = now + gucs::maintenance_interval();
         }
         if now >= next_cleanup {
-            in_transaction("applying retention", || {
-                Spi::connect(|client| {
-                    retention::expire(client);
-                    retention::remove_finished(client, gucs::keep_finished_tasks_seconds());
-                })
-            });
+            in_transaction("applying retention", &mut warnings, || {
+                let (_, errors) = Spi::connect(|client| {
+                    maintenance::cleanup(client, gucs::keep_finished_tasks_seconds())
+                });
+                errors
+            })
+            .into_iter()
+            .flatten()
+            .for_each(|e| warnings.report("applying retention", &e));
             next_cleanup = now + gucs::cleanup_interval();
         }
-        wait = next_timers.min(next_cleanup).saturating_duration_since(Instant::now());
+        wait = if more_to_do {
+            Duration::from_millis(10)
+        } else {
+            next_timers.min(next_cleanup).saturating_duration_since(Instant::now())
+        };
         if wait >= Duration::from_secs(1) {
             // Statistics still pending from the last round are due before a long sleep.
             unsafe { pg_sys::pgstat_report_stat(true) };
         }
     }
-    log!("eventq worker shutting down");
 }
 
 #[pg_guard]
@@ -111,31 +239,25 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     wakeup::detach();
 }
 
-/// Runs `work` in its own transaction. An error is logged as a warning and the transaction
-/// rolled back, so that the worker keeps going.
-fn in_transaction<R>(what: &str, work: impl FnOnce() -> R) -> Option<R> {
-    let activity = std::ffi::CString::new(format!("eventq worker: {what}")).unwrap_or_default();
+/// Runs `work` in its own transaction. An error is logged and the transaction rolled back,
+/// so that the process keeps going.
+fn in_transaction<R>(
+    what: &'static str,
+    warnings: &mut Warnings,
+    work: impl FnOnce() -> R,
+) -> Option<R> {
+    let activity = std::ffi::CString::new(format!("eventq: {what}")).unwrap_or_default();
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr());
     }
-    let result = PgTryBuilder::new(AssertUnwindSafe(move || Some(work())))
-        .catch_others(|error| {
-            let message = match &error {
-                pg_sys::panic::CaughtError::PostgresError(e)
-                | pg_sys::panic::CaughtError::ErrorReport(e) => e.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
-                    ereport.message().to_string()
-                }
-            };
-            warning!("eventq worker: error while {what}: {message}");
-            None
-        })
+    let result = PgTryBuilder::new(AssertUnwindSafe(move || Ok(work())))
+        .catch_others(|error| Err(crate::storage::isolation::message(&error)))
         .execute();
     unsafe {
-        if result.is_some() {
+        if result.is_ok() {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
         } else {
@@ -148,5 +270,61 @@ fn in_transaction<R>(what: &str, work: impl FnOnce() -> R) -> Option<R> {
         pg_sys::pgstat_report_stat(false);
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
     }
-    result
+    match result {
+        Ok(value) => Some(value),
+        Err(message) => {
+            warnings.report(what, &message);
+            None
+        }
+    }
+}
+
+/// Starts a helper process that drains this database in a transaction of its own, and
+/// waits for it to finish. Returns false if no helper could be started (every background
+/// worker slot is taken): the caller then reads what is drained.
+pub fn drain_in_helper() -> bool {
+    let helper = BackgroundWorkerBuilder::new("eventq drain helper")
+        .set_type("eventq drain helper")
+        .set_library("eventq")
+        .set_function("eventq_drain_helper_main")
+        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic();
+    match helper {
+        Ok(helper) => helper.wait_for_shutdown().is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn eventq_drain_helper_main(arg: pg_sys::Datum) {
+    prepare_process();
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    session_settings();
+    let mut warnings = Warnings::default();
+    let drained = in_transaction("draining", &mut warnings, || {
+        Spi::connect(|client| {
+            let created =
+                crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[]).unwrap_or(false);
+            if !created {
+                return None;
+            }
+            drain::drain(
+                client,
+                drain::Options { wait: true, truncate: true, chunk: gucs::drain_batch_size() },
+            )
+        })
+    });
+    if let Some(Some(drained)) = drained {
+        if !drained.received.is_empty() {
+            in_transaction("notifying listeners", &mut warnings, || {
+                Spi::connect(|client| drain::notify(client, drained.received))
+            });
+        }
+    }
 }

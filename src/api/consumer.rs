@@ -6,7 +6,9 @@ use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use crate::core::subject::Filter;
 use crate::error::{self, OrRaise};
 use crate::storage::consumers::{self, Changes, Consumer, NewConsumer};
+use crate::storage::isolation::retrying;
 use crate::storage::streams;
+use crate::wakeup;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -37,14 +39,23 @@ fn check_policy(
     .or_raise();
 }
 
-/// Gives an existing consumer the events published at or after `start_at` that it has not
-/// seen: tasks for a task consumer, the cursor position for a log consumer.
-fn start_from(client: &SpiClient<'_>, name: &str, start_at: TimestampWithTimeZone) {
-    let consumer: Consumer =
-        consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+/// `start_at` as stored on the consumer: only events published at or after it reach it.
+/// '-infinity' means no limit; infinity is refused (nothing would ever arrive).
+fn start_limit(start_at: TimestampWithTimeZone) -> Option<TimestampWithTimeZone> {
+    if start_at.is_infinity() {
+        error::invalid_argument(
+            "start_at must not be infinity: NULL starts after the log's head, '-infinity' with every retained event",
+        );
+    }
+    (!start_at.is_neg_infinity()).then_some(start_at)
+}
+
+/// Gives the consumer the retained events published at or after `start_at`: a task
+/// consumer gets them (again) as tasks, a log consumer's cursor moves before them.
+fn start_from(client: &SpiClient<'_>, consumer: &Consumer, start_at: TimestampWithTimeZone) {
     match consumer.mode {
         Mode::Task => {
-            consumers::backfill(client, &consumer, start_at);
+            consumers::replay(client, consumer, start_at);
         }
         Mode::Log => {
             let position = consumers::position_at(client, consumer.stream_id, start_at);
@@ -55,8 +66,9 @@ fn start_from(client: &SpiClient<'_>, name: &str, start_at: TimestampWithTimeZon
 
 /// Creates a consumer of a stream. A task consumer gets one task per matching event; a log
 /// consumer reads the stream with a cursor. NULL for any setting means its default.
-/// `start_at` NULL: events drained from now on; `'-infinity'`: every retained event; a
-/// time: events published at or after it.
+/// `start_at` NULL: the events after the log's head when the consumer is created;
+/// `'-infinity'`: every retained event and every later one; a time: the retained and later
+/// events published at or after it (also when that time is still to come).
 #[pg_extern]
 #[allow(clippy::too_many_arguments)]
 fn create_consumer(
@@ -87,8 +99,9 @@ fn create_consumer(
     let lease = lease.unwrap_or_else(|| Interval::from_seconds(30.0));
     let max_attempts = max_attempts.unwrap_or(10);
     check_policy(max_attempts, backoff, backoff_base, backoff_max, lease);
+    let limit = start_at.and_then(start_limit);
 
-    Spi::connect(|client| {
+    retrying(|| Spi::connect(|client| {
         let stream_id =
             streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
         let created = consumers::insert(
@@ -99,28 +112,36 @@ fn create_consumer(
                 mode,
                 include_re: filter.include_regex(),
                 exclude_re: filter.exclude_regex(),
-                subjects,
-                exclude,
+                subjects: subjects.clone(),
+                exclude: exclude.clone(),
                 ordering,
                 max_attempts,
                 backoff,
                 backoff_base,
                 backoff_max,
                 lease,
+                start_at: limit,
             },
         );
         if created.is_none() {
             error::duplicate("consumer", name);
         }
         if let Some(start_at) = start_at {
-            start_from(client, name, start_at);
+            let consumer =
+                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            start_from(client, &consumer, start_at);
         }
-    })
+    }));
+    // The first drain after the commit fills in what drains meanwhile could not give it.
+    wakeup::published_in_this_transaction();
 }
 
 /// Changes a consumer's settings; NULL leaves a setting as it is. `start_at` replays: a task
-/// consumer gets tasks for the retained events published at or after it that it has none
-/// for; a log consumer's cursor moves there. The mode cannot change.
+/// consumer gets every retained event published at or after it delivered again (tasks it
+/// has not finished stay as they are; finished ones start over with a fresh attempt
+/// budget), a log consumer's cursor moves before them; and from then on, only events
+/// published at or after it reach the consumer. The mode cannot change. Drains route
+/// around the consumer until this transaction ends, then give it what they held back.
 #[pg_extern]
 #[allow(clippy::too_many_arguments)]
 fn alter_consumer(
@@ -142,10 +163,11 @@ fn alter_consumer(
     let backoff = backoff.map(|b| BackoffKind::parse(b).or_raise());
     let subjects = subjects.map(|s| patterns(s, "subjects"));
     let exclude = exclude.map(|s| patterns(s, "exclude"));
+    let limit = start_at.map(start_limit);
 
-    Spi::connect(|client| {
-        let current =
-            consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+    retrying(|| Spi::connect(|client| {
+        let current = consumers::find_for_change(client, name)
+            .unwrap_or_else(|| error::unknown_consumer(name));
         if mode.is_some_and(|m| m != current.mode) {
             error::invalid_argument(format!(
                 "the mode of consumer \"{name}\" cannot change; drop it and create a {} consumer",
@@ -176,8 +198,8 @@ fn alter_consumer(
             client,
             current.id,
             Changes {
-                subjects,
-                exclude,
+                subjects: subjects.clone(),
+                exclude: exclude.clone(),
                 regexes,
                 ordering,
                 max_attempts,
@@ -185,15 +207,27 @@ fn alter_consumer(
                 backoff_base,
                 backoff_max,
                 lease,
+                start_at: limit,
             },
         );
-        if current.ordering == KeyOrdering::Key && ordering == Some(KeyOrdering::None) {
-            consumers::forget_key_order(client, current.id);
+        if current.mode == Mode::Task {
+            match (current.ordering, ordering) {
+                (KeyOrdering::Key, Some(KeyOrdering::None)) => {
+                    consumers::forget_key_order(client, current.id)
+                }
+                (KeyOrdering::None, Some(KeyOrdering::Key)) => {
+                    consumers::order_by_key(client, current.id)
+                }
+                _ => {}
+            }
         }
         if let Some(start_at) = start_at {
-            start_from(client, name, start_at);
+            let changed =
+                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            start_from(client, &changed, start_at);
         }
-    })
+    }));
+    wakeup::published_in_this_transaction();
 }
 
 /// While paused, pull and fetch return nothing; tasks keep accumulating.
@@ -209,16 +243,24 @@ fn resume_consumer(name: Option<&str>) {
 
 fn set_paused(name: Option<&str>, paused: bool) {
     let name = required(name, "name");
-    if !Spi::connect(|client| consumers::set_paused(client, name, paused)) {
-        error::unknown_consumer(name);
-    }
+    retrying(|| {
+        Spi::connect(|client| {
+            consumers::find_for_change(client, name)
+                .unwrap_or_else(|| error::unknown_consumer(name));
+            consumers::set_paused(client, name, paused);
+        })
+    })
 }
 
 /// Drops a consumer with its tasks and their history.
 #[pg_extern]
 fn drop_consumer(name: Option<&str>) {
     let name = required(name, "name");
-    if !Spi::connect(|client| consumers::delete(client, name)) {
-        error::unknown_consumer(name);
-    }
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumers::find_for_change(client, name)
+                .unwrap_or_else(|| error::unknown_consumer(name));
+            consumers::delete(client, c.id);
+        })
+    })
 }

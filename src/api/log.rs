@@ -4,6 +4,7 @@ use super::{consumer_for, required};
 use crate::core::settings::{batch_size, Mode};
 use crate::datum::Jsonb;
 use crate::error::{self, OrRaise};
+use crate::storage::isolation::retrying;
 use crate::storage::{consumers, log};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
@@ -33,13 +34,15 @@ fn fetch(
 > {
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(100), MAX_FETCH).or_raise();
-    let events = Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Log, "fetch");
-        if c.paused {
-            return Vec::new();
-        }
-        super::drain_before_reading(client);
-        log::fetch(client, c.stream_id, c.cursor_seq, c.include_re, c.exclude_re, max)
+    let events = retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(client, name, Mode::Log, "fetch");
+            if c.paused {
+                return Vec::new();
+            }
+            super::drain_before_reading(client);
+            log::fetch(client, c.stream_id, c.cursor_seq, c.include_re, c.exclude_re, c.start_at, max)
+        })
     });
     TableIterator::new(
         events
@@ -52,7 +55,7 @@ fn check_position(client: &SpiClient<'_>, seq: i64) {
     let head = log::head(client);
     if !(0..=head).contains(&seq) {
         error::invalid_argument(format!(
-            "seq {seq} is not a position in the log: it must be between 0 and {head}, the last seq handed out"
+            "seq {seq} is not a position in the log: it must be between 0 and {head}, the newest committed seq"
         ));
     }
 }

@@ -3,32 +3,68 @@
 use crate::core::subject;
 use crate::error::OrRaise;
 use crate::gucs;
-use crate::storage::maintenance;
+use crate::storage::isolation::retrying;
+use crate::storage::{drain, maintenance};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
 /// One pass of everything the background worker does: drain committed events, rescue
 /// expired leases, make due retries available, truncate idle staging, apply retention and
-/// remove old finished tasks. Returns counts. Safe to call concurrently (with itself and
-/// with the worker), e.g. from pg_cron.
+/// remove old finished tasks. Returns counts, and what failed (one stream's or consumer's
+/// failure does not stop the others). Safe to call concurrently (with itself and with the
+/// worker), e.g. from pg_cron, under any isolation level.
+///
+/// It refuses to run inside a transaction block, as VACUUM does: it takes the drain lock
+/// and may truncate staging, and would hold both until the block ended, stopping delivery
+/// for everyone meanwhile.
 #[pg_extern]
 fn run_maintenance() -> JsonB {
-    let pass = Spi::connect(|client| {
-        maintenance::run(client, gucs::drain_batch_size(), gucs::keep_finished_tasks_seconds())
+    unsafe {
+        pg_sys::PreventCommandIfReadOnly(c"run_maintenance()".as_ptr());
+        if pg_sys::IsTransactionBlock() {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+                "run_maintenance() cannot run inside a transaction block",
+                "Call it on its own (as pg_cron does); the background worker does the same work by itself."
+            );
+        }
+    }
+    pass_report()
+}
+
+/// The pass `run_maintenance()` makes, and its report.
+pub fn pass_report() -> JsonB {
+    let options = drain::Options { wait: true, truncate: true, chunk: gucs::drain_batch_size() };
+    let pass = retrying(|| {
+        Spi::connect(|client| {
+            let pass = maintenance::run(client, options, gucs::keep_finished_tasks_seconds());
+            if let Some(drained) = &pass.drained {
+                drain::notify(client, drained.received.clone());
+            }
+            pass
+        })
     });
-    let drained = pass.drained.unwrap_or_default();
+    for error in &pass.errors {
+        warning!("eventq: {error}");
+    }
+    let drained = pass.drained.clone().unwrap_or_default();
     JsonB(json!({
         "drained_events": drained.events,
         "created_tasks": drained.tasks,
-        "drain_busy": pass.drained.is_none(),
+        "gap_tasks": drained.gap_tasks,
+        "keys_rechecked": drained.keys_rechecked,
         "lost_leases": pass.rescued.lost,
         "discarded_after_lost_lease": pass.rescued.discarded,
         "due_tasks": pass.rescued.promoted,
         "truncated_staging": drained.truncated,
         "expired_events": pass.cleaned.expired_events,
         "expired_tasks": pass.cleaned.expired_tasks,
+        "held_events": pass.cleaned.held_events,
+        "skipped_streams": pass.cleaned.skipped_streams,
         "removed_finished_tasks": pass.cleaned.removed_tasks,
+        "errors": pass.errors,
     }))
 }
 

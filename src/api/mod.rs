@@ -24,8 +24,9 @@ pub fn micros(interval: Interval) -> i64 {
     interval.as_micros().clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
-/// An optional interval argument that must be positive, in microseconds.
-pub fn positive_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
+/// An optional interval argument that must be positive (and at most 100 years), in
+/// microseconds.
+pub fn duration_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
     interval.map(|i| {
         let us = micros(i);
         crate::core::settings::positive(what, us).or_raise();
@@ -33,7 +34,8 @@ pub fn positive_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
     })
 }
 
-/// An optional interval argument that must not be negative, in microseconds.
+/// An optional interval argument that must not be negative (and at most 100 years), in
+/// microseconds.
 pub fn non_negative_micros(interval: Option<Interval>, what: &str) -> Option<i64> {
     interval.map(|i| {
         let us = micros(i);
@@ -51,15 +53,71 @@ pub fn consumer_for(client: &SpiClient<'_>, name: &str, mode: Mode, call: &str) 
     consumer
 }
 
-/// Without a background worker, `pull` and `fetch` drain what has committed before they
-/// read, so that a consumer never waits for a worker that is not running. They only try the
-/// drain lock (whoever holds it is draining), and they drain only in READ COMMITTED: a
-/// REPEATABLE READ snapshot could not see newly drained events anyway, and its drain could
-/// fail to serialize.
+/// How long a reader waits for a drain that covers what committed before it started (the
+/// worker's, or a helper's), before it reads what there is.
+const READ_AFTER_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+static GAPS_PENDING: crate::storage::Statement = crate::storage::Statement::new(
+    "SELECT EXISTS (SELECT 1 FROM eventq_internal.routing_gaps)",
+    &[],
+);
+
+/// Read after commit: before `pull` and `fetch` read, every event that committed before
+/// they started must be in the log. With shared memory (eventq preloaded) two counters
+/// tell whether a drain has covered that already (see `wakeup`); if not, or without shared
+/// memory, the reader drains by itself when its transaction is its own statement, or, in a
+/// transaction block or a read-only transaction, where a drain would hold the drain lock
+/// until the transaction ended (storage::drain), waits for the worker or starts a helper
+/// process that drains in a transaction of its own. On a standby there is nothing to
+/// drain: readers see what has been replicated.
 pub fn drain_before_reading(client: &SpiClient<'_>) {
-    let read_committed =
-        unsafe { pgrx::pg_sys::XactIsoLevel } == pgrx::pg_sys::XACT_READ_COMMITTED as i32;
-    if read_committed && !crate::wakeup::worker_serves_this_database() {
-        crate::storage::drain::drain(client, crate::gucs::drain_batch_size());
+    use crate::storage::drain;
+    use crate::wakeup;
+    if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let own_transaction =
+        unsafe { !pgrx::pg_sys::IsTransactionBlock() && !pgrx::pg_sys::XactReadOnly };
+    let options = drain::Options { wait: false, truncate: true, chunk: crate::gucs::drain_batch_size() };
+    let drain_here = |wait: bool| {
+        drain::drain(client, drain::Options { wait, ..options })
+            .map(|drained| drain::notify(client, drained.received))
+            .is_some()
+    };
+    match wakeup::published() {
+        Some(target) => {
+            if wakeup::drained_through(target) {
+                return;
+            }
+            let serving = wakeup::worker_serves_this_database();
+            if serving {
+                wakeup::wake_worker();
+            } else if !own_transaction {
+                crate::worker::drain_in_helper();
+                return;
+            }
+            let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
+            while !wakeup::drained_through(target) && std::time::Instant::now() < deadline {
+                if own_transaction && drain_here(false) {
+                    return;
+                }
+                wakeup::nap();
+            }
+        }
+        None => {
+            if own_transaction {
+                if !drain_here(false)
+                    && (crate::storage::append::has_committed_events()
+                        || crate::storage::scalar::<bool>(&GAPS_PENDING, client, &[])
+                            .unwrap_or(false))
+                {
+                    drain_here(true);
+                }
+            } else if crate::storage::append::has_committed_events()
+                || crate::storage::scalar::<bool>(&GAPS_PENDING, client, &[]).unwrap_or(false)
+            {
+                crate::worker::drain_in_helper();
+            }
+        }
     }
 }

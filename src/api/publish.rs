@@ -6,6 +6,7 @@ use crate::core::ulid::IdSource;
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use crate::error::{self, OrRaise};
 use crate::storage::append::{self, Staged};
+use crate::storage::isolation::retrying;
 use crate::storage::publish::{self, Batch, Deduplicated, Event};
 use crate::wakeup;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -22,6 +23,27 @@ fn next_ids(n: usize) -> Vec<Uuid> {
         let mut ids = ids.borrow_mut();
         (0..n).map(|_| Uuid::from_bytes(ids.next_id())).collect()
     })
+}
+
+/// The longest ordering key or dedup key: they are indexed, and a btree entry must fit in
+/// a third of a page.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+fn check_key(key: Option<&str>, what: &str) {
+    if key.is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+        error::invalid_argument(format!("{what} must be at most {MAX_KEY_BYTES} bytes"));
+    }
+}
+
+/// Publishing writes: refused in a read-only transaction and on a standby, as any write is.
+fn check_writable(call: &std::ffi::CStr) {
+    unsafe { pgrx::pg_sys::PreventCommandIfReadOnly(call.as_ptr()) };
+}
+
+fn check_deliver_at(deliver_at: Option<TimestampWithTimeZone>) {
+    if deliver_at.is_some_and(|d| !d.is_finite()) {
+        error::invalid_argument("deliver_at must be a finite time (NULL delivers at once)");
+    }
 }
 
 fn check_headers(headers: Option<Jsonb>, what: &str) {
@@ -43,18 +65,22 @@ fn publish(
     deliver_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     dedup_key: default!(Option<&str>, "NULL"),
 ) -> Uuid {
+    check_writable(c"publish()");
     let stream = required(stream, "stream");
     let subject = required(subject, "subject");
     validate_subject(subject).or_raise();
     let payload = required(payload, "payload");
     check_headers(headers, "headers");
+    check_key(key, "key");
+    check_key(dedup_key, "dedup_key");
+    check_deliver_at(deliver_at);
     let id = next_ids(1)[0];
     let published = match dedup_key {
         None => append::stream_id(stream).map(|stream_id| {
             append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at });
             id
         }),
-        Some(dedup_key) => Spi::connect(|client| {
+        Some(dedup_key) => retrying(|| Spi::connect(|client| {
             let event = Event {
                 id,
                 subject: subject.to_string(),
@@ -68,10 +94,10 @@ fn publish(
                 Deduplicated::Published => Some(id),
                 Deduplicated::AlreadyPublished(first) => Some(first),
             }
-        }),
+        })),
     };
     let id = published.unwrap_or_else(|| error::unknown_stream(stream));
-    wakeup::published();
+    wakeup::published_in_this_transaction();
     id
 }
 
@@ -85,6 +111,7 @@ fn publish_batch(
     keys: default!(Option<TextArray>, "NULL"),
     headers: default!(Option<JsonbArray>, "NULL"),
 ) -> SetOfIterator<'static, Uuid> {
+    check_writable(c"publish_batch()");
     let stream = required(stream, "stream");
     let subjects = required(subjects, "subjects");
     let payloads = required(payloads, "payloads");
@@ -121,6 +148,11 @@ fn publish_batch(
             check_headers(h, &format!("headers[{}]", i + 1));
         }
     }
+    if let Some(keys) = keys {
+        for (i, k) in keys.elements().into_iter().enumerate() {
+            check_key(k.as_deref(), &format!("keys[{}]", i + 1));
+        }
+    }
 
     let ids = next_ids(n);
     let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers };
@@ -128,7 +160,7 @@ fn publish_batch(
         error::unknown_stream(stream);
     }
     if n > 0 {
-        wakeup::published();
+        wakeup::published_in_this_transaction();
     }
     SetOfIterator::new(ids)
 }

@@ -1,6 +1,6 @@
 //! create_stream, alter_stream, drop_stream.
 
-use super::{positive_micros, required};
+use super::{duration_micros, required};
 use crate::core::names::{validate_name, Kind};
 use crate::error::{self, OrRaise};
 use crate::storage::streams;
@@ -8,7 +8,7 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
 fn check_retention(retention: Option<Interval>) {
-    positive_micros(retention, "retention");
+    duration_micros(retention, "retention");
 }
 
 /// Creates a stream. `retention` NULL keeps events forever.
@@ -47,10 +47,11 @@ fn drop_stream(name: Option<&str>, force: default!(Option<bool>, false)) {
     let name = required(name, "name");
     Spi::connect(|client| {
         let id = streams::find(client, name).unwrap_or_else(|| error::unknown_stream(name));
-        let consumers = streams::consumer_names(client, id);
+        let consumers = streams::consumers(client, id);
         if !consumers.is_empty() && !force.unwrap_or(false) {
-            error::stream_has_consumers(name, &consumers);
+            let names: Vec<String> = consumers.into_iter().map(|(_, name)| name).collect();
+            error::stream_has_consumers(name, &names);
         }
-        streams::delete(client, id);
+        streams::delete(client, id, &consumers);
     })
 }

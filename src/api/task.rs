@@ -1,12 +1,15 @@
 //! Task consumers: pull, ack, retry, discard, extend_lease, redrive.
 
-use super::{consumer_for, non_negative_micros, positive_micros, required};
+use super::{consumer_for, non_negative_micros, required};
 use crate::core::backoff::Backoff;
 use crate::core::settings::{batch_size, Mode};
 use crate::datum::Jsonb;
 use crate::error::OrRaise;
+use crate::core::settings::KeyOrdering;
+use crate::storage::isolation::retrying;
 use crate::storage::maintenance::RESCUE_LIMIT;
 use crate::storage::tasks::{self, Outcome};
+use crate::storage::{consumers, keys, locks};
 use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
 
@@ -37,15 +40,24 @@ fn pull(
 > {
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
-    let lease = positive_micros(lease, "lease");
-    let leased = Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "pull");
-        if c.paused {
-            return Vec::new();
-        }
-        super::drain_before_reading(client);
-        tasks::rescue_and_promote(client, c.id, c.policy.max_attempts, RESCUE_LIMIT);
-        tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))
+    let lease = super::duration_micros(lease, "lease");
+    let leased = retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(client, name, Mode::Task, "pull");
+            if c.paused {
+                return Vec::new();
+            }
+            super::drain_before_reading(client);
+            // Expired leases and due retries of this consumer; skipped while the consumer
+            // is being changed (its lock is held), and never waiting for anyone.
+            if locks::try_lock_consumer(c.id, locks::Mode::Shared) {
+                tasks::rescue_and_promote(client, c.id, c.policy.max_attempts, RESCUE_LIMIT);
+                if c.ordering == KeyOrdering::Key {
+                    keys::recheck_for(client, c.id);
+                }
+            }
+            tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))
+        })
     });
     TableIterator::new(leased.into_iter().map(|t| {
         (
@@ -63,17 +75,33 @@ fn pull(
 }
 
 /// running -> completed. Returns how many tasks changed; ids of tasks that are not running
-/// (any more) are not counted.
+/// (any more) are not counted. `attempts`, parallel to `task_ids`, is the lease guard: a
+/// task is completed only while it still runs the attempt its worker pulled.
 #[pg_extern]
-fn ack(consumer: Option<&str>, task_ids: Option<Vec<Option<i64>>>) -> i32 {
+fn ack(
+    consumer: Option<&str>,
+    task_ids: Option<Vec<Option<i64>>>,
+    attempts: default!(Option<Vec<Option<i32>>>, "NULL"),
+) -> i32 {
     let name = required(consumer, "consumer");
-    let ids: Vec<i64> = required(task_ids, "task_ids").into_iter().flatten().collect();
-    Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "ack");
-        if ids.is_empty() {
-            return 0;
+    let ids = required(task_ids, "task_ids");
+    if let Some(attempts) = &attempts {
+        if attempts.len() != ids.len() {
+            crate::error::invalid_argument(format!(
+                "attempts must be parallel to task_ids: task_ids has {}, attempts has {}",
+                ids.len(),
+                attempts.len()
+            ));
         }
-        tasks::ack(client, c.id, ids)
+    }
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(client, name, Mode::Task, "ack");
+            if ids.iter().all(Option::is_none) {
+                return 0;
+            }
+            tasks::ack(client, c.id, ids.clone(), attempts.clone())
+        })
     })
 }
 
@@ -86,13 +114,15 @@ fn retry(
     task_id: Option<i64>,
     error: default!(Option<&str>, "NULL"),
     delay: default!(Option<Interval>, "NULL"),
+    attempt: default!(Option<i32>, "NULL"),
 ) -> Option<String> {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     let delay = non_negative_micros(delay, "delay");
-    Spi::connect(|client| {
+    let guard = attempt;
+    retrying(|| Spi::connect(|client| {
         let c = consumer_for(client, name, Mode::Task, "retry");
-        let attempt = tasks::running_attempt(client, c.id, task_id)?;
+        let attempt = tasks::running_attempt(client, c.id, task_id, guard)?;
         let (outcome, state) = if attempt >= c.policy.max_attempts {
             (Outcome::FailAndDiscard, "discarded")
         } else {
@@ -105,22 +135,26 @@ fn retry(
                 delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
             (Outcome::Retry { delay_micros }, "retryable")
         };
-        tasks::end_attempt(client, c.id, task_id, outcome, error).then(|| state.to_string())
-    })
+        tasks::end_attempt(client, c.id, task_id, outcome, error, Some(attempt))
+            .then(|| state.to_string())
+    }))
 }
 
-/// running -> discarded. `false` if the task was not running.
+/// running -> discarded. `false` if the task was not running (the attempt given).
 #[pg_extern]
 fn discard(
     consumer: Option<&str>,
     task_id: Option<i64>,
     reason: default!(Option<&str>, "NULL"),
+    attempt: default!(Option<i32>, "NULL"),
 ) -> bool {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
-    Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "discard");
-        tasks::end_attempt(client, c.id, task_id, Outcome::Discard, reason)
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(client, name, Mode::Task, "discard");
+            tasks::end_attempt(client, c.id, task_id, Outcome::Discard, reason, attempt)
+        })
     })
 }
 
@@ -131,13 +165,16 @@ fn extend_lease(
     consumer: Option<&str>,
     task_id: Option<i64>,
     lease: default!(Option<Interval>, "NULL"),
+    attempt: default!(Option<i32>, "NULL"),
 ) -> Option<TimestampWithTimeZone> {
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
-    let lease = positive_micros(lease, "lease");
-    Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "extend_lease");
-        tasks::extend_lease(client, c.id, task_id, lease.unwrap_or(c.policy.lease))
+    let lease = super::duration_micros(lease, "lease");
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(client, name, Mode::Task, "extend_lease");
+            tasks::extend_lease(client, c.id, task_id, lease.unwrap_or(c.policy.lease), attempt)
+        })
     })
 }
 
@@ -147,8 +184,15 @@ fn extend_lease(
 fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
     let name = required(consumer, "consumer");
     let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
-    Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "redrive");
-        tasks::redrive(client, c.id, ids)
-    })
+    let count = retrying(|| {
+        Spi::connect(|client| {
+            consumer_for(client, name, Mode::Task, "redrive");
+            // Keys may get rows again: drains must route around the consumer meanwhile.
+            let c = consumers::find_for_change(client, name)
+                .unwrap_or_else(|| crate::error::unknown_consumer(name));
+            tasks::redrive(client, c.id, ids.clone())
+        })
+    });
+    crate::wakeup::published_in_this_transaction();
+    count
 }

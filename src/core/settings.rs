@@ -59,9 +59,22 @@ impl RetryPolicy {
     }
 }
 
+/// The longest interval any setting or argument takes: 100 years. Longer ones would push
+/// timestamps eventq computes (a retention's cutoff, a retry's due time) out of Postgres'
+/// range, and stop maintenance or the call that computes them.
+pub const MAX_INTERVAL_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000 + 25 * 24 * 3600 * 1_000_000;
+
+fn at_most_max(what: &str, micros: i64) -> Result<(), Invalid> {
+    if micros <= MAX_INTERVAL_MICROS {
+        Ok(())
+    } else {
+        Err(Invalid(format!("{what} must be at most 100 years")))
+    }
+}
+
 pub fn positive(what: &str, micros: i64) -> Result<(), Invalid> {
     if micros > 0 {
-        Ok(())
+        at_most_max(what, micros)
     } else {
         Err(Invalid(format!("{what} must be a positive interval")))
     }
@@ -69,7 +82,7 @@ pub fn positive(what: &str, micros: i64) -> Result<(), Invalid> {
 
 pub fn not_negative(what: &str, micros: i64) -> Result<(), Invalid> {
     if micros >= 0 {
-        Ok(())
+        at_most_max(what, micros)
     } else {
         Err(Invalid(format!("{what} must not be a negative interval")))
     }
@@ -138,5 +151,9 @@ mod tests {
         assert!(positive("lease", 0).is_err());
         assert!(not_negative("delay", 0).is_ok());
         assert!(not_negative("delay", -1).is_err());
+        assert!(positive("retention", MAX_INTERVAL_MICROS).is_ok());
+        assert!(positive("retention", MAX_INTERVAL_MICROS + 1).is_err());
+        assert!(not_negative("delay", i64::MAX).is_err());
+        assert!(RetryPolicy { lease: i64::MAX, ..policy() }.validate().is_err());
     }
 }

@@ -36,7 +36,7 @@ mod tests {
         ] {
             run(&format!("SELECT eventq.publish('co_m', '{s}')"));
         }
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         let subjects = |c: &str| {
             one::<String>(&format!("SELECT string_agg(subject, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = '{c}'"))
         };
@@ -118,7 +118,7 @@ mod tests {
         );
         run("SELECT eventq.alter_consumer('co_a_c', subjects => '{b.*}', mode => 'task')");
         run("SELECT eventq.publish('co_a', 'a.x'), eventq.publish('co_a', 'b.x')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<String>(
                 "SELECT string_agg(subject, ',') FROM eventq.tasks WHERE consumer = 'co_a_c'"
@@ -131,7 +131,7 @@ mod tests {
     fn turning_key_order_off_releases_waiting_tasks() {
         stream_with_consumer("co_k", "co_k_c", ", ordering => 'key'");
         run("SELECT eventq.publish('co_k', 'a', key => 'k') FROM generate_series(1, 3)");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             count("SELECT 1 FROM eventq.tasks WHERE consumer = 'co_k_c' AND state = 'waiting'"),
             2
@@ -148,10 +148,10 @@ mod tests {
     fn start_at_decides_which_retained_events_a_new_consumer_gets() {
         run("SELECT eventq.create_stream('co_st')");
         run("SELECT eventq.publish('co_st', 'old')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         run("UPDATE eventq_internal.events SET published_at = now() - interval '1 hour'");
         run("SELECT eventq.publish('co_st', 'new')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
 
         run("SELECT eventq.create_consumer('co_st_none', 'co_st')");
         run("SELECT eventq.create_consumer('co_st_all', 'co_st', start_at => '-infinity')");
@@ -193,7 +193,7 @@ mod tests {
         run("SELECT eventq.publish('co_p', 'a')");
         assert_eq!(count("SELECT * FROM eventq.pull('co_p_c')"), 0);
         assert_eq!(count("SELECT * FROM eventq.fetch('co_p_log')"), 0);
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<bool>("SELECT paused FROM eventq.consumers WHERE name = 'co_p_c'"),
             Some(true)

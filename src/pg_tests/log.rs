@@ -59,7 +59,7 @@ mod tests {
         run("SELECT eventq.create_stream('lg_seek')");
         run("SELECT eventq.create_consumer('lg_seek_c', 'lg_seek', mode => 'log')");
         run("SELECT eventq.publish('lg_seek', 'old')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         run("UPDATE eventq_internal.events SET published_at = now() - interval '1 day'");
         run("SELECT eventq.publish('lg_seek', 'new')");
         let last = one::<i64>("SELECT max(seq) FROM eventq.fetch('lg_seek_c')").unwrap();
@@ -80,7 +80,7 @@ mod tests {
         stream_with_consumer("lg_e", "lg_e_task", "");
         run("SELECT eventq.create_consumer('lg_e_c', 'lg_e', mode => 'log')");
         run("SELECT eventq.publish('lg_e', 'a')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         let head =
             one::<i64>("SELECT pg_sequence_last_value('eventq_internal.event_seq')").unwrap();
         assert_error(
@@ -125,9 +125,10 @@ mod tests {
             "22023",
             "at must not be NULL",
         );
+        // the cursor starts at the committed head of its creation, before the event
         assert_eq!(
-            one::<i64>("SELECT cursor_seq FROM eventq.consumers WHERE name = 'lg_e_c'"),
-            Some(head - 1)
+            one::<bool>(&format!("SELECT cursor_seq < {head} FROM eventq.consumers WHERE name = 'lg_e_c'")),
+            Some(true)
         );
     }
 }

@@ -9,13 +9,12 @@ mod tests {
         run("SELECT eventq.create_consumer('mt_a', 'mt_s'), eventq.create_consumer('mt_b', 'mt_s', subjects => '{x.*}')");
         run("SELECT eventq.create_consumer('mt_log', 'mt_s', mode => 'log')");
         run("SELECT eventq.publish('mt_s', CASE WHEN n % 2 = 0 THEN 'x.even' ELSE 'y.odd' END) FROM generate_series(1, 10) n");
-        let report = one::<pgrx::JsonB>("SELECT eventq.run_maintenance()").unwrap().0;
+        let report = one::<pgrx::JsonB>("SELECT tests.maintain()").unwrap().0;
         assert_eq!(report["drained_events"], 10);
         assert_eq!(report["created_tasks"], 15);
-        assert_eq!(report["drain_busy"], false);
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 0);
         assert_eq!(one::<i64>("SELECT events FROM eventq.streams WHERE name = 'mt_s'"), Some(10));
-        let again = one::<pgrx::JsonB>("SELECT eventq.run_maintenance()").unwrap().0;
+        let again = one::<pgrx::JsonB>("SELECT tests.maintain()").unwrap().0;
         assert_eq!(again["drained_events"], 0);
     }
 
@@ -24,7 +23,7 @@ mod tests {
         run("SELECT eventq.create_stream('mt_n')");
         run("SET LOCAL eventq.drain_batch_size = 3");
         run("SELECT eventq.publish('mt_n', 'e') FROM generate_series(1, 10)");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<bool>("SELECT array_agg(event_id ORDER BY seq) = array_agg(event_id ORDER BY event_id) FROM eventq.events WHERE stream = 'mt_n'"),
             Some(true)
@@ -37,7 +36,7 @@ mod tests {
         run("SELECT eventq.create_consumer('mt_n_c', 'mt_n')");
         run("SELECT eventq.publish('mt_n', 'f') FROM generate_series(1, 10)");
         assert_eq!(
-            one::<i64>("SELECT (eventq.run_maintenance()->>'created_tasks')::bigint"),
+            one::<i64>("SELECT (tests.maintain()->>'created_tasks')::bigint"),
             Some(10)
         );
     }
@@ -47,7 +46,7 @@ mod tests {
         run("SELECT eventq.create_stream('mt_gone')");
         run("SELECT eventq.publish('mt_gone', 'a')");
         run("DELETE FROM eventq_internal.streams WHERE name = 'mt_gone'");
-        let report = one::<pgrx::JsonB>("SELECT eventq.run_maintenance()").unwrap().0;
+        let report = one::<pgrx::JsonB>("SELECT tests.maintain()").unwrap().0;
         assert_eq!(report["drained_events"], 0);
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 0);
         assert_eq!(count("SELECT 1 FROM eventq_internal.events"), 0);
@@ -100,8 +99,8 @@ mod tests {
         );
         assert_eq!(counts, Some("1,0,1,1,1,0,0,3".into()));
         assert_eq!(
-            one::<String>("SELECT concat_ws(',', events, head_seq IS NOT NULL, oldest_at <= newest_at, staged) FROM eventq.streams WHERE name = 'mt_v'"),
-            Some("4,t,t,0".into())
+            one::<String>("SELECT concat_ws(',', events, head_seq IS NOT NULL, oldest_at <= newest_at) FROM eventq.streams WHERE name = 'mt_v'"),
+            Some("4,t,t".into())
         );
         assert_eq!(
             count("SELECT 1 FROM eventq.tasks WHERE consumer = 'mt_v_c' AND event_id IS NOT NULL"),

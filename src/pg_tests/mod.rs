@@ -14,12 +14,35 @@ mod task;
 
 use pgrx::prelude::*;
 
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// `run_maintenance()` without its refusal to run inside a transaction block: each
+    /// #[pg_test] is one transaction, so tests drain with this instead.
+    #[pg_extern]
+    fn maintain() -> pgrx::JsonB {
+        crate::api::maintenance::pass_report()
+    }
+}
+
+/// Outside a transaction block `pull` and `fetch` drain what committed before they read; a
+/// #[pg_test] is one transaction, where they leave draining to the worker or a helper, which
+/// cannot see this transaction's own events. So the helpers drain here first, in place.
+fn drain_before(sql: &str) {
+    if sql.contains("eventq.pull(") || sql.contains("eventq.fetch(") {
+        crate::api::maintenance::pass_report();
+    }
+}
+
 pub fn run(sql: &str) {
+    drain_before(sql);
     Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// The first column of the first row; `None` for NULL or no row.
 pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    drain_before(sql);
     Spi::connect_mut(|client| {
         let table = client.update(sql, None, &[])?;
         if table.is_empty() {
@@ -38,6 +61,7 @@ pub fn count(sql: &str) -> i64 {
 /// Runs `sql` in a subtransaction and returns the SQLSTATE and message it failed with, or
 /// `None` when it succeeded (its effects then stay).
 pub fn error_of(sql: &str) -> Option<(String, String)> {
+    drain_before(sql);
     run(
         "CREATE OR REPLACE FUNCTION pg_temp.error_of(q text, OUT state text, OUT message text)
          LANGUAGE plpgsql AS $$

@@ -16,7 +16,7 @@ mod tests {
             row,
             (Some("order.created".into()), Some("k".into()), Some("{\"n\": 1}".into()))
         );
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<String>(&format!(
                 "SELECT headers::text FROM eventq.events WHERE event_id = '{id}'"
@@ -33,7 +33,7 @@ mod tests {
             one::<String>("SELECT payload::text FROM eventq_internal.staged LIMIT 1"),
             Some("{}".into())
         );
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         // seq order (drain order) equals id order (publish order) within a transaction
         assert_eq!(
             one::<bool>("SELECT array_agg(event_id ORDER BY seq) = array_agg(event_id ORDER BY event_id) FROM eventq.events WHERE stream = 'pb_ids'"),
@@ -103,7 +103,7 @@ mod tests {
             one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd2', 'a', dedup_key => 'order-1')")
                 .unwrap();
         assert_ne!(first, other);
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         let after_drain =
             one::<pgrx::Uuid>("SELECT eventq.publish('pb_dd', 'a', dedup_key => 'order-1')")
                 .unwrap();
@@ -125,7 +125,7 @@ mod tests {
                                          ARRAY['k1', NULL, 'k3'], ARRAY['{\"h\":1}', NULL, '{}']::jsonb[])",
         );
         assert_eq!(ids, 3);
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<String>("SELECT string_agg(subject || ':' || payload::text || ':' || coalesce(key, '-'), ',' ORDER BY seq) FROM eventq.events WHERE stream = 'pb_b'"),
             Some("a.1:1:k1,a.2:2:-,a.3:3:k3".into())
@@ -183,7 +183,7 @@ mod tests {
     fn a_rolled_back_publish_leaves_nothing() {
         run("SELECT eventq.create_stream('pb_rb')");
         assert!(error_of("SELECT eventq.publish('pb_rb', 'a'), 1/0").is_some());
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(count("SELECT 1 FROM eventq.events WHERE stream = 'pb_rb'"), 0);
     }
 
@@ -226,7 +226,7 @@ mod tests {
     fn large_payloads_are_toasted_and_survive_the_drain() {
         run("SELECT eventq.create_stream('pb_big')");
         run("SELECT eventq.publish('pb_big', 'big', jsonb_build_object('blob', repeat(md5(n::text), 20000))) FROM generate_series(1, 3) n");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_eq!(
             one::<i64>(
                 "SELECT sum(length(payload->>'blob')) FROM eventq.events WHERE stream = 'pb_big'"

@@ -82,7 +82,7 @@ mod tests {
     fn drop_refuses_while_consumers_read_unless_forced() {
         stream_with_consumer("st_busy", "st_busy_c", "");
         run("SELECT eventq.publish('st_busy', 'a.b')");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         assert_error("SELECT eventq.drop_stream('st_busy')", "2BP01", "consumers read it");
         assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'st_busy_c'"), 1);
         run("SELECT eventq.publish('st_busy', 'a.c')");
@@ -90,6 +90,8 @@ mod tests {
         assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'st_busy_c'"), 0);
         assert_eq!(count("SELECT 1 FROM eventq_internal.tasks t WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = t.consumer_id)"), 0);
         assert_eq!(count("SELECT 1 FROM eventq.events WHERE stream = 'st_busy'"), 0);
+        // the drain deletes the staged events of a stream that is gone
+        run("SELECT tests.maintain()");
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged s WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)"), 0);
     }
 }

@@ -265,7 +265,7 @@ mod tests {
             one::<i64>("SELECT head_seq FROM eventq_internal.key_heads h JOIN eventq_internal.consumers c ON c.id = h.consumer_id WHERE c.name = 'tk_head_c' AND h.order_key = 'k'")
         };
         assert_eq!(seqs, None, "nothing drained yet");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         let seqs = one::<Vec<i64>>(
             "SELECT array_agg(seq ORDER BY seq) FROM eventq.events WHERE stream = 'tk_head'",
         )
@@ -300,7 +300,7 @@ mod tests {
     fn a_new_keyed_consumer_replaying_the_log_gets_one_head_per_key() {
         run("SELECT eventq.create_stream('tk_bf')");
         run("SELECT eventq.publish('tk_bf', 'a', key => 'k' || (n % 2)) FROM generate_series(1, 6) n");
-        run("SELECT eventq.run_maintenance()");
+        run("SELECT tests.maintain()");
         run("SELECT eventq.create_consumer('tk_bf_c', 'tk_bf', ordering => 'key', start_at => '-infinity')");
         assert_eq!(one::<String>("SELECT string_agg(state || ':' || key, ',' ORDER BY seq) FROM eventq.tasks WHERE consumer = 'tk_bf_c'"),
                    Some("available:k1,available:k0,waiting:k1,waiting:k0,waiting:k1,waiting:k0".into()));

@@ -1,8 +1,15 @@
 //! Consumers: their settings, and the tasks or cursor position they start with.
+//!
+//! Creating, changing and dropping a consumer never takes the drain lock: a transaction
+//! that does so inside BEGIN .. COMMIT would otherwise stop delivery for everyone until it
+//! ended. A change holds the consumer's own lock exclusively instead (storage::locks);
+//! drains route around it and leave a gap that the next drain fills with the consumer's
+//! committed settings. A new consumer starts after the log's committed head; the events of
+//! drains that ran while it was being created are filled in the same way.
 
 use super::{
-    arg, column, drain, scalar, tasks, Statement, BIGINT, BOOL, INT, INTERVAL, TEXT, TEXT_ARRAY,
-    TIMESTAMPTZ,
+    arg, column, keys, locks, log, scalar, Statement, BIGINT, BOOL, INT, INTERVAL, TEXT,
+    TEXT_ARRAY, TIMESTAMPTZ,
 };
 use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -19,6 +26,7 @@ pub struct Consumer {
     pub include_re: Option<String>,
     pub exclude_re: Option<String>,
     pub cursor_seq: i64,
+    pub start_at: Option<TimestampWithTimeZone>,
 }
 
 static FIND: Statement = Statement::new(
@@ -26,7 +34,7 @@ static FIND: Statement = Statement::new(
             (extract(epoch FROM backoff_base) * 1000000)::bigint,
             (extract(epoch FROM backoff_max) * 1000000)::bigint,
             (extract(epoch FROM lease) * 1000000)::bigint,
-            include_re, exclude_re, cursor_seq
+            include_re, exclude_re, cursor_seq, start_at
      FROM eventq_internal.consumers WHERE name = $1",
     &[TEXT],
 );
@@ -51,7 +59,17 @@ pub fn find(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
         include_re: column(&row, 11),
         exclude_re: column(&row, 12),
         cursor_seq: column(&row, 13).unwrap_or(0),
+        start_at: column(&row, 14),
     })
+}
+
+/// Finds the consumer and takes its lock exclusively (waiting for drains and retention
+/// passes that use it, which are short), then reads it again: what it returns is current
+/// and stays so until this transaction ends.
+pub fn find_for_change(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
+    let id = find(client, name)?.id;
+    locks::lock_consumer(id, locks::Mode::Exclusive);
+    find(client, name).filter(|c| c.id == id)
 }
 
 /// Everything `create_consumer` stores.
@@ -69,25 +87,32 @@ pub struct NewConsumer<'a> {
     pub backoff_base: Interval,
     pub backoff_max: Interval,
     pub lease: Interval,
+    pub start_at: Option<TimestampWithTimeZone>,
 }
 
+// A task consumer gets an open gap from the head on: drains that run before this
+// transaction commits cannot see the consumer, and the first drain after fills in theirs.
 static INSERT: Statement = Statement::new(
-    "INSERT INTO eventq_internal.consumers
-         (name, stream_id, mode, subjects, exclude, include_re, exclude_re, ordering,
-          max_attempts, backoff, backoff_base, backoff_max, lease, cursor_seq)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-             pg_sequence_last_value('eventq_internal.event_seq'))
-     ON CONFLICT (name) DO NOTHING RETURNING id",
+    "WITH created AS (
+         INSERT INTO eventq_internal.consumers
+             (name, stream_id, mode, subjects, exclude, include_re, exclude_re, ordering,
+              max_attempts, backoff, backoff_base, backoff_max, lease, start_at, cursor_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (name) DO NOTHING RETURNING id, mode
+     ), gap AS (
+         INSERT INTO eventq_internal.routing_gaps (consumer_id, from_seq)
+         SELECT id, $15 + 1 FROM created WHERE mode = 'task'
+     )
+     SELECT id FROM created",
     &[
         TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL,
+        INTERVAL, TIMESTAMPTZ, BIGINT,
     ],
 );
 
-/// Creates the consumer, reading from the stream's head; `None` if the name is taken.
-/// The drain lock is held until commit so that no drain runs with a half-made consumer.
+/// Creates the consumer after the log's committed head; `None` if the name is taken.
 pub fn insert(client: &SpiClient<'_>, c: NewConsumer<'_>) -> Option<i32> {
-    drain::lock(client);
+    let head = log::head(client);
     scalar(
         &INSERT,
         client,
@@ -105,6 +130,8 @@ pub fn insert(client: &SpiClient<'_>, c: NewConsumer<'_>) -> Option<i32> {
             arg(c.backoff_base),
             arg(c.backoff_max),
             arg(c.lease),
+            arg(c.start_at),
+            arg(head),
         ],
     )
 }
@@ -122,6 +149,8 @@ pub struct Changes {
     pub backoff_base: Option<Interval>,
     pub backoff_max: Option<Interval>,
     pub lease: Option<Interval>,
+    /// `Some(None)` clears the limit.
+    pub start_at: Option<Option<TimestampWithTimeZone>>,
 }
 
 static UPDATE: Statement = Statement::new(
@@ -135,16 +164,24 @@ static UPDATE: Statement = Statement::new(
          backoff = coalesce($9, backoff),
          backoff_base = coalesce($10, backoff_base),
          backoff_max = coalesce($11, backoff_max),
-         lease = coalesce($12, lease)
+         lease = coalesce($12, lease),
+         start_at = CASE WHEN $13 THEN $14 ELSE start_at END
      WHERE id = $1",
-    &[INT, TEXT_ARRAY, TEXT_ARRAY, BOOL, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL, INTERVAL],
+    &[
+        INT, TEXT_ARRAY, TEXT_ARRAY, BOOL, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
+        INTERVAL, BOOL, TIMESTAMPTZ,
+    ],
 );
 
+/// Applies the changes; the caller holds the consumer's lock (`find_for_change`).
 pub fn update(client: &SpiClient<'_>, id: i32, c: Changes) {
-    drain::lock(client);
     let (new_regexes, (include_re, exclude_re)) = match c.regexes {
         Some(pair) => (true, pair),
         None => (false, (None, None)),
+    };
+    let (new_start, start_at) = match c.start_at {
+        Some(start) => (true, start),
+        None => (false, None),
     };
     UPDATE.run(
         client,
@@ -161,6 +198,8 @@ pub fn update(client: &SpiClient<'_>, id: i32, c: Changes) {
             arg(c.backoff_base),
             arg(c.backoff_max),
             arg(c.lease),
+            arg(new_start),
+            arg(start_at),
         ],
     );
 }
@@ -177,82 +216,100 @@ pub fn set_paused(client: &SpiClient<'_>, name: &str, paused: bool) -> bool {
 
 static DELETE: Statement = Statement::new(
     "WITH gone AS (
-         DELETE FROM eventq_internal.consumers WHERE name = $1 RETURNING id
+         DELETE FROM eventq_internal.consumers WHERE id = $1 RETURNING id
      ), gone_tasks AS (
          DELETE FROM eventq_internal.tasks WHERE consumer_id IN (SELECT id FROM gone)
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts WHERE consumer_id IN (SELECT id FROM gone)
      ), gone_keys AS (
          DELETE FROM eventq_internal.key_heads WHERE consumer_id IN (SELECT id FROM gone)
+     ), gone_rechecks AS (
+         DELETE FROM eventq_internal.key_rechecks WHERE consumer_id IN (SELECT id FROM gone)
+     ), gone_gaps AS (
+         DELETE FROM eventq_internal.routing_gaps WHERE consumer_id IN (SELECT id FROM gone)
      )
      SELECT id FROM gone",
-    &[TEXT],
+    &[INT],
 );
 
-/// `false` if there is no such consumer.
-pub fn delete(client: &SpiClient<'_>, name: &str) -> bool {
-    drain::lock(client);
-    DELETE.first_row(client, &[arg(name)]).is_some()
+/// Drops a consumer with everything it has; the caller holds its lock.
+pub fn delete(client: &SpiClient<'_>, id: i32) {
+    DELETE.run(client, &[arg(id)]);
 }
 
-// Tasks for events already in the log, published at or after $3. The filter is the
-// consumer's regex form (see core::subject). Keyed tasks start out waiting; `backfill` then
-// lets each free key's oldest task go first.
-static BACKFILL: Statement = Statement::new(
-    "INSERT INTO eventq_internal.tasks (consumer_id, seq, state, run_at, order_key)
-     SELECT $1, e.seq,
-            CASE
-              WHEN $4 AND e.key IS NOT NULL THEN 'waiting'
-              WHEN e.deliver_at > now() THEN 'scheduled'
-              ELSE 'available'
-            END::eventq_internal.task_state,
-            coalesce(e.deliver_at, now()),
-            CASE WHEN $4 THEN e.key END
-     FROM eventq_internal.events e
-     WHERE e.stream_id = $2 AND e.published_at > '-infinity' AND e.published_at >= $3
-       AND ($5::text IS NULL OR e.subject ~ $5)
-       AND ($6::text IS NULL OR e.subject !~ $6)
-     ON CONFLICT (consumer_id, seq) DO NOTHING",
-    &[INT, INT, TIMESTAMPTZ, BOOL, TEXT, TEXT],
+// A replay: tasks for the retained events published at or after $3 that pass the filter.
+// Events the consumer has no task for get one; finished tasks start over with a fresh
+// attempt budget (their completed attempt is recorded first, so the history keeps it);
+// unfinished tasks stay as they are. Keyed tasks start out waiting (settled afterwards).
+static REPLAY: Statement = Statement::new(
+    "WITH c AS (
+         SELECT id, stream_id, include_re, exclude_re, ordering = 'key' AS keyed
+         FROM eventq_internal.consumers WHERE id = $1
+     ), wanted AS (
+         SELECT e.seq, e.deliver_at, CASE WHEN c.keyed THEN e.key END AS order_key
+         FROM c JOIN eventq_internal.events e ON e.stream_id = c.stream_id
+         WHERE e.published_at > '-infinity' AND e.published_at >= $2
+           AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+           AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+     ), finished AS (
+         SELECT t.seq, t.state, t.attempt, t.started_at, t.finished_at
+         FROM wanted w
+         CROSS JOIN LATERAL (
+             SELECT * FROM eventq_internal.tasks t
+             WHERE t.consumer_id = $1 AND t.seq = w.seq LIMIT 1
+         ) t
+         WHERE t.state IN ('completed', 'discarded')
+     ), history AS (
+         INSERT INTO eventq_internal.attempts
+             (consumer_id, task_id, attempt, outcome, started_at, finished_at)
+         SELECT $1, seq, attempt, 'completed', started_at, finished_at
+         FROM finished WHERE state = 'completed' AND attempt > 0
+     ), replayed AS (
+         INSERT INTO eventq_internal.tasks (consumer_id, seq, state, run_at, order_key)
+         SELECT $1, w.seq,
+                CASE
+                  WHEN w.order_key IS NOT NULL THEN 'waiting'
+                  WHEN w.deliver_at > now() THEN 'scheduled'
+                  ELSE 'available'
+                END::eventq_internal.task_state,
+                greatest(coalesce(w.deliver_at, now()), now()),
+                w.order_key
+         FROM wanted w
+         ON CONFLICT (consumer_id, seq) DO UPDATE
+             SET state = excluded.state, run_at = excluded.run_at, order_key = excluded.order_key,
+                 attempt = 0, lease_until = NULL, started_at = NULL, finished_at = NULL,
+                 last_error = NULL
+             WHERE eventq_internal.tasks.state IN ('completed', 'discarded')
+         RETURNING order_key
+     )
+     SELECT count(*), array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
+     FROM replayed",
+    &[INT, TIMESTAMPTZ],
 );
 
-/// Creates tasks for the retained events published at or after `since` that the consumer
-/// has no task for yet. Returns how many were created.
-pub fn backfill(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone) -> usize {
-    let keyed = c.ordering == KeyOrdering::Key;
-    let created = BACKFILL
-        .run(
-            client,
-            &[
-                arg(c.id),
-                arg(c.stream_id),
-                arg(since),
-                arg(keyed),
-                arg(c.include_re.clone()),
-                arg(c.exclude_re.clone()),
-            ],
-        )
-        .len();
-    if keyed && created > 0 {
-        tasks::claim_free_keys(client, c.id, None);
+/// Re-delivers the retained events published at or after `since` (see REPLAY); the caller
+/// holds the consumer's lock. Returns how many tasks were created or restarted.
+pub fn replay(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone) -> i64 {
+    let Some(row) = REPLAY.first_row(client, &[arg(c.id), arg(since)]) else { return 0 };
+    let keys: Vec<String> = column(&row, 2).unwrap_or_default();
+    if !keys.is_empty() {
+        keys::settle_keys(client, c.id, Some(keys), keys::Busy::Wait);
     }
-    created
+    column(&row, 1).unwrap_or(0)
 }
 
 // The cursor position from which a log reader sees the events published at or after $2:
-// just before the oldest such event, or the head when there is none. Commit order and
-// publish time differ, so a few events published earlier may follow; none published later
-// is skipped.
+// just before the oldest such event, or the committed head when there is none. Commit
+// order and publish time differ, so a few events published earlier may follow; none
+// published later is skipped.
 static POSITION_AT: Statement = Statement::new(
-    "SELECT coalesce(
-         (SELECT min(seq) - 1 FROM eventq_internal.events
-          WHERE stream_id = $1 AND published_at > '-infinity' AND published_at >= $2),
-         pg_sequence_last_value('eventq_internal.event_seq'))",
+    "SELECT min(seq) - 1 FROM eventq_internal.events
+     WHERE stream_id = $1 AND published_at > '-infinity' AND published_at >= $2",
     &[INT, TIMESTAMPTZ],
 );
 
 pub fn position_at(client: &SpiClient<'_>, stream_id: i32, at: TimestampWithTimeZone) -> i64 {
-    scalar(&POSITION_AT, client, &[arg(stream_id), arg(at)]).unwrap_or(0)
+    scalar(&POSITION_AT, client, &[arg(stream_id), arg(at)]).unwrap_or_else(|| log::head(client))
 }
 
 static SET_CURSOR: Statement = Statement::new(
@@ -275,10 +332,44 @@ pub fn patterns(client: &SpiClient<'_>, id: i32) -> (Vec<String>, Vec<String>) {
     }
 }
 
+// Turning key ordering on: unfinished tasks take their event's key. Of each key's
+// unfinished tasks one is in flight: the oldest running one if any runs (tasks already
+// running cannot be called back, and finish as they will), else the oldest. The others
+// wait their turn.
+static ORDER_BY_KEY: Statement = Statement::new(
+    "WITH keyed AS (
+         UPDATE eventq_internal.tasks t SET order_key = e.key
+         FROM eventq_internal.consumers c, eventq_internal.events e
+         WHERE t.consumer_id = $1 AND c.id = $1 AND e.stream_id = c.stream_id AND e.seq = t.seq
+           AND e.key IS NOT NULL
+           AND t.state IN ('available', 'scheduled', 'running', 'retryable', 'waiting')
+         RETURNING t.seq, t.state, t.order_key
+     ), heads AS (
+         SELECT DISTINCT ON (order_key) order_key, seq FROM keyed
+         ORDER BY order_key, (state = 'running') DESC, seq
+     ), held AS (
+         UPDATE eventq_internal.tasks t SET state = 'waiting'
+         FROM keyed k
+         WHERE t.consumer_id = $1 AND t.seq = k.seq AND k.state <> 'running'
+           AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = k.seq)
+     )
+     INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
+     SELECT $1, order_key, seq FROM heads ORDER BY order_key
+     ON CONFLICT (consumer_id, order_key) DO UPDATE SET head_seq = excluded.head_seq",
+    &[INT],
+);
+
+/// Turns key ordering on for the consumer's existing tasks; the caller holds its lock.
+pub fn order_by_key(client: &SpiClient<'_>, id: i32) {
+    ORDER_BY_KEY.run(client, &[arg(id)]);
+}
+
 // Turning key ordering off: nothing waits any more, and unfinished tasks forget their key.
 static FORGET_KEY_ORDER: Statement = Statement::new(
     "WITH freed AS (
          DELETE FROM eventq_internal.key_heads WHERE consumer_id = $1
+     ), rechecks AS (
+         DELETE FROM eventq_internal.key_rechecks WHERE consumer_id = $1
      )
      UPDATE eventq_internal.tasks
      SET state = CASE WHEN state <> 'waiting' THEN state
@@ -290,6 +381,7 @@ static FORGET_KEY_ORDER: Statement = Statement::new(
     &[INT],
 );
 
+/// Turns key ordering off; the caller holds the consumer's lock.
 pub fn forget_key_order(client: &SpiClient<'_>, id: i32) {
     FORGET_KEY_ORDER.run(client, &[arg(id)]);
 }

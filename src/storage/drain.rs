@@ -1,58 +1,59 @@
 //! The drain: moves committed events from staging into the log, numbers them, and fans them
 //! out into tasks.
 //!
-//! Why this gives commit order: a drain sees only rows whose publishing transaction has
-//! committed, and drains run one at a time, each holding the drain lock until it commits.
-//! Each takes its numbers from `event_seq` after the previous drain committed, so every
-//! event that becomes visible later gets a larger `seq`. A reader that has seen `seq = N`
-//! can never be shown a new event with `seq <= N`. A transaction that published early and
-//! commits late is simply drained by the first drain after its commit: it is never skipped,
-//! because staging rows leave staging only by being drained (or with their stream).
+//! Why `seq` follows commit order. Drains run one at a time, each holding the drain lock
+//! until it commits, and each reads staging with a snapshot taken after it got the lock,
+//! so it sees everything the previous drains committed and every event that committed
+//! before it. Each takes its numbers from `event_seq` after the previous drain committed.
+//! So an event that becomes visible to readers later never gets a lower `seq` than one
+//! they could already see: a reader that has seen `seq = N` never meets a new event at or
+//! below N. A transaction that published early and commits late is drained by the first
+//! drain after its commit; nothing is skipped, because rows leave staging only by being
+//! drained.
 //!
-//! Publication order within a transaction: all of a transaction's events are in one staging
-//! slot (the slot follows the transaction's start time), and a slot is moved whole, its
-//! events numbered in id order. Ids from one backend increase, so they keep the order they
-//! were published in. Moving whole slots, rather than the N oldest events, also keeps the
-//! cost linear in what is staged: finding the N oldest would need an index the publisher
-//! would pay for, or a sort of all of staging per batch.
+//! Within one drain, events are numbered in the order of their transactions' ids, then of
+//! their ids. A transaction gets its id at its first write, so if transaction A committed
+//! before transaction B started, A's id is lower: A's events come first whichever drains
+//! see them (happens-before order). Event ids from one backend increase, so the events of
+//! one transaction keep the order they were published in. Time stamps could not do this:
+//! two backends' clocks and random id bits order events of the same millisecond
+//! arbitrarily, and a transaction's start time says nothing about its commit.
 //!
-//! Hazard: the drain lock is a transaction-level advisory lock. A drain that runs inside a
-//! long transaction holds back every other drain until it commits; `pull` and `fetch`
-//! therefore only try the lock, and never wait for it.
+//! Where a drain runs. Only in a transaction that ends right away: the background worker's,
+//! or the transaction of a single statement (`pull`, `fetch`, `run_maintenance()` called
+//! outside a transaction block). A drain inside a longer transaction would hold the drain
+//! lock until that transaction ended, and nothing else could drain meanwhile. For the same
+//! reason a drain never waits for a lock a user's transaction could hold: it routes around
+//! consumers and streams that are being changed (leaving a gap to fill later), and takes
+//! key rows with SKIP LOCKED (see `storage::keys`).
+//!
+//! Staging slots are truncated, not vacuumed: a slot nobody can write to any more is locked
+//! exclusively (only if that is possible at once), drained once more with a fresh snapshot
+//! (every transaction that could have written into it has ended by then), checked empty,
+//! and truncated. TRUNCATE ignores snapshots, so it must never run with a stale one.
 
 use super::{
-    arg, column, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY, TEXT_ARRAY,
-    TIMESTAMPTZ_ARRAY,
+    arg, column, keys, locks, scalar, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY,
+    TEXT_ARRAY, TIMESTAMPTZ_ARRAY,
 };
 use crate::core::settings::Mode;
 use crate::core::staging;
 use crate::core::subject::{Filter, Router};
+use crate::wakeup;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Advisory lock key (two int4 keys): "evtq", 1.
-static LOCK: Statement = Statement::new("SELECT pg_advisory_xact_lock(1702261873, 1)", &[]);
-static TRY_LOCK: Statement = Statement::new("SELECT pg_try_advisory_xact_lock(1702261873, 1)", &[]);
+static WORK_PENDING: Statement = Statement::new(
+    "SELECT EXISTS (SELECT 1 FROM eventq_internal.staged),
+            EXISTS (SELECT 1 FROM eventq_internal.routing_gaps),
+            EXISTS (SELECT 1 FROM eventq_internal.key_rechecks)",
+    &[],
+);
 
-/// Waits for the drain lock; held until the transaction ends.
-pub fn lock(client: &SpiClient<'_>) {
-    LOCK.run(client, &[]);
-}
-
-/// Takes the drain lock if nobody holds it; held until the transaction ends.
-fn try_lock(client: &SpiClient<'_>) -> bool {
-    super::scalar::<bool>(&TRY_LOCK, client, &[]).unwrap_or(false)
-}
-
-static ANYTHING_STAGED: Statement =
-    Statement::new("SELECT EXISTS (SELECT 1 FROM eventq_internal.staged)", &[]);
-
-/// Whether any staged row is visible (committed, or this transaction's own).
-fn anything_staged(client: &SpiClient<'_>) -> bool {
-    super::scalar::<bool>(&ANYTHING_STAGED, client, &[]).unwrap_or(false)
-}
+static STREAM_IDS: Statement =
+    Statement::new("SELECT id FROM eventq_internal.streams ORDER BY id", &[]);
 
 // Of the idle staging slots (core::staging), those that still have pages: their rows are
 // drained, or dead, and the pages should go. Cheap: it reads relation sizes, not rows.
@@ -83,69 +84,108 @@ static TRUNCATE: [Statement; 4] = [
     Statement::new("TRUNCATE eventq_internal.staged_3", &[]),
 ];
 
-/// Moves every visible event of one staging slot into the log. Events of dropped streams
-/// are deleted without a trace. Numbers are reserved with one setval under the drain lock;
-/// an aborted drain leaves a gap, never a reuse. Returns, per stream, the range of seq
-/// numbers given out (each range holds only this drain's events of that stream).
-macro_rules! move_slot {
-    ($slot:literal) => {
-        Statement::new(
-            concat!(
-                "WITH moved AS (
-                     DELETE FROM eventq_internal.staged_", $slot, "
-                     RETURNING id, stream_id, subject, key, payload, headers, deliver_at, published_at
-                 ), kept AS (
-                     SELECT m.*, row_number() OVER (ORDER BY m.id) AS n
-                     FROM moved m
-                     WHERE EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = m.stream_id)
-                 ), numbers AS (
-                     SELECT CASE WHEN count(*) > 0 THEN
-                                setval('eventq_internal.event_seq',
-                                       pg_sequence_last_value('eventq_internal.event_seq') + count(*))
-                                - count(*)
-                            END AS before_first
-                     FROM kept
-                 ), logged AS (
-                     INSERT INTO eventq_internal.events
-                         (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at)
-                     SELECT k.stream_id, numbers.before_first + k.n, k.id, k.subject, k.key, k.payload,
-                            k.headers, k.published_at, k.deliver_at
-                     FROM kept k CROSS JOIN numbers
-                     RETURNING stream_id, seq
-                 )
-                 SELECT stream_id, min(seq), max(seq), count(*) FROM logged GROUP BY stream_id"
-            ),
-            &[],
-        )
-    };
-}
+static SEQ_HEAD: Statement =
+    Statement::new("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[]);
 
-static MOVE_SLOT: [Statement; 4] =
-    [move_slot!("0"), move_slot!("1"), move_slot!("2"), move_slot!("3")];
+// Moves every visible staged event, except those of streams being dropped ($1), into the
+// log, numbered in (transaction id, id) order; events of dropped streams are deleted
+// without a trace. Numbers are reserved with one setval under the drain lock; an aborted
+// drain leaves a gap, never a reuse. Records the drain; returns, per stream, the range of
+// seq numbers given out.
+static MOVE: Statement = Statement::new(
+    "WITH moved AS (
+         DELETE FROM eventq_internal.staged WHERE stream_id <> ALL ($1::int[])
+         RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at
+     ), kept AS (
+         SELECT m.*, row_number() OVER (ORDER BY m.xid, m.id) AS n
+         FROM moved m
+         WHERE EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = m.stream_id)
+     ), numbers AS (
+         SELECT CASE WHEN count(*) > 0 THEN
+                    setval('eventq_internal.event_seq',
+                           pg_sequence_last_value('eventq_internal.event_seq') + count(*))
+                    - count(*)
+                END AS before_first
+         FROM kept
+     ), logged AS (
+         INSERT INTO eventq_internal.events
+             (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at)
+         SELECT k.stream_id, numbers.before_first + k.n, k.id, k.subject, k.key, k.payload,
+                k.headers, k.published_at, k.deliver_at
+         FROM kept k CROSS JOIN numbers
+         RETURNING stream_id, seq
+     ), recorded AS (
+         INSERT INTO eventq_internal.drains (last_seq, events)
+         SELECT max(seq), count(*) FROM logged HAVING count(*) > 0
+     )
+     SELECT stream_id, min(seq), max(seq), count(*) FROM logged GROUP BY stream_id",
+    &[INT_ARRAY],
+);
 
 // What routing needs of the events just moved, read back in chunks.
 static MOVED_EVENTS: Statement = Statement::new(
-    "SELECT seq, subject, key, deliver_at FROM eventq_internal.events
-     WHERE stream_id = $1 AND seq BETWEEN $2 AND $3
-     ORDER BY seq",
-    &[INT, BIGINT, BIGINT],
+    "SELECT seq, subject, key, deliver_at, published_at FROM eventq_internal.events
+     WHERE stream_id = $1 AND seq > $2 AND seq <= $3
+     ORDER BY seq LIMIT $4",
+    &[INT, BIGINT, BIGINT, BIGINT],
 );
 
 static ROUTES: Statement = Statement::new(
-    "SELECT id, name, mode, subjects, exclude, ordering = 'key'
-     FROM eventq_internal.consumers WHERE stream_id = $1",
+    "SELECT c.id, c.name, c.mode, c.subjects, c.exclude, c.ordering = 'key', c.start_at,
+            EXISTS (SELECT 1 FROM eventq_internal.routing_gaps g WHERE g.consumer_id = c.id)
+     FROM eventq_internal.consumers c WHERE c.stream_id = $1 ORDER BY c.id",
     &[INT],
 );
 
-// The first task of each key in a drain claims the key (see sql/schema.sql). The no-op
-// DO UPDATE locks an existing row, so a finisher that holds it is waited for, and one that
-// comes later sees this drain's tasks. Rows are locked in key order, as finishers do.
-static CLAIM_KEYS: Statement = Statement::new(
-    "INSERT INTO eventq_internal.key_heads AS h (consumer_id, order_key, head_seq)
-     SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) ORDER BY 1, 2
-     ON CONFLICT (consumer_id, order_key) DO UPDATE SET head_seq = h.head_seq
-     RETURNING consumer_id, head_seq",
-    &[INT_ARRAY, TEXT_ARRAY, BIGINT_ARRAY],
+static CONSUMERS_WITH_GAPS: Statement = Statement::new(
+    "WITH moot AS (
+         DELETE FROM eventq_internal.routing_gaps g
+         WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = g.consumer_id)
+     )
+     SELECT DISTINCT g.consumer_id FROM eventq_internal.routing_gaps g
+     JOIN eventq_internal.consumers c ON c.id = g.consumer_id
+     ORDER BY 1",
+    &[],
+);
+
+static ADD_GAP: Statement = Statement::new(
+    "INSERT INTO eventq_internal.routing_gaps (consumer_id, from_seq, to_seq) VALUES ($1, $2, $3)",
+    &[INT, BIGINT, BIGINT],
+);
+
+// Tasks for the events of a consumer's gaps (an open gap ends at $2, the log's head before
+// this drain), with the consumer's current filter; the gaps go. Keyed tasks start out
+// waiting; the keys are settled afterwards (storage::keys).
+static FILL_GAPS: Statement = Statement::new(
+    "WITH gaps AS (
+         DELETE FROM eventq_internal.routing_gaps WHERE consumer_id = $1
+         RETURNING from_seq, coalesce(to_seq, $2) AS to_seq
+     ), c AS (
+         SELECT id, stream_id, include_re, exclude_re, ordering = 'key' AS keyed, start_at
+         FROM eventq_internal.consumers WHERE id = $1 AND mode = 'task'
+     ), filled AS (
+         INSERT INTO eventq_internal.tasks (consumer_id, seq, state, run_at, order_key)
+         SELECT c.id, e.seq,
+                CASE
+                  WHEN c.keyed AND e.key IS NOT NULL THEN 'waiting'
+                  WHEN e.deliver_at > now() THEN 'scheduled'
+                  ELSE 'available'
+                END::eventq_internal.task_state,
+                coalesce(e.deliver_at, now()),
+                CASE WHEN c.keyed THEN e.key END
+         FROM c
+         CROSS JOIN gaps g
+         JOIN eventq_internal.events e
+           ON e.stream_id = c.stream_id AND e.seq >= g.from_seq AND e.seq <= g.to_seq
+         WHERE (c.include_re IS NULL OR e.subject ~ c.include_re)
+           AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+           AND (c.start_at IS NULL OR e.published_at >= c.start_at)
+         ON CONFLICT (consumer_id, seq) DO NOTHING
+         RETURNING order_key
+     )
+     SELECT count(*), array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
+     FROM filled",
+    &[INT, BIGINT],
 );
 
 // One row per (task consumer, event): waiting unless it heads its key.
@@ -164,43 +204,77 @@ static INSERT_TASKS: Statement = Statement::new(
     &[INT_ARRAY, BIGINT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY, BOOL_ARRAY],
 );
 
+// Listeners are told, unless the notification queue is filling up (a listener that stopped
+// reading holds it): a full queue makes the commit of whatever notifies fail, and a drain
+// must never fail for a listener's sake. Workers poll besides listening.
 static NOTIFY: Statement = Statement::new(
     "SELECT pg_notify('eventq_' || u.name, u.n::text)
-     FROM unnest($1::text[], $2::bigint[]) AS u(name, n)",
+     FROM unnest($1::text[], $2::bigint[]) AS u(name, n)
+     WHERE pg_notification_queue_usage() < 0.5",
     &[TEXT_ARRAY, BIGINT_ARRAY],
 );
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drained {
     pub events: i64,
     pub tasks: i64,
     /// Staging slots truncated.
     pub truncated: i64,
+    /// Tasks created for gaps (events drained while a consumer could not be routed to).
+    pub gap_tasks: i64,
+    /// Consumers that were busy, so that this drain left a gap for them.
+    pub gaps_left: i64,
+    /// Keys settled after a recheck.
+    pub keys_rechecked: i64,
+    /// Per consumer, how many events or tasks it received, to notify listeners.
+    pub received: BTreeMap<String, i64>,
 }
 
-/// Drains every committed staged event, fanning out `chunk` events at a time, and truncates
-/// idle staging slots, if the drain lock is free; `None` when another session holds it (it
-/// is draining). Consumers that received something are notified once, on channel
-/// `eventq_<consumer>`, when this transaction commits.
-///
-/// Truncating is part of draining, whoever drains: a drained slot's dead rows would
-/// otherwise make every "anything staged?" check walk them until vacuum came by.
-pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
-    // Lock first: only the session that can drain looks at staging at all. Looking takes
-    // ACCESS SHARE on every slot (even reading a slot's size does) until the transaction
-    // ends, and a crowd of readers holding it would keep idle slots from ever being
-    // truncated; they would then walk dead rows on every call.
-    if !try_lock(client) {
+/// How a drain may behave: whether it waits for the drain lock (or gives up when another
+/// drain holds it), and whether it may truncate staging (never under a snapshot that was
+/// not taken for it; see the module comment).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub wait: bool,
+    pub truncate: bool,
+    pub chunk: i64,
+}
+
+/// Drains every committed staged event, fills gaps and settles rechecked keys; `None` when
+/// another drain holds the lock and `options.wait` is false. Listeners are not notified
+/// here: see `notify`.
+pub fn drain(client: &SpiClient<'_>, options: Options) -> Option<Drained> {
+    if options.wait {
+        locks::lock_drain();
+    } else if !locks::try_lock_drain() {
         return None;
     }
-    let idle: Vec<(i32, pg_sys::Oid)> = SLOTS_WITH_PAGES
-        .run(client, &[arg(idle_slots())])
-        .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
-        .collect();
-    if idle.is_empty() && !anything_staged(client) {
-        return Some(Drained::default());
+    // Everything published so far is visible to the snapshots taken from here on.
+    wakeup::draining();
+    let idle: Vec<(i32, pg_sys::Oid)> = if options.truncate {
+        SLOTS_WITH_PAGES
+            .run(client, &[arg(idle_slots())])
+            .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (staged, gaps, rechecks) = match WORK_PENDING.first_row(client, &[]) {
+        Some(row) => (
+            column(&row, 1).unwrap_or(true),
+            column(&row, 2).unwrap_or(true),
+            column(&row, 3).unwrap_or(true),
+        ),
+        None => (true, true, true),
+    };
+    let mut total = Drained::default();
+    if !staged && !gaps && !rechecks && idle.is_empty() {
+        return Some(total);
     }
-    let mut total = move_all(client, chunk);
+    let busy_streams = busy_streams(client);
+    if staged || gaps {
+        move_all(client, options.chunk, &busy_streams, &mut total);
+    }
     for (slot, relation) in idle {
         // Exclusively held, a slot has no uncommitted rows; once every committed row has
         // been moved, nothing in it is needed. A slot in use is tried again next time.
@@ -212,35 +286,66 @@ pub fn drain(client: &SpiClient<'_>, chunk: i64) -> Option<Drained> {
         if !locked {
             continue;
         }
-        let late = move_all(client, chunk);
-        total.events += late.events;
-        total.tasks += late.tasks;
-        if super::scalar::<bool>(&SLOT_IS_EMPTY, client, &[arg(slot)]).unwrap_or(false) {
+        move_all(client, options.chunk, &busy_streams, &mut total);
+        if scalar::<bool>(&SLOT_IS_EMPTY, client, &[arg(slot)]).unwrap_or(false) {
             TRUNCATE[slot as usize].run(client, &[]);
             total.truncated += 1;
         }
     }
+    if rechecks {
+        total.keys_rechecked = keys::recheck(client, 10_000);
+    }
     Some(total)
 }
 
-/// Moves and fans out every visible staged event; needs the drain lock.
-fn move_all(client: &SpiClient<'_>, chunk: i64) -> Drained {
-    let mut total = Drained::default();
-    let mut fan_out = FanOut::default();
-    for statement in &MOVE_SLOT {
-        let moved: Vec<(i32, i64, i64, i64)> = statement
-            .run(client, &[])
-            .filter_map(|row| {
-                Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3)?, column(&row, 4)?))
-            })
-            .collect();
-        for (stream_id, first, last, count) in moved {
-            total.events += count;
-            total.tasks += fan_out.stream(client, stream_id, first, last, chunk);
+/// Streams being dropped right now (their lock is held exclusively): their staged events
+/// stay where they are, to be drained if the drop rolls back or deleted if it commits.
+fn busy_streams(client: &SpiClient<'_>) -> Vec<i32> {
+    STREAM_IDS
+        .run(client, &[])
+        .filter_map(|row| column::<i32>(&row, 1))
+        .filter(|&id| !locks::try_lock_stream(id, locks::Mode::Shared))
+        .collect()
+}
+
+/// Sends one notification per consumer that received something.
+pub fn notify(client: &SpiClient<'_>, received: BTreeMap<String, i64>) {
+    if !received.is_empty() {
+        let (names, counts): (Vec<String>, Vec<i64>) = received.into_iter().unzip();
+        NOTIFY.run(client, &[arg(names), arg(counts)]);
+    }
+}
+
+/// Moves and fans out every visible staged event, and fills gaps; needs the drain lock.
+fn move_all(client: &SpiClient<'_>, chunk: i64, busy_streams: &[i32], total: &mut Drained) {
+    let head_before: i64 = scalar(&SEQ_HEAD, client, &[]).unwrap_or(0);
+    let moved: Vec<(i32, i64, i64, i64)> = MOVE
+        .run(client, &[arg(busy_streams.to_vec())])
+        .filter_map(|row| {
+            Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3)?, column(&row, 4)?))
+        })
+        .collect();
+    let mut fan_out = FanOut { head_before, ..FanOut::default() };
+    for (stream_id, first, last, count) in moved {
+        total.events += count;
+        fan_out.stream(client, stream_id, first, last, chunk);
+    }
+    // Consumers with gaps whose stream had nothing new in this drain.
+    let with_gaps: Vec<i32> =
+        CONSUMERS_WITH_GAPS.run(client, &[]).filter_map(|row| column(&row, 1)).collect();
+    for consumer_id in with_gaps {
+        if !fan_out.handled.contains(&consumer_id)
+            && locks::try_lock_consumer(consumer_id, locks::Mode::Exclusive)
+        {
+            fan_out.fill_gaps(client, consumer_id);
         }
     }
-    fan_out.notify(client);
-    total
+    total.tasks += fan_out.created;
+    total.gap_tasks += fan_out.gap_tasks;
+    total.gaps_left += fan_out.gaps_left;
+    for (name, n) in fan_out.received {
+        *total.received.entry(name).or_default() += n;
+    }
 }
 
 struct Route {
@@ -248,153 +353,163 @@ struct Route {
     name: String,
     mode: Mode,
     keyed: bool,
+    start_at: Option<TimestampWithTimeZone>,
 }
 
-/// Routing state of one drain: consumers per stream, keys claimed so far, and how many
+/// Routing state of one pass: consumers per stream, keys claimed so far, and how many
 /// events each consumer received.
 #[derive(Default)]
 struct FanOut {
+    head_before: i64,
     routers: HashMap<i32, (Router, Vec<Route>)>,
     keys_seen: HashSet<(i32, String)>,
+    /// Consumers whose gaps this pass looked at.
+    handled: BTreeSet<i32>,
     received: BTreeMap<String, i64>,
+    created: i64,
+    gap_tasks: i64,
+    gaps_left: i64,
 }
 
-#[derive(Default)]
-struct Tasks {
-    consumer: Vec<i32>,
-    seq: Vec<i64>,
-    key: Vec<Option<String>>,
-    deliver_at: Vec<Option<TimestampWithTimeZone>>,
-    /// (consumer, key, seq) of the first task of each key in the drain.
-    claims: Vec<(i32, String, i64)>,
+struct MovedEvent {
+    seq: i64,
+    subject: String,
+    key: Option<String>,
+    deliver_at: Option<TimestampWithTimeZone>,
+    published_at: Option<TimestampWithTimeZone>,
 }
 
 impl FanOut {
-    fn routes(&mut self, client: &SpiClient<'_>, stream_id: i32) -> &(Router, Vec<Route>) {
-        self.routers.entry(stream_id).or_insert_with(|| {
-            let mut router = Router::default();
-            let mut routes = Vec::new();
-            for row in ROUTES.run(client, &[arg(stream_id)]) {
-                let include: Vec<String> = column(&row, 4).unwrap_or_default();
-                let exclude: Vec<String> = column(&row, 5).unwrap_or_default();
-                // Stored filters were validated when the consumer was created or altered.
-                let Ok(filter) = Filter::parse(&include, &exclude) else { continue };
-                router.add(&filter);
-                routes.push(Route {
-                    consumer_id: column(&row, 1).unwrap_or(0),
-                    name: column(&row, 2).unwrap_or_default(),
-                    mode: Mode::parse(&column::<String>(&row, 3).unwrap_or_default())
-                        .unwrap_or(Mode::Task),
-                    keyed: column(&row, 6).unwrap_or(false),
-                });
+    /// The consumers of a stream that this drain can route to. A consumer being changed
+    /// (its lock held exclusively) gets a gap for the events `first..=last` instead; a
+    /// consumer with gaps has them filled first (under its exclusive lock), so that its
+    /// tasks are created in seq order.
+    fn routes(&mut self, client: &SpiClient<'_>, stream_id: i32, first: i64, last: i64) {
+        let mut router = Router::default();
+        let mut routes = Vec::new();
+        let rows: Vec<_> = ROUTES.run(client, &[arg(stream_id)]).collect();
+        for row in rows {
+            let consumer_id: i32 = column(&row, 1).unwrap_or(0);
+            let name: String = column(&row, 2).unwrap_or_default();
+            let mode = Mode::parse(&column::<String>(&row, 3).unwrap_or_default())
+                .unwrap_or(Mode::Task);
+            let has_gaps: bool = column(&row, 8).unwrap_or(false);
+            self.handled.insert(consumer_id);
+            if mode == Mode::Task {
+                let lock_mode =
+                    if has_gaps { locks::Mode::Exclusive } else { locks::Mode::Shared };
+                if !locks::try_lock_consumer(consumer_id, lock_mode) {
+                    ADD_GAP.run(client, &[arg(consumer_id), arg(first), arg(last)]);
+                    self.gaps_left += 1;
+                    continue;
+                }
+                if has_gaps {
+                    self.fill_gaps(client, consumer_id);
+                }
             }
-            (router, routes)
-        })
+            let include: Vec<String> = column(&row, 4).unwrap_or_default();
+            let exclude: Vec<String> = column(&row, 5).unwrap_or_default();
+            // The table's CHECK constraint keeps unparseable patterns out of storage.
+            let filter = Filter::parse(&include, &exclude).unwrap_or_else(|e| {
+                crate::error::damaged_installation(&format!(
+                    "consumer \"{name}\" has a filter eventq cannot parse: {e}"
+                ))
+            });
+            router.add(&filter);
+            routes.push(Route {
+                consumer_id,
+                name,
+                mode,
+                keyed: column(&row, 6).unwrap_or(false),
+                start_at: column(&row, 7),
+            });
+        }
+        self.routers.insert(stream_id, (router, routes));
     }
 
-    /// Creates the tasks for the events `first..=last` of a stream; returns how many.
-    fn stream(
-        &mut self,
-        client: &SpiClient<'_>,
-        stream_id: i32,
-        first: i64,
-        last: i64,
-        chunk: i64,
-    ) -> i64 {
-        if self.routes(client, stream_id).0.is_empty() {
-            return 0;
+    fn fill_gaps(&mut self, client: &SpiClient<'_>, consumer_id: i32) {
+        self.handled.insert(consumer_id);
+        let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(self.head_before)])
+        else {
+            return;
+        };
+        self.gap_tasks += column::<i64>(&row, 1).unwrap_or(0);
+        let keys: Vec<String> = column(&row, 2).unwrap_or_default();
+        if !keys.is_empty() {
+            keys::settle_keys(client, consumer_id, Some(keys), keys::Busy::Recheck);
         }
-        let mut created = 0;
-        let mut cursor = MOVED_EVENTS.cursor(client, &[arg(stream_id), arg(first), arg(last)]);
+    }
+
+    /// Creates the tasks for the events `first..=last` of a stream.
+    fn stream(&mut self, client: &SpiClient<'_>, stream_id: i32, first: i64, last: i64, chunk: i64) {
+        self.routes(client, stream_id, first, last);
+        if self.routers.get(&stream_id).is_none_or(|(router, _)| router.is_empty()) {
+            return;
+        }
+        let mut after = first - 1;
         loop {
-            let rows =
-                cursor.fetch(chunk).unwrap_or_else(|e| crate::error::spi_failure("fetch", e));
-            if rows.is_empty() {
-                break;
-            }
-            let events: Vec<(i64, String, Option<String>, Option<TimestampWithTimeZone>)> = rows
+            let events: Vec<MovedEvent> = MOVED_EVENTS
+                .run(client, &[arg(stream_id), arg(after), arg(last), arg(chunk)])
                 .filter_map(|row| {
-                    Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3), column(&row, 4)))
+                    Some(MovedEvent {
+                        seq: column(&row, 1)?,
+                        subject: column(&row, 2)?,
+                        key: column(&row, 3),
+                        deliver_at: column(&row, 4),
+                        published_at: column(&row, 5),
+                    })
                 })
                 .collect();
-            created += self.chunk(client, stream_id, events);
+            let Some(last_read) = events.last().map(|e| e.seq) else { break };
+            after = last_read;
+            self.chunk(client, stream_id, events);
         }
-        created
     }
 
-    fn chunk(
-        &mut self,
-        client: &SpiClient<'_>,
-        stream_id: i32,
-        events: Vec<(i64, String, Option<String>, Option<TimestampWithTimeZone>)>,
-    ) -> i64 {
-        let Some((router, routes)) = self.routers.get(&stream_id) else { return 0 };
-        let mut tasks = Tasks::default();
+    fn chunk(&mut self, client: &SpiClient<'_>, stream_id: i32, events: Vec<MovedEvent>) {
+        let Some((router, routes)) = self.routers.get(&stream_id) else { return };
+        let mut consumer = Vec::new();
+        let mut seq = Vec::new();
+        let mut key = Vec::new();
+        let mut deliver_at = Vec::new();
+        let mut claims: Vec<(i32, String, i64)> = Vec::new();
         let mut hits = Vec::new();
-        for (seq, subject, key, deliver_at) in events {
+        for event in &events {
             hits.clear();
-            router.route(&subject, &mut hits);
+            router.route(&event.subject, &mut hits);
             for &hit in &hits {
                 let route = &routes[hit];
+                if let (Some(start), Some(published)) = (route.start_at, event.published_at) {
+                    if published < start {
+                        continue;
+                    }
+                }
                 *self.received.entry(route.name.clone()).or_default() += 1;
                 if route.mode != Mode::Task {
                     continue;
                 }
-                let key = if route.keyed { key.clone() } else { None };
-                if let Some(k) = &key {
+                let task_key = if route.keyed { event.key.clone() } else { None };
+                if let Some(k) = &task_key {
                     if self.keys_seen.insert((route.consumer_id, k.clone())) {
-                        tasks.claims.push((route.consumer_id, k.clone(), seq));
+                        claims.push((route.consumer_id, k.clone(), event.seq));
                     }
                 }
-                tasks.consumer.push(route.consumer_id);
-                tasks.seq.push(seq);
-                tasks.key.push(key);
-                tasks.deliver_at.push(deliver_at);
+                consumer.push(route.consumer_id);
+                seq.push(event.seq);
+                key.push(task_key);
+                deliver_at.push(event.deliver_at);
             }
         }
-        let created = tasks.consumer.len() as i64;
-        if created > 0 {
-            let heads = claim_keys(client, &mut tasks.claims);
-            let heads_key: Vec<bool> = tasks
-                .consumer
-                .iter()
-                .zip(&tasks.seq)
-                .map(|(c, seq)| heads.contains(&(*c, *seq)))
-                .collect();
-            INSERT_TASKS.run(
-                client,
-                &[
-                    arg(tasks.consumer),
-                    arg(tasks.seq),
-                    arg(tasks.key),
-                    arg(tasks.deliver_at),
-                    arg(heads_key),
-                ],
-            );
+        if consumer.is_empty() {
+            return;
         }
-        created
+        self.created += consumer.len() as i64;
+        let heads = keys::claim(client, &mut claims);
+        let heads_key: Vec<bool> =
+            consumer.iter().zip(&seq).map(|(c, s)| heads.contains(&(*c, *s))).collect();
+        INSERT_TASKS.run(
+            client,
+            &[arg(consumer), arg(seq), arg(key), arg(deliver_at), arg(heads_key)],
+        );
     }
-
-    fn notify(self, client: &SpiClient<'_>) {
-        if !self.received.is_empty() {
-            let (names, counts): (Vec<String>, Vec<i64>) = self.received.into_iter().unzip();
-            NOTIFY.run(client, &[arg(names), arg(counts)]);
-        }
-    }
-}
-
-/// Claims the keys; returns (consumer, seq) of the tasks that now head their key: those
-/// whose claim found the key free.
-fn claim_keys(client: &SpiClient<'_>, claims: &mut [(i32, String, i64)]) -> HashSet<(i32, i64)> {
-    if claims.is_empty() {
-        return HashSet::new();
-    }
-    claims.sort();
-    let consumers: Vec<i32> = claims.iter().map(|c| c.0).collect();
-    let keys: Vec<String> = claims.iter().map(|c| c.1.clone()).collect();
-    let seqs: Vec<i64> = claims.iter().map(|c| c.2).collect();
-    CLAIM_KEYS
-        .run(client, &[arg(consumers), arg(keys), arg(seqs)])
-        .filter_map(|row| Some((column::<i32>(&row, 1)?, column::<i64>(&row, 2)?)))
-        .collect()
 }

@@ -1,7 +1,7 @@
 //! Log consumers: reading events after a cursor. Reading writes nothing; only `commit` and
 //! `seek` move the cursor.
 
-use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT};
+use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT, TIMESTAMPTZ};
 use crate::datum::Jsonb;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -14,9 +14,10 @@ static FETCH: Statement = Statement::new(
      WHERE e.stream_id = $1 AND e.seq > $2
        AND ($3::text IS NULL OR e.subject ~ $3)
        AND ($4::text IS NULL OR e.subject !~ $4)
+       AND ($6::timestamptz IS NULL OR e.published_at >= $6)
      ORDER BY e.seq
      LIMIT $5",
-    &[INT, BIGINT, TEXT, TEXT, BIGINT],
+    &[INT, BIGINT, TEXT, TEXT, BIGINT, TIMESTAMPTZ],
 );
 
 pub struct LogEvent {
@@ -35,10 +36,14 @@ pub fn fetch(
     after: i64,
     include_re: Option<String>,
     exclude_re: Option<String>,
+    start_at: Option<TimestampWithTimeZone>,
     max: i64,
 ) -> Vec<LogEvent> {
     FETCH
-        .run(client, &[arg(stream_id), arg(after), arg(include_re), arg(exclude_re), arg(max)])
+        .run(
+            client,
+            &[arg(stream_id), arg(after), arg(include_re), arg(exclude_re), arg(max), arg(start_at)],
+        )
         .filter_map(|row| {
             Some(LogEvent {
                 seq: column(&row, 1)?,
@@ -63,11 +68,14 @@ pub fn commit(client: &SpiClient<'_>, consumer_id: i32, seq: i64) {
     COMMIT.run(client, &[arg(consumer_id), arg(seq)]);
 }
 
-static HEAD: Statement =
-    Statement::new("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[]);
+static HEAD: Statement = Statement::new(
+    "SELECT last_seq FROM eventq_internal.drains ORDER BY last_seq DESC LIMIT 1",
+    &[],
+);
 
-/// The highest seq any drain has handed out (across all streams). No event that appears
-/// later has a seq at or below it.
+/// The highest seq of any committed drain (across all streams): the log's head. No event
+/// that appears later has a seq at or below it. (The sequence's value would also count the
+/// numbers of a drain that has not committed yet, whose events are still to appear.)
 pub fn head(client: &SpiClient<'_>) -> i64 {
     scalar(&HEAD, client, &[]).unwrap_or(0)
 }

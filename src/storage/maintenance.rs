@@ -1,18 +1,23 @@
 //! Maintenance, in the parts the background worker runs on their own schedules:
 //! - draining (storage::drain), whenever a publishing commit wakes the worker;
 //! - `timers`: expired leases rescued and due tasks made available, for every task consumer;
-//! - `cleanup`: retention, and removal of old finished tasks.
+//! - `cleanup`: retention, removal of old finished tasks, and eventq's own bookkeeping.
 //!
-//! `run` is all of it at once: what `run_maintenance()` does.
+//! `run` is all of it at once: what `run_maintenance()` does. Each stream and consumer is
+//! handled in a subtransaction of its own: one that fails is reported and the others go on.
 
 use super::drain::{self, Drained};
+use super::isolation::contained;
+use super::keys;
+use super::locks;
 use super::retention::{self, Cleaned};
 use super::tasks::{self, Rescued};
 use super::{column, Statement};
 use pgrx::spi::SpiClient;
 
 static TASK_CONSUMERS: Statement = Statement::new(
-    "SELECT id, max_attempts FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id",
+    "SELECT id, max_attempts, ordering = 'key'
+     FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id",
     &[],
 );
 
@@ -25,26 +30,71 @@ pub struct Pass {
     pub drained: Option<Drained>,
     pub rescued: Rescued,
     pub cleaned: Cleaned,
+    /// What failed, one message per stream or consumer.
+    pub errors: Vec<String>,
 }
 
 /// Everything, once: what `run_maintenance()` does.
-pub fn run(client: &SpiClient<'_>, chunk: i64, keep_finished_seconds: i64) -> Pass {
-    let drained = drain::drain(client, chunk);
-    let rescued = timers(client);
-    let mut cleaned = retention::expire(client);
-    cleaned.removed_tasks = retention::remove_finished(client, keep_finished_seconds);
-    Pass { drained, rescued, cleaned }
+pub fn run(client: &SpiClient<'_>, options: drain::Options, keep_finished_seconds: i64) -> Pass {
+    let mut pass = Pass { drained: drain::drain(client, options), ..Pass::default() };
+    let (rescued, errors) = timers(client);
+    pass.rescued = rescued;
+    pass.errors.extend(errors);
+    let (cleaned, errors) = cleanup(client, keep_finished_seconds);
+    pass.cleaned = cleaned;
+    pass.errors.extend(errors);
+    pass
 }
 
-/// Expired leases and due timers of every task consumer.
-pub fn timers(client: &SpiClient<'_>) -> Rescued {
+/// Expired leases and due timers of every task consumer, and keys left for a recheck.
+pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
     let mut rescued = Rescued::default();
-    let consumers: Vec<(i32, i32)> = TASK_CONSUMERS
+    let mut errors = Vec::new();
+    let consumers: Vec<(i32, i32, bool)> = TASK_CONSUMERS
         .run(client, &[])
-        .map(|row| (column(&row, 1).unwrap_or(0), column(&row, 2).unwrap_or(1)))
+        .map(|row| {
+            (column(&row, 1).unwrap_or(0), column(&row, 2).unwrap_or(1), column(&row, 3).unwrap_or(false))
+        })
         .collect();
-    for (id, max_attempts) in consumers {
-        rescued += tasks::rescue_and_promote(client, id, max_attempts, RESCUE_LIMIT);
+    for (id, max_attempts, keyed) in consumers {
+        let result = contained(|| {
+            if !locks::try_lock_consumer(id, locks::Mode::Shared) {
+                return Rescued::default();
+            }
+            let r = tasks::rescue_and_promote(client, id, max_attempts, RESCUE_LIMIT);
+            if keyed {
+                keys::recheck_for(client, id);
+            }
+            r
+        });
+        match result {
+            Ok(r) => rescued += r,
+            Err(e) => errors.push(format!("consumer {id}: {e}")),
+        }
     }
-    rescued
+    (rescued, errors)
+}
+
+/// Retention for every stream, finished tasks of every consumer, bookkeeping.
+pub fn cleanup(client: &SpiClient<'_>, keep_finished_seconds: i64) -> (Cleaned, Vec<String>) {
+    let mut cleaned = Cleaned::default();
+    let mut errors = Vec::new();
+    for (stream_id, retention_us) in retention::streams_with_retention(client) {
+        match contained(|| retention::expire_stream(client, stream_id, retention_us)) {
+            Ok(c) => cleaned += c,
+            Err(e) => errors.push(format!("retention of stream {stream_id}: {e}")),
+        }
+    }
+    for (consumer_id, position) in retention::consumers_with_tasks(client) {
+        match contained(|| {
+            retention::remove_finished(client, consumer_id, position, keep_finished_seconds)
+        }) {
+            Ok(n) => cleaned.removed_tasks += n,
+            Err(e) => errors.push(format!("cleanup of consumer {consumer_id}: {e}")),
+        }
+    }
+    if let Err(e) = contained(|| retention::tidy(client)) {
+        errors.push(format!("bookkeeping: {e}"));
+    }
+    (cleaned, errors)
 }

@@ -3,10 +3,22 @@
 //! Each statement is a [`Statement`] constant. A backend prepares it the first time it runs
 //! and keeps the plan for the rest of its life, so no hot path parses or plans SQL per call.
 //! Postgres' plan cache re-plans a kept statement by itself when the tables change.
+//!
+//! Every statement reads the newest committed state, whatever the caller's isolation
+//! level. In READ COMMITTED that is what a statement does anyway. Under REPEATABLE READ and
+//! SERIALIZABLE a statement would otherwise read the transaction's snapshot, taken when it
+//! began: a drain would then not see what committed since, a `pull` would miss the tasks a
+//! drain made after it began, and a drain that truncates staging could throw away events
+//! its old snapshot could not see. A queue's operations are about the queue as it is now,
+//! as `SELECT ... FOR UPDATE` in READ COMMITTED is; the caller's own reads of its own
+//! tables keep their snapshot. See `isolation` for what that means for conflicts.
 
 pub mod append;
 pub mod consumers;
 pub mod drain;
+pub mod isolation;
+pub mod keys;
+pub mod locks;
 pub mod log;
 pub mod maintenance;
 pub mod publish;
@@ -14,22 +26,66 @@ pub mod retention;
 pub mod streams;
 pub mod tasks;
 
-use crate::error::OrRaise;
+use crate::error;
 use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiCursor, SpiHeapTupleData, SpiTupleTable};
+use pgrx::pg_sys;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use pgrx::{FromDatum, IntoDatum};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::ffi::CString;
+use std::marker::PhantomData;
 
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [pg_sys::Oid],
 }
 
+/// A plan prepared with SPI_prepare and kept with SPI_keepplan for the backend's life.
+#[derive(Clone, Copy)]
+struct Plan(pg_sys::SPIPlanPtr);
+
 thread_local! {
-    static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<usize, Plan>> = RefCell::new(HashMap::new());
+}
+
+/// The rows a statement returned, valid until the SPI connection closes.
+pub struct Rows<'c> {
+    table: *mut pg_sys::SPITupleTable,
+    rows: usize,
+    processed: u64,
+    next: usize,
+    _client: PhantomData<&'c ()>,
+}
+
+impl<'c> Rows<'c> {
+    /// Rows returned, or for a statement without RETURNING, rows inserted, updated or deleted.
+    pub fn len(&self) -> usize {
+        self.processed as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processed == 0
+    }
+}
+
+impl<'c> Iterator for Rows<'c> {
+    type Item = SpiHeapTupleData<'c>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.rows {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        unsafe {
+            // SAFETY: `table` is the SPI tuple table of the statement just executed, which
+            // holds `rows` tuples and outlives this iterator (it is freed with the SPI
+            // connection, whose lifetime 'c bounds ours).
+            let tuple = *(*self.table).vals.add(i);
+            SpiHeapTupleData::new((*self.table).tupdesc, tuple).ok().flatten()
+        }
+    }
 }
 
 impl Statement {
@@ -37,27 +93,46 @@ impl Statement {
         Statement { sql, args }
     }
 
-    /// Runs the statement read-write: it takes a fresh snapshot (so it sees everything
-    /// committed before it started, in READ COMMITTED), yet, unlike pgrx's `update`, does not
-    /// force a transaction id on the caller. A statement that changes nothing leaves the
-    /// transaction read-only, so an empty `pull` commits without a WAL flush.
-    pub fn run<'c>(
-        &'static self,
-        client: &SpiClient<'c>,
-        args: &[DatumWithOid<'_>],
-    ) -> SpiTupleTable<'c> {
-        let plan = self.plan(client);
-        client.select(&*plan, None, args).or_raise()
-    }
-
-    /// Opens a cursor over the statement's rows, fetched in chunks with `SpiCursor::fetch`.
-    pub fn cursor<'c>(
-        &'static self,
-        client: &SpiClient<'c>,
-        args: &[DatumWithOid<'_>],
-    ) -> SpiCursor<'c> {
-        let plan = self.plan(client);
-        client.try_open_cursor(&*plan, args).or_raise()
+    /// Runs the statement read-write, with a snapshot of everything committed before it
+    /// started (see the module comment). It does not force a transaction id on the caller:
+    /// a statement that changes nothing leaves the transaction read-only, so an empty
+    /// `pull` commits without a WAL flush.
+    pub fn run<'c>(&'static self, _client: &SpiClient<'c>, args: &[DatumWithOid<'_>]) -> Rows<'c> {
+        let plan = self.plan();
+        let (mut values, nulls) = datums(args, self.args.len(), self.sql);
+        let status = unsafe {
+            // SAFETY: the plan is kept and valid; values and nulls hold one entry per
+            // argument; SPI is connected (the client proves it).
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+            if isolation::uses_transaction_snapshot() {
+                pg_sys::SPI_execute_snapshot(
+                    plan.0,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    false,
+                    true,
+                    0,
+                )
+            } else {
+                pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+            }
+        };
+        if status < 0 {
+            error::spi_status(self.sql, status);
+        }
+        unsafe {
+            // SAFETY: set by the execution above; null for statements that return no rows.
+            let table = pg_sys::SPI_tuptable;
+            Rows {
+                table,
+                rows: if table.is_null() { 0 } else { (*table).numvals as usize },
+                processed: pg_sys::SPI_processed,
+                next: 0,
+                _client: PhantomData,
+            }
+        }
     }
 
     /// Runs the statement and returns its first row, if any.
@@ -69,17 +144,38 @@ impl Statement {
         self.run(client, args).next()
     }
 
-    fn plan(&'static self, client: &SpiClient<'_>) -> Rc<OwnedPreparedStatement> {
+    fn plan(&'static self) -> Plan {
         let key = self as *const Statement as usize;
-        if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {
+        if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {
             return plan;
         }
-        let types: Vec<PgOid> = self.args.iter().map(|&oid| PgOid::from(oid)).collect();
-        // `prepare_mut` marks the plan read-write; `run` relies on that for fresh snapshots.
-        let plan = Rc::new(client.prepare_mut(self.sql, &types).or_raise().keep());
-        PLANS.with(|plans| plans.borrow_mut().insert(key, plan.clone()));
+        let sql = CString::new(self.sql).unwrap_or_default();
+        let mut types: Vec<pg_sys::Oid> = self.args.to_vec();
+        let plan = unsafe {
+            // SAFETY: a valid statement text and argument types; SPI_keepplan moves the plan
+            // out of the SPI procedure's memory so that it survives the connection.
+            let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                error::spi_status(self.sql, pg_sys::SPI_result);
+            }
+            pg_sys::SPI_keepplan(plan);
+            Plan(plan)
+        };
+        PLANS.with(|plans| plans.borrow_mut().insert(key, plan));
         plan
     }
+}
+
+fn datums(args: &[DatumWithOid<'_>], expected: usize, sql: &str) -> (Vec<pg_sys::Datum>, Vec<i8>) {
+    if args.len() != expected {
+        error::internal(&format!("statement takes {expected} arguments, got {}: {sql}", args.len()));
+    }
+    args.iter()
+        .map(|a| match a.datum() {
+            Some(d) => (d.sans_lifetime(), b' ' as i8),
+            None => (pg_sys::Datum::from(0usize), b'n' as i8),
+        })
+        .unzip()
 }
 
 /// A statement argument.
@@ -89,7 +185,7 @@ pub fn arg<'a, T: IntoDatum>(value: T) -> DatumWithOid<'a> {
 
 /// Column `ordinal` (1-based) of a row, NULL as `None`.
 pub fn column<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, ordinal: usize) -> Option<T> {
-    row.get::<T>(ordinal).or_raise()
+    row.get::<T>(ordinal).unwrap_or_else(|e| error::internal(&format!("column {ordinal}: {e}")))
 }
 
 /// The single value of a statement that always returns one row of one column.

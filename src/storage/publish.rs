@@ -34,8 +34,8 @@ static INSERT_DEDUP: Statement = Statement::new(
          RETURNING stream_id
      ), staged AS (
          INSERT INTO eventq_internal.staged
-             (slot, id, stream_id, subject, key, payload, headers, deliver_at)
-         SELECT $9, $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
+             (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at)
+         SELECT $9, pg_current_xact_id(), $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
          RETURNING stream_id
      )
      SELECT (SELECT id FROM stream), EXISTS (SELECT 1 FROM staged)",
@@ -98,8 +98,8 @@ pub struct Batch {
 }
 
 static INSERT_BATCH: Statement = Statement::new(
-    "INSERT INTO eventq_internal.staged (slot, id, stream_id, subject, key, payload, headers)
-     SELECT $7, u.id, s.id, u.subject, u.key, u.payload, u.headers
+    "INSERT INTO eventq_internal.staged (slot, xid, id, stream_id, subject, key, payload, headers)
+     SELECT $7, pg_current_xact_id(), u.id, s.id, u.subject, u.key, u.payload, u.headers
      FROM eventq_internal.streams s,
           unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
             AS u(id, subject, payload, key, headers)

@@ -2,11 +2,15 @@
 //! and attempts (unfinished tasks are counted on their consumer as `expired`); completed
 //! and discarded tasks go, with their attempts, once they have been finished for a while.
 //!
-//! Both delete in bounded rounds so that no single transaction grows large.
+//! These passes run for everyone (in the worker, or in `run_maintenance()`), so they never
+//! wait for a user's transaction: rows someone holds are skipped (SKIP LOCKED) and taken
+//! next time, and a stream or consumer being changed (its lock held, storage::locks) is
+//! left for the next pass. Each deletes in bounded rounds so that no transaction grows
+//! large.
 
-use super::{arg, column, scalar, tasks, Statement, BIGINT, INT};
+use super::keys::{self, Busy};
+use super::{arg, column, locks, Statement, BIGINT, INT};
 use pgrx::spi::SpiClient;
-use std::collections::BTreeMap;
 
 /// Rows per round.
 const ROUND: i64 = 10_000;
@@ -19,31 +23,48 @@ static STREAMS_WITH_RETENTION: Statement = Statement::new(
     &[],
 );
 
-// The oldest expired events of a stream, with their tasks. Tasks that were in flight for
-// an ordered key are reported, so that the key moves on to its next task. Rows are found
-// by key and deleted by ctid: joins here could be planned as hashes of whole tables when
-// statistics are stale (see events_by_time in sql/schema.sql).
+static TASK_CONSUMERS_OF: Statement = Statement::new(
+    "SELECT id FROM eventq_internal.consumers WHERE stream_id = $1 AND mode = 'task' ORDER BY id",
+    &[INT],
+);
+
+// The oldest expired events of a stream, with their tasks. An event one of whose tasks
+// someone holds right now (a worker acking it, say) stays until a later pass. Rows are
+// found by key and deleted by ctid: joins here could be planned as hashes of whole tables
+// when statistics are stale (see events_by_time in sql/schema.sql). Returns the counts,
+// and the heads of ordered keys that went unfinished, so that their keys move on.
 static EXPIRE_EVENTS: Statement = Statement::new(
     "WITH doomed AS (
-         SELECT ctid FROM eventq_internal.events
+         SELECT ctid, seq FROM eventq_internal.events
          WHERE stream_id = $1 AND published_at > '-infinity'
            AND published_at < now() - $2 * interval '1 microsecond'
          ORDER BY published_at LIMIT $3
+     ), candidates AS (
+         SELECT task.ctid, task.consumer_id, task.seq
+         FROM doomed d
+         CROSS JOIN eventq_internal.consumers c
+         CROSS JOIN LATERAL (
+             SELECT t.ctid, t.consumer_id, t.seq FROM eventq_internal.tasks t
+             WHERE t.consumer_id = c.id AND t.seq = d.seq LIMIT 1
+         ) task
+         WHERE c.stream_id = $1
+     ), locked AS (
+         SELECT t.ctid, t.consumer_id, t.seq FROM eventq_internal.tasks t
+         WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM candidates))
+         FOR UPDATE SKIP LOCKED
+     ), held AS (
+         SELECT DISTINCT c.seq FROM candidates c
+         WHERE NOT EXISTS (SELECT 1 FROM locked l
+                           WHERE l.consumer_id = c.consumer_id AND l.seq = c.seq)
      ), gone AS (
          DELETE FROM eventq_internal.events
-         WHERE ctid = ANY (ARRAY (SELECT ctid FROM doomed))
+         WHERE ctid = ANY (ARRAY (SELECT ctid FROM doomed
+                                  WHERE seq NOT IN (SELECT seq FROM held)))
          RETURNING seq
      ), gone_tasks AS (
          DELETE FROM eventq_internal.tasks
-         WHERE ctid = ANY (ARRAY (
-             SELECT task.ctid
-             FROM gone g
-             CROSS JOIN eventq_internal.consumers c
-             CROSS JOIN LATERAL (
-                 SELECT t.ctid FROM eventq_internal.tasks t
-                 WHERE t.consumer_id = c.id AND t.seq = g.seq LIMIT 1
-             ) task
-             WHERE c.stream_id = $1))
+         WHERE ctid = ANY (ARRAY (SELECT l.ctid FROM locked l
+                                  WHERE l.seq IN (SELECT seq FROM gone)))
          RETURNING consumer_id, seq, state, order_key
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts a USING gone_tasks t
@@ -51,51 +72,109 @@ static EXPIRE_EVENTS: Statement = Statement::new(
      ), unfinished AS (
          SELECT * FROM gone_tasks WHERE state NOT IN ('completed', 'discarded')
      ), counted AS (
-         UPDATE eventq_internal.consumers c SET expired = c.expired + x.n
-         FROM (SELECT consumer_id, count(*) AS n FROM unfinished GROUP BY consumer_id) x
-         WHERE c.id = x.consumer_id
-     ), heads AS (
-         SELECT consumer_id, order_key, seq FROM unfinished
-         WHERE order_key IS NOT NULL AND state <> 'waiting'
+         INSERT INTO eventq_internal.expirations (consumer_id, tasks)
+         SELECT consumer_id, count(*) FROM unfinished GROUP BY consumer_id
      )
      SELECT (SELECT count(*) FROM gone),
             (SELECT count(*) FROM unfinished),
-            (SELECT array_agg(consumer_id ORDER BY consumer_id) FROM heads),
-            (SELECT array_agg(order_key ORDER BY consumer_id) FROM heads),
-            (SELECT array_agg(seq ORDER BY consumer_id) FROM heads)",
+            (SELECT count(*) FROM held),
+            h.consumers, h.keys, h.seqs
+     FROM (SELECT array_agg(consumer_id ORDER BY consumer_id, seq) AS consumers,
+                  array_agg(order_key ORDER BY consumer_id, seq) AS keys,
+                  array_agg(seq ORDER BY consumer_id, seq) AS seqs
+           FROM unfinished WHERE order_key IS NOT NULL AND state <> 'waiting') h",
     &[INT, BIGINT, BIGINT],
 );
 
+// A dedup claim goes once its event is gone (expired, or never drained because its stream
+// went) and it is older than the retention; never while the event is still retained or
+// staged, so the same dedup_key cannot publish a second event while the first is kept.
 static EXPIRE_DEDUP: Statement = Statement::new(
     "DELETE FROM eventq_internal.dedup
-     WHERE stream_id = $1 AND published_at > '-infinity'
-       AND published_at < now() - $2 * interval '1 microsecond'",
-    &[INT, BIGINT],
+     WHERE ctid = ANY (ARRAY (
+         SELECT d.ctid FROM eventq_internal.dedup d
+         WHERE d.stream_id = $1 AND d.published_at > '-infinity'
+           AND d.published_at < now() - $2 * interval '1 microsecond'
+           AND NOT EXISTS (SELECT 1 FROM eventq_internal.events e WHERE e.id = d.event_id)
+           AND NOT EXISTS (SELECT 1 FROM eventq_internal.staged s WHERE s.id = d.event_id)
+         ORDER BY d.published_at LIMIT $3
+         FOR UPDATE SKIP LOCKED))",
+    &[INT, BIGINT, BIGINT],
 );
 
-static CONSUMERS_WITH_TASKS: Statement =
-    Statement::new("SELECT id FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id", &[]);
+static CONSUMERS_WITH_TASKS: Statement = Statement::new(
+    "SELECT id, cleanup_seq FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id",
+    &[],
+);
 
-// Among a consumer's oldest finished tasks, those finished long enough ago. Tasks finish
-// roughly in seq order, so the oldest are what is due; looking at a bounded window keeps a
-// round cheap however many tasks a consumer has.
+// A consumer's tasks after $4 in seq order, a window at a time: those finished long enough
+// ago go. Walking every task (not only the oldest finished ones) finds finished tasks
+// wherever they are, e.g. behind older tasks that were redriven and finished again later.
 static REMOVE_FINISHED: Statement = Statement::new(
-    "WITH oldest AS (
-         SELECT ctid FROM eventq_internal.tasks
-         WHERE consumer_id = $1 AND state IN ('completed', 'discarded')
+    "WITH scanned AS (
+         SELECT ctid, seq, state, finished_at FROM eventq_internal.tasks
+         WHERE consumer_id = $1 AND seq > $4
          ORDER BY seq LIMIT $3
+     ), doomed AS (
+         SELECT t.ctid FROM eventq_internal.tasks t
+         WHERE t.ctid = ANY (ARRAY (
+                 SELECT ctid FROM scanned
+                 WHERE state IN ('completed', 'discarded')
+                   AND finished_at < now() - $2 * interval '1 second'))
+         FOR UPDATE SKIP LOCKED
      ), gone AS (
          DELETE FROM eventq_internal.tasks t
-         WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM oldest))
-           AND t.state IN ('completed', 'discarded')
-           AND t.finished_at < now() - $2 * interval '1 second'
+         WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM doomed))
          RETURNING t.seq
      ), gone_attempts AS (
          DELETE FROM eventq_internal.attempts a USING gone g
          WHERE a.consumer_id = $1 AND a.task_id = g.seq
      )
-     SELECT count(*) FROM gone",
-    &[INT, BIGINT, BIGINT],
+     SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM scanned),
+            (SELECT max(seq) FROM scanned)",
+    &[INT, BIGINT, BIGINT, BIGINT],
+);
+
+static SET_CLEANUP_SEQ: Statement = Statement::new(
+    "UPDATE eventq_internal.consumers SET cleanup_seq = $2 WHERE id = $1",
+    &[INT, BIGINT],
+);
+
+// Rows of idle keys with nothing waiting (run under the drain lock, so that no drain is
+// inserting the same key meanwhile).
+static REMOVE_IDLE_KEYS: Statement = Statement::new(
+    "DELETE FROM eventq_internal.key_heads h
+     WHERE h.ctid = ANY (ARRAY (
+             SELECT ctid FROM eventq_internal.key_heads
+             WHERE head_seq IS NULL LIMIT $1
+             FOR UPDATE SKIP LOCKED))
+       AND NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
+                       WHERE t.consumer_id = h.consumer_id AND t.order_key = h.order_key
+                         AND t.state = 'waiting')",
+    &[BIGINT],
+);
+
+// The record of drains older than ten minutes; the newest always stays (it is the head).
+static TRIM_DRAINS: Statement = Statement::new(
+    "DELETE FROM eventq_internal.drains
+     WHERE last_seq < (SELECT max(last_seq) FROM eventq_internal.drains)
+       AND drained_at < now() - interval '10 minutes'",
+    &[],
+);
+
+// Folds each consumer's expiration counts into one row.
+static FOLD_EXPIRATIONS: Statement = Statement::new(
+    "WITH folded AS (
+         DELETE FROM eventq_internal.expirations
+         WHERE consumer_id IN (SELECT consumer_id FROM eventq_internal.expirations
+                               GROUP BY consumer_id HAVING count(*) > 1)
+         RETURNING consumer_id, tasks
+     )
+     INSERT INTO eventq_internal.expirations (consumer_id, tasks)
+     SELECT consumer_id, sum(tasks) FROM folded
+     WHERE consumer_id IN (SELECT id FROM eventq_internal.consumers)
+     GROUP BY consumer_id",
+    &[],
 );
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,63 +183,121 @@ pub struct Cleaned {
     pub expired_events: i64,
     /// Unfinished tasks deleted with their events (counted on their consumers).
     pub expired_tasks: i64,
+    /// Expired events kept for a later pass because someone held one of their tasks.
+    pub held_events: i64,
+    /// Streams left for a later pass because they or a consumer of theirs were being changed.
+    pub skipped_streams: i64,
     /// Completed and discarded tasks removed.
     pub removed_tasks: i64,
 }
 
-/// Applies every stream's retention.
-pub fn expire(client: &SpiClient<'_>) -> Cleaned {
-    let streams: Vec<(i32, i64)> = STREAMS_WITH_RETENTION
+impl std::ops::AddAssign for Cleaned {
+    fn add_assign(&mut self, o: Cleaned) {
+        self.expired_events += o.expired_events;
+        self.expired_tasks += o.expired_tasks;
+        self.held_events += o.held_events;
+        self.skipped_streams += o.skipped_streams;
+        self.removed_tasks += o.removed_tasks;
+    }
+}
+
+/// The streams that have a retention, with it in microseconds.
+pub fn streams_with_retention(client: &SpiClient<'_>) -> Vec<(i32, i64)> {
+    STREAMS_WITH_RETENTION
         .run(client, &[])
         .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
-        .collect();
+        .collect()
+}
+
+/// Applies one stream's retention.
+pub fn expire_stream(client: &SpiClient<'_>, stream_id: i32, retention_us: i64) -> Cleaned {
     let mut cleaned = Cleaned::default();
-    for (stream_id, retention_us) in streams {
-        for _ in 0..MAX_ROUNDS {
-            let Some(row) =
-                EXPIRE_EVENTS.first_row(client, &[arg(stream_id), arg(retention_us), arg(ROUND)])
-            else {
-                break;
-            };
-            let events: i64 = column(&row, 1).unwrap_or(0);
-            cleaned.expired_events += events;
-            cleaned.expired_tasks += column::<i64>(&row, 2).unwrap_or(0);
-            let consumers: Vec<i32> = column(&row, 3).unwrap_or_default();
-            let keys: Vec<String> = column(&row, 4).unwrap_or_default();
-            let seqs: Vec<i64> = column(&row, 5).unwrap_or_default();
-            let mut by_consumer: BTreeMap<i32, (Vec<String>, Vec<i64>)> = BTreeMap::new();
-            for ((consumer, key), seq) in consumers.into_iter().zip(keys).zip(seqs) {
-                let entry = by_consumer.entry(consumer).or_default();
-                entry.0.push(key);
-                entry.1.push(seq);
-            }
-            for (consumer, (keys, seqs)) in by_consumer {
-                tasks::advance_keys(client, consumer, keys, seqs);
-            }
-            if events < ROUND {
-                break;
-            }
+    let consumers: Vec<i32> =
+        TASK_CONSUMERS_OF.run(client, &[arg(stream_id)]).filter_map(|r| column(&r, 1)).collect();
+    if !locks::try_lock_stream(stream_id, locks::Mode::Shared)
+        || !consumers.iter().all(|&c| locks::try_lock_consumer(c, locks::Mode::Shared))
+    {
+        cleaned.skipped_streams = 1;
+        return cleaned;
+    }
+    for _ in 0..MAX_ROUNDS {
+        let Some(row) =
+            EXPIRE_EVENTS.first_row(client, &[arg(stream_id), arg(retention_us), arg(ROUND)])
+        else {
+            break;
+        };
+        let events: i64 = column(&row, 1).unwrap_or(0);
+        let held: i64 = column(&row, 3).unwrap_or(0);
+        cleaned.expired_events += events;
+        cleaned.expired_tasks += column::<i64>(&row, 2).unwrap_or(0);
+        cleaned.held_events += held;
+        let consumers: Vec<i32> = column(&row, 4).unwrap_or_default();
+        let keys: Vec<String> = column(&row, 5).unwrap_or_default();
+        let seqs: Vec<i64> = column(&row, 6).unwrap_or_default();
+        let heads = consumers.into_iter().zip(keys).zip(seqs).map(|((c, k), s)| (c, k, s));
+        keys::advance_all(client, heads.collect(), Busy::Recheck);
+        if events + held < ROUND || events == 0 {
+            break;
         }
-        EXPIRE_DEDUP.run(client, &[arg(stream_id), arg(retention_us)]);
+    }
+    for _ in 0..MAX_ROUNDS {
+        let removed = EXPIRE_DEDUP.run(client, &[arg(stream_id), arg(retention_us), arg(ROUND)]);
+        if (removed.len() as i64) < ROUND {
+            break;
+        }
     }
     cleaned
 }
 
-/// Removes tasks finished more than `keep_seconds` ago.
-pub fn remove_finished(client: &SpiClient<'_>, keep_seconds: i64) -> i64 {
-    let consumers: Vec<i32> =
-        CONSUMERS_WITH_TASKS.run(client, &[]).filter_map(|row| column(&row, 1)).collect();
+/// Removes one consumer's tasks finished more than `keep_seconds` ago, continuing where the
+/// last call stopped.
+pub fn remove_finished(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    start_after: i64,
+    keep_seconds: i64,
+) -> i64 {
+    if !locks::try_lock_consumer(consumer_id, locks::Mode::Shared) {
+        return 0;
+    }
     let mut removed = 0;
-    for consumer in consumers {
-        for _ in 0..MAX_ROUNDS {
-            let n: i64 =
-                scalar(&REMOVE_FINISHED, client, &[arg(consumer), arg(keep_seconds), arg(ROUND)])
-                    .unwrap_or(0);
-            removed += n;
-            if n < ROUND {
-                break;
-            }
+    let mut position = start_after;
+    for _ in 0..MAX_ROUNDS {
+        let Some(row) = REMOVE_FINISHED.first_row(
+            client,
+            &[arg(consumer_id), arg(keep_seconds), arg(ROUND), arg(position)],
+        ) else {
+            break;
+        };
+        removed += column::<i64>(&row, 1).unwrap_or(0);
+        let scanned: i64 = column(&row, 2).unwrap_or(0);
+        if scanned < ROUND {
+            // the end: the next call starts from the beginning
+            position = 0;
+            break;
         }
+        position = column(&row, 3).unwrap_or(0);
+    }
+    if position != start_after {
+        SET_CLEANUP_SEQ.run(client, &[arg(consumer_id), arg(position)]);
     }
     removed
+}
+
+/// The task consumers with where their cleanup continues.
+pub fn consumers_with_tasks(client: &SpiClient<'_>) -> Vec<(i32, i64)> {
+    CONSUMERS_WITH_TASKS
+        .run(client, &[])
+        .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
+        .collect()
+}
+
+/// Housekeeping of eventq's own bookkeeping: idle key rows (only while holding the drain
+/// lock; skipped otherwise), the record of old drains, expiration counts.
+pub fn tidy(client: &SpiClient<'_>) {
+    if locks::try_lock_drain() {
+        REMOVE_IDLE_KEYS.run(client, &[arg(ROUND)]);
+    }
+    TRIM_DRAINS.run(client, &[]);
+    FOLD_EXPIRATIONS.run(client, &[]);
 }

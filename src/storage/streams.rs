@@ -1,6 +1,6 @@
 //! Streams.
 
-use super::{arg, column, drain, scalar, Statement, INT, INTERVAL, TEXT};
+use super::{arg, column, locks, scalar, Statement, INT, INTERVAL, TEXT};
 use pgrx::datum::Interval;
 use pgrx::spi::SpiClient;
 
@@ -18,15 +18,14 @@ static SET_RETENTION: Statement = Statement::new(
     &[TEXT, INTERVAL],
 );
 
-static CONSUMER_NAMES: Statement = Statement::new(
-    "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM eventq_internal.consumers
-     WHERE stream_id = $1",
+static CONSUMERS: Statement = Statement::new(
+    "SELECT id, name FROM eventq_internal.consumers WHERE stream_id = $1 ORDER BY id",
     &[INT],
 );
 
-// Everything of a stream, consumers included. Staged rows are found by a scan of the
-// (small) staging tables; rows a publisher commits after this are dropped by the drain,
-// which skips events of streams that no longer exist.
+// Everything of a stream, consumers included, except its staged events: those are the
+// drain's, which deletes the staged events of streams that no longer exist (so a drop
+// never waits for a drain, nor a drain for a drop).
 static DELETE_ALL: Statement = Statement::new(
     "WITH gone_consumers AS (
          DELETE FROM eventq_internal.consumers WHERE stream_id = $1 RETURNING id
@@ -38,10 +37,12 @@ static DELETE_ALL: Statement = Statement::new(
          DELETE FROM eventq_internal.key_heads WHERE consumer_id IN (SELECT id FROM gone_consumers)
      ), gone_events AS (
          DELETE FROM eventq_internal.events WHERE stream_id = $1
+     ), gone_rechecks AS (
+         DELETE FROM eventq_internal.key_rechecks WHERE consumer_id IN (SELECT id FROM gone_consumers)
+     ), gone_gaps AS (
+         DELETE FROM eventq_internal.routing_gaps WHERE consumer_id IN (SELECT id FROM gone_consumers)
      ), gone_dedup AS (
          DELETE FROM eventq_internal.dedup WHERE stream_id = $1
-     ), gone_staged AS (
-         DELETE FROM eventq_internal.staged WHERE stream_id = $1
      )
      DELETE FROM eventq_internal.streams WHERE id = $1",
     &[INT],
@@ -61,15 +62,20 @@ pub fn set_retention(client: &SpiClient<'_>, name: &str, retention: Option<Inter
     SET_RETENTION.first_row(client, &[arg(name), arg(retention)]).is_some()
 }
 
-pub fn consumer_names(client: &SpiClient<'_>, stream_id: i32) -> Vec<String> {
-    CONSUMER_NAMES
-        .first_row(client, &[arg(stream_id)])
-        .and_then(|row| column::<Vec<String>>(&row, 1))
-        .unwrap_or_default()
+/// The stream's consumers, `(id, name)`.
+pub fn consumers(client: &SpiClient<'_>, stream_id: i32) -> Vec<(i32, String)> {
+    CONSUMERS
+        .run(client, &[arg(stream_id)])
+        .filter_map(|row| Some((column(&row, 1)?, column(&row, 2)?)))
+        .collect()
 }
 
-pub fn delete(client: &SpiClient<'_>, stream_id: i32) {
-    // The drain must not be moving events of this stream while they are deleted.
-    drain::lock(client);
+/// Deletes the stream and its consumers. Drains and retention leave them alone meanwhile
+/// (their locks are held until this transaction ends).
+pub fn delete(client: &SpiClient<'_>, stream_id: i32, consumers: &[(i32, String)]) {
+    locks::lock_stream(stream_id, locks::Mode::Exclusive);
+    for (id, _) in consumers {
+        locks::lock_consumer(*id, locks::Mode::Exclusive);
+    }
     DELETE_ALL.run(client, &[arg(stream_id)]);
 }

@@ -8,16 +8,20 @@
 //! vacuum (acked tasks leave it dead), and an ack planned on it, as happened with stale
 //! statistics, walked them all: 4 ms instead of a few microseconds.
 //!
-//! Key ordering: among the unfinished tasks of one (consumer, key), one is in flight (its
-//! seq is the key's row in `key_heads`) and the rest wait. Whoever finishes the task in
-//! flight hands the key to the oldest waiting task (`advance_keys`); see sql/schema.sql for
-//! why the drain and the finishers cannot miss each other.
+//! Lease guard: `pull` returns the attempt; calls that name it apply only while the task is
+//! still running that attempt, so a worker whose lease ran out can never finish, fail or
+//! extend the attempt of the worker that leased the task after it.
+//!
+//! Key ordering: whoever finishes a key's head hands the key on (storage::keys). Calls of
+//! the user's own wait for the key's row; passes that run for everyone (lease rescue) never
+//! wait for it.
 //!
 //! Times that record when something happened (lease, finish, retry) use clock_timestamp():
 //! a pull may spend a while draining before it leases, and `now()` is when its transaction
 //! began. Checks for what is due use `now()`, which indexes can use.
 
-use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, TEXT, TEXT_ARRAY};
+use super::keys::{self, Busy};
+use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT};
 use crate::datum::Jsonb;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -58,11 +62,10 @@ static RESCUE_AND_PROMOTE: Statement = Statement::new(
      )
      SELECT (SELECT count(*) FROM rescued WHERE state = 'available'),
             (SELECT count(*) FROM rescued WHERE state = 'discarded'),
-            (SELECT array_agg(order_key) FROM rescued
-              WHERE state = 'discarded' AND order_key IS NOT NULL),
-            (SELECT array_agg(seq) FROM rescued
-              WHERE state = 'discarded' AND order_key IS NOT NULL),
-            (SELECT count(*) FROM promoted)",
+            d.keys, d.seqs,
+            (SELECT count(*) FROM promoted)
+     FROM (SELECT array_agg(order_key ORDER BY seq) AS keys, array_agg(seq ORDER BY seq) AS seqs
+           FROM rescued WHERE state = 'discarded' AND order_key IS NOT NULL) d",
     &[INT, INT, BIGINT],
 );
 
@@ -95,12 +98,9 @@ pub fn rescue_and_promote(
     else {
         return Rescued::default();
     };
-    advance_keys(
-        client,
-        consumer_id,
-        column(&row, 3).unwrap_or_default(),
-        column(&row, 4).unwrap_or_default(),
-    );
+    let keys: Vec<String> = column(&row, 3).unwrap_or_default();
+    let seqs: Vec<i64> = column(&row, 4).unwrap_or_default();
+    keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Recheck);
     Rescued {
         lost: column(&row, 1).unwrap_or(0),
         discarded: column(&row, 2).unwrap_or(0),
@@ -112,7 +112,9 @@ pub fn rescue_and_promote(
 // list hands the locked rows to the UPDATE without a second index search. Each event is
 // read by its key in a LATERAL .. LIMIT 1 that the planner cannot turn into a join: with
 // statistics from when the log was small (right after a burst, before autoanalyze), a join
-// was planned as a hash of every event of the stream, 150 ms per pull instead of 0.4.
+// was planned as a hash of every event of the stream, 150 ms per pull instead of 0.4. A
+// task whose event is gone (retention raced a replay) comes back without one: `lease`
+// expires it instead of handing it out.
 static LEASE: Statement = Statement::new(
     "WITH picked AS (
          SELECT t.ctid FROM eventq_internal.tasks t
@@ -129,13 +131,28 @@ static LEASE: Statement = Statement::new(
      )
      SELECT l.seq, e.id, e.subject, e.key, e.payload, e.headers, l.attempt, e.published_at
      FROM leased l
-     CROSS JOIN LATERAL (
+     LEFT JOIN LATERAL (
          SELECT * FROM eventq_internal.events
          WHERE stream_id = $4 AND seq = l.seq
          LIMIT 1
-     ) e
+     ) e ON true
      ORDER BY l.seq",
     &[INT, BIGINT, BIGINT, INT],
+);
+
+// Tasks found without their event: deleted and counted as expired, as retention would have.
+static EXPIRE_ORPHANS: Statement = Statement::new(
+    "WITH gone AS (
+         DELETE FROM eventq_internal.tasks
+         WHERE consumer_id = $1 AND seq = ANY ($2)
+         RETURNING seq, order_key
+     ), counted AS (
+         INSERT INTO eventq_internal.expirations (consumer_id, tasks)
+         SELECT $1, count(*) FROM gone HAVING count(*) > 0
+     )
+     SELECT array_agg(order_key ORDER BY seq), array_agg(seq ORDER BY seq)
+     FROM gone WHERE order_key IS NOT NULL",
+    &[INT, BIGINT_ARRAY],
 );
 
 pub struct Leased {
@@ -156,12 +173,18 @@ pub fn lease(
     max: i64,
     lease_micros: i64,
 ) -> Vec<Leased> {
-    LEASE
+    let mut orphans = Vec::new();
+    let leased = LEASE
         .run(client, &[arg(consumer_id), arg(max), arg(lease_micros), arg(stream_id)])
         .filter_map(|row| {
+            let seq: i64 = column(&row, 1)?;
+            let Some(event_id) = column(&row, 2) else {
+                orphans.push(seq);
+                return None;
+            };
             Some(Leased {
-                seq: column(&row, 1)?,
-                event_id: column(&row, 2)?,
+                seq,
+                event_id,
                 subject: column(&row, 3)?,
                 key: column(&row, 4),
                 payload: column(&row, 5)?,
@@ -170,56 +193,81 @@ pub fn lease(
                 published_at: column(&row, 8)?,
             })
         })
-        .collect()
+        .collect();
+    if !orphans.is_empty() {
+        if let Some(row) = EXPIRE_ORPHANS.first_row(client, &[arg(consumer_id), arg(orphans)]) {
+            let keys: Vec<String> = column(&row, 1).unwrap_or_default();
+            let seqs: Vec<i64> = column(&row, 2).unwrap_or_default();
+            keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Recheck);
+        }
+    }
+    leased
 }
 
 // Tasks named by id are found one primary-key lookup each: planned as one scan with
 // `seq = ANY ($2)`, stale statistics turned the array into a filter over every task of the
-// consumer (50 ms an ack). Rows are then updated by ctid, and the state guard rechecked.
+// consumer (50 ms an ack). Rows are then updated by ctid, and the state guard rechecked;
+// a row changed meanwhile has a new ctid and is left alone. $3 holds the attempt each
+// task must still be running (the lease guard), or NULL.
 static ACK: Statement = Statement::new(
     "WITH done AS (
          UPDATE eventq_internal.tasks
          SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL
          WHERE ctid = ANY (ARRAY (
-                 SELECT task.ctid FROM unnest($2::bigint[]) AS id(seq)
+                 SELECT task.ctid
+                 FROM unnest($2::bigint[], coalesce($3::int[], '{}')) AS id(seq, attempt)
                  CROSS JOIN LATERAL (
                      SELECT ctid FROM eventq_internal.tasks
-                     WHERE consumer_id = $1 AND seq = id.seq LIMIT 1
-                 ) task))
+                     WHERE consumer_id = $1 AND seq = id.seq
+                       AND (id.attempt IS NULL OR attempt = id.attempt)
+                     LIMIT 1
+                 ) task
+                 WHERE id.seq IS NOT NULL))
            AND state::text = 'running'
          RETURNING seq, order_key
      )
      SELECT count(*)::int,
-            array_agg(order_key) FILTER (WHERE order_key IS NOT NULL),
-            array_agg(seq) FILTER (WHERE order_key IS NOT NULL)
+            array_agg(order_key ORDER BY seq) FILTER (WHERE order_key IS NOT NULL),
+            array_agg(seq ORDER BY seq) FILTER (WHERE order_key IS NOT NULL)
      FROM done",
-    &[INT, BIGINT_ARRAY],
+    &[INT, BIGINT_ARRAY, INT_ARRAY],
 );
 
-/// running -> completed; returns how many changed.
-pub fn ack(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>) -> i32 {
-    let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
+/// running -> completed; returns how many changed. `attempts`, when given, is parallel to
+/// `task_ids` (the lease guard; a NULL element means no guard for that task).
+pub fn ack(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    task_ids: Vec<Option<i64>>,
+    attempts: Option<Vec<Option<i32>>>,
+) -> i32 {
+    let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids), arg(attempts)])
+    else {
         return 0;
     };
-    advance_keys(
-        client,
-        consumer_id,
-        column(&row, 2).unwrap_or_default(),
-        column(&row, 3).unwrap_or_default(),
-    );
+    let keys: Vec<String> = column(&row, 2).unwrap_or_default();
+    let seqs: Vec<i64> = column(&row, 3).unwrap_or_default();
+    keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Wait);
     column(&row, 1).unwrap_or(0)
 }
 
 static RUNNING_ATTEMPT: Statement = Statement::new(
     "SELECT attempt FROM eventq_internal.tasks
      WHERE consumer_id = $1 AND seq = $2 AND state::text = 'running'
+       AND ($3::int IS NULL OR attempt = $3)
      FOR UPDATE",
-    &[INT, BIGINT],
+    &[INT, BIGINT, INT],
 );
 
-/// The attempt number of a running task, locked for a transition; `None` if not running.
-pub fn running_attempt(client: &SpiClient<'_>, consumer_id: i32, task_id: i64) -> Option<i32> {
-    super::scalar(&RUNNING_ATTEMPT, client, &[arg(consumer_id), arg(task_id)])
+/// The attempt number of a running task (running `attempt`, when given), locked for a
+/// transition; `None` if it is not.
+pub fn running_attempt(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    task_id: i64,
+    attempt: Option<i32>,
+) -> Option<i32> {
+    super::scalar(&RUNNING_ATTEMPT, client, &[arg(consumer_id), arg(task_id), arg(attempt)])
 }
 
 // Ends the running attempt: `failed` (retry; the task goes to $3, retryable or discarded)
@@ -235,6 +283,7 @@ static END_ATTEMPT: Statement = Statement::new(
              lease_until = NULL,
              last_error = $5
          WHERE t.consumer_id = $1 AND t.seq = $2 AND t.state::text = 'running'
+           AND ($7::int IS NULL OR t.attempt = $7)
          RETURNING t.seq, t.attempt, t.started_at, t.order_key
      ), recorded AS (
          INSERT INTO eventq_internal.attempts
@@ -242,7 +291,7 @@ static END_ATTEMPT: Statement = Statement::new(
          SELECT $1, seq, attempt, $6, $5, started_at, clock_timestamp() FROM ended
      )
      SELECT order_key FROM ended",
-    &[INT, BIGINT, TEXT, BIGINT, TEXT, TEXT],
+    &[INT, BIGINT, TEXT, BIGINT, TEXT, TEXT, INT],
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +311,7 @@ pub fn end_attempt(
     task_id: i64,
     outcome: Outcome,
     error: Option<&str>,
+    attempt: Option<i32>,
 ) -> bool {
     let (state, delay, recorded_as) = match outcome {
         Outcome::Retry { delay_micros } => ("retryable", delay_micros, "failed"),
@@ -270,13 +320,21 @@ pub fn end_attempt(
     };
     let Some(row) = END_ATTEMPT.first_row(
         client,
-        &[arg(consumer_id), arg(task_id), arg(state), arg(delay), arg(error), arg(recorded_as)],
+        &[
+            arg(consumer_id),
+            arg(task_id),
+            arg(state),
+            arg(delay),
+            arg(error),
+            arg(recorded_as),
+            arg(attempt),
+        ],
     ) else {
         return false;
     };
     if state == "discarded" {
         if let Some(key) = column::<String>(&row, 1) {
-            advance_keys(client, consumer_id, vec![key], vec![task_id]);
+            keys::advance(client, consumer_id, vec![(key, task_id)], Busy::Wait);
         }
     }
     true
@@ -285,8 +343,9 @@ pub fn end_attempt(
 static EXTEND_LEASE: Statement = Statement::new(
     "UPDATE eventq_internal.tasks SET lease_until = clock_timestamp() + $3 * interval '1 microsecond'
      WHERE consumer_id = $1 AND seq = $2 AND state::text = 'running'
+       AND ($4::int IS NULL OR attempt = $4)
      RETURNING lease_until",
-    &[INT, BIGINT, BIGINT],
+    &[INT, BIGINT, BIGINT, INT],
 );
 
 pub fn extend_lease(
@@ -294,12 +353,17 @@ pub fn extend_lease(
     consumer_id: i32,
     task_id: i64,
     micros: i64,
+    attempt: Option<i32>,
 ) -> Option<TimestampWithTimeZone> {
-    super::scalar(&EXTEND_LEASE, client, &[arg(consumer_id), arg(task_id), arg(micros)])
+    super::scalar(
+        &EXTEND_LEASE,
+        client,
+        &[arg(consumer_id), arg(task_id), arg(micros), arg(attempt)],
+    )
 }
 
 // Discarded tasks start over with a fresh attempt budget. Keyed tasks go through `waiting`
-// so that `claim_free_keys` puts them back in key order.
+// so that their keys are settled in key order (storage::keys).
 macro_rules! redrive {
     ($which:literal) => {
         Statement::new(
@@ -337,85 +401,9 @@ pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i6
     let Some(row) = statement.first_row(client, &[arg(consumer_id), arg(task_ids)]) else {
         return 0;
     };
-    let keys: Vec<String> = column(&row, 2).unwrap_or_default();
-    if !keys.is_empty() {
-        claim_free_keys(client, consumer_id, Some(keys));
+    let redriven_keys: Vec<String> = column(&row, 2).unwrap_or_default();
+    if !redriven_keys.is_empty() {
+        keys::settle_keys(client, consumer_id, Some(redriven_keys), Busy::Wait);
     }
     column(&row, 1).unwrap_or(0)
-}
-
-// Locks the key rows whose head just finished. Runs before ADVANCE_KEYS, as its own
-// statement: ADVANCE_KEYS then takes a snapshot in which every drain that added tasks to
-// these keys has committed (a drain needs the same rows to add one).
-static LOCK_FINISHED_HEADS: Statement = Statement::new(
-    "SELECT h.order_key
-     FROM eventq_internal.key_heads h
-     JOIN unnest($2::text[], $3::bigint[]) AS f(order_key, seq)
-       ON h.order_key = f.order_key AND h.head_seq = f.seq
-     WHERE h.consumer_id = $1
-     ORDER BY h.order_key
-     FOR UPDATE OF h",
-    &[INT, TEXT_ARRAY, BIGINT_ARRAY],
-);
-
-// The oldest waiting task of each key becomes its head; keys with none waiting are freed.
-static ADVANCE_KEYS: Statement = Statement::new(
-    "WITH next AS (
-         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq
-         FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.order_key = ANY ($2) AND t.state = 'waiting'
-         ORDER BY t.order_key, t.seq
-     ), moved AS (
-         UPDATE eventq_internal.key_heads h SET head_seq = n.seq
-         FROM next n WHERE h.consumer_id = $1 AND h.order_key = n.order_key
-     ), freed AS (
-         DELETE FROM eventq_internal.key_heads h
-         WHERE h.consumer_id = $1 AND h.order_key = ANY ($2)
-           AND NOT EXISTS (SELECT 1 FROM next n WHERE n.order_key = h.order_key)
-     )
-     UPDATE eventq_internal.tasks t
-     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
-                 ::eventq_internal.task_state
-     FROM next n WHERE t.consumer_id = $1 AND t.seq = n.seq",
-    &[INT, TEXT_ARRAY],
-);
-
-/// Hands each key whose head (`keys[i]`, `seqs[i]`) finished to its next waiting task.
-pub fn advance_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>, seqs: Vec<i64>) {
-    if keys.is_empty() {
-        return;
-    }
-    let locked: Vec<String> = LOCK_FINISHED_HEADS
-        .run(client, &[arg(consumer_id), arg(keys), arg(seqs)])
-        .filter_map(|row| column(&row, 1))
-        .collect();
-    if !locked.is_empty() {
-        ADVANCE_KEYS.run(client, &[arg(consumer_id), arg(locked)]);
-    }
-}
-
-// Keys with waiting tasks and no head (NULL: any key of the consumer) get their oldest
-// waiting task as head. A key whose row exists keeps its head: ON CONFLICT DO NOTHING.
-static CLAIM_FREE_KEYS: Statement = Statement::new(
-    "WITH candidates AS (
-         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq
-         FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state = 'waiting'
-           AND ($2::text[] IS NULL OR t.order_key = ANY ($2))
-         ORDER BY t.order_key, t.seq
-     ), claimed AS (
-         INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
-         SELECT $1, order_key, seq FROM candidates ORDER BY order_key
-         ON CONFLICT (consumer_id, order_key) DO NOTHING
-         RETURNING head_seq
-     )
-     UPDATE eventq_internal.tasks t
-     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
-                 ::eventq_internal.task_state
-     FROM claimed c WHERE t.consumer_id = $1 AND t.seq = c.head_seq",
-    &[INT, TEXT_ARRAY],
-);
-
-pub fn claim_free_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Option<Vec<String>>) {
-    CLAIM_FREE_KEYS.run(client, &[arg(consumer_id), arg(keys)]);
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use postgres::{Client, NoTls};
+pub use postgres;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,9 @@ pub struct Cluster {
     pub port: u16,
     bindir: PathBuf,
 }
+
+/// postgresql.conf lines that preload eventq, so that its worker runs.
+pub const PRELOAD: &str = "shared_preload_libraries = 'eventq'";
 
 fn pg_config(arg: &str) -> String {
     let out = Command::new(std::env::var("PG_CONFIG").unwrap_or_else(|_| "pg_config".into()))
@@ -135,6 +139,90 @@ impl Cluster {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Runs pg_ctl with `args` on this cluster's data directory.
+    pub fn pg_ctl(&self, args: &[&str]) {
+        check(
+            pg_command(&self.bindir, "pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(args),
+        );
+    }
+
+    /// A hot standby of this cluster, made with `pg_basebackup -R` and streaming from it.
+    /// The primary needs `wal_level = replica` (the default) and a free WAL sender.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("eventq-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            check(Command::new("chown").arg("postgres").arg(&dir));
+        }
+        let data = dir.join("data");
+        check(
+            pg_command(&self.bindir, "pg_basebackup")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-c", "fast"])
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-D")
+                .arg(&data),
+        );
+        let port = free_port();
+        let conf_path = data.join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap();
+        conf.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.display()
+        ));
+        std::fs::write(&conf_path, conf).unwrap();
+        check(
+            pg_command(&self.bindir, "pg_ctl")
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("log"))
+                .arg("start"),
+        );
+        Cluster { dir, port, bindir: self.bindir.clone() }
+    }
+}
+
+/// The SQLSTATE of a failed statement ("" when it is not a database error).
+pub fn sqlstate(error: &postgres::Error) -> String {
+    error.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// Runs `sql` and returns the SQLSTATE it failed with, panicking if it succeeded.
+pub fn fails_with(db: &mut Client, sql: &str) -> String {
+    match db.batch_execute(sql) {
+        Ok(()) => panic!("expected {sql} to fail"),
+        Err(e) => sqlstate(&e),
+    }
+}
+
+/// `count(*)` of the rows of `sql`.
+pub fn count(db: &mut Client, sql: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM ({sql}) q"), &[]).unwrap().get(0)
+}
+
+/// The first column of every row of `sql`, as text.
+pub fn column(db: &mut impl postgres::GenericClient, sql: &str) -> Vec<String> {
+    db.query(sql, &[]).unwrap().into_iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()
+}
+
+/// Sleeps until just after the next second starts, so that what follows happens in a
+/// known staging slot (slots turn over with the second; see core::staging).
+pub fn at_next_second() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let into = now.subsec_millis() as u64;
+    std::thread::sleep(Duration::from_millis(1000 - into + 20));
 }
 
 impl Drop for Cluster {

@@ -1,0 +1,323 @@
+//! Key ordering: among the unfinished tasks of one (consumer, key), one is in flight (the
+//! key's head, in `key_heads`) and the others wait, to go one at a time in `seq` order.
+//!
+//! Two parties touch a key's row: the drain, which adds tasks to the key, and whoever
+//! finishes its head (an ack, a discard, a retry that gives up, lease expiry, retention).
+//! Each must see the other's work, or a task waits forever. The finisher locks the row
+//! (FOR UPDATE) before it looks for the next waiting task, in a statement of its own, so
+//! it sees every task of a drain that held the row before it; the drain locks the rows it
+//! claims until it commits. So far a classic lock hand-over.
+//!
+//! But the drain must never wait for a worker's transaction: a worker that acks inside a
+//! long transaction would otherwise hold up delivery for everyone. So the drain takes the
+//! rows with SKIP LOCKED. A row it cannot lock belongs to a head being finished right now;
+//! its new tasks wait, and the key goes into `key_rechecks`. The next drain (a few
+//! milliseconds later with the worker) locks it again, now that the finisher is done, and
+//! settles it: if the head is no longer in flight, the oldest waiting task takes over.
+//! Background passes (lease rescue, retention) finish heads the same way, skipping busy
+//! rows and leaving a recheck. A user's own ack or discard waits for the row, as any row
+//! lock would make it wait; it only ever waits for a drain (which is short) or for another
+//! transaction that is finishing the same key.
+//!
+//! Rows of idle keys keep `head_seq = NULL` instead of being deleted, so that a drain never
+//! has to insert a key a finisher is deleting (an insert would wait on it); cleanup removes
+//! idle rows under the drain lock.
+
+use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT_ARRAY};
+use pgrx::spi::SpiClient;
+use std::collections::{BTreeMap, HashSet};
+
+/// Whether to wait for a key row another transaction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Wait: the caller is a user's own call (ack, discard, redrive, alter).
+    Wait,
+    /// Leave the key for a recheck: the caller is the drain or a background pass.
+    Recheck,
+}
+
+// The drain's claims: the first new task of each (consumer, key) in this drain. A key whose
+// row is free and idle is taken by the claim's task; a key whose row is busy gets a
+// recheck; a key without a row gets one. Returns the claims that now head their key.
+static CLAIM: Statement = Statement::new(
+    "WITH wanted AS (
+         SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS w(consumer_id, order_key, seq)
+     ), present AS (
+         SELECT h.consumer_id, h.order_key
+         FROM eventq_internal.key_heads h
+         JOIN wanted w ON w.consumer_id = h.consumer_id AND w.order_key = h.order_key
+     ), locked AS (
+         SELECT h.consumer_id, h.order_key, h.head_seq
+         FROM eventq_internal.key_heads h
+         WHERE (h.consumer_id, h.order_key) IN (SELECT consumer_id, order_key FROM present)
+         ORDER BY h.consumer_id, h.order_key
+         FOR UPDATE OF h SKIP LOCKED
+     ), claimed AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = w.seq
+         FROM locked l
+         JOIN wanted w ON w.consumer_id = l.consumer_id AND w.order_key = l.order_key
+         WHERE l.head_seq IS NULL
+           AND h.consumer_id = l.consumer_id AND h.order_key = l.order_key
+         RETURNING h.consumer_id, h.head_seq
+     ), inserted AS (
+         INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
+         SELECT w.consumer_id, w.order_key, w.seq FROM wanted w
+         WHERE NOT EXISTS (SELECT 1 FROM present p
+                           WHERE p.consumer_id = w.consumer_id AND p.order_key = w.order_key)
+         ORDER BY 1, 2
+         ON CONFLICT DO NOTHING
+         RETURNING consumer_id, head_seq
+     ), busy AS (
+         INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
+         SELECT p.consumer_id, p.order_key FROM present p
+         WHERE NOT EXISTS (SELECT 1 FROM locked l
+                           WHERE l.consumer_id = p.consumer_id AND l.order_key = p.order_key)
+         ON CONFLICT DO NOTHING
+     )
+     SELECT consumer_id, head_seq FROM claimed
+     UNION ALL
+     SELECT consumer_id, head_seq FROM inserted",
+    &[INT_ARRAY, TEXT_ARRAY, BIGINT_ARRAY],
+);
+
+/// The drain's claims, `(consumer, key, seq)` of the first new task of each key. Returns
+/// the `(consumer, seq)` of the claims that head their key; the other new tasks wait.
+pub fn claim(client: &SpiClient<'_>, claims: &mut [(i32, String, i64)]) -> HashSet<(i32, i64)> {
+    if claims.is_empty() {
+        return HashSet::new();
+    }
+    claims.sort();
+    let consumers: Vec<i32> = claims.iter().map(|c| c.0).collect();
+    let keys: Vec<String> = claims.iter().map(|c| c.1.clone()).collect();
+    let seqs: Vec<i64> = claims.iter().map(|c| c.2).collect();
+    CLAIM
+        .run(client, &[arg(consumers), arg(keys), arg(seqs)])
+        .filter_map(|row| Some((column::<i32>(&row, 1)?, column::<i64>(&row, 2)?)))
+        .collect()
+}
+
+// Rows of keys whose head is one of the given (just finished) tasks, locked in key order.
+static LOCK_FINISHED: Statement = Statement::new(
+    "SELECT h.order_key
+     FROM eventq_internal.key_heads h
+     JOIN unnest($2::text[], $3::bigint[]) AS f(order_key, seq)
+       ON h.order_key = f.order_key AND h.head_seq = f.seq
+     WHERE h.consumer_id = $1
+     ORDER BY h.order_key
+     FOR UPDATE OF h",
+    &[INT, TEXT_ARRAY, BIGINT_ARRAY],
+);
+
+static LOCK_FINISHED_OR_RECHECK: Statement = Statement::new(
+    "WITH present AS (
+         SELECT h.order_key
+         FROM eventq_internal.key_heads h
+         JOIN unnest($2::text[], $3::bigint[]) AS f(order_key, seq)
+           ON h.order_key = f.order_key AND h.head_seq = f.seq
+         WHERE h.consumer_id = $1
+     ), locked AS (
+         SELECT h.order_key FROM eventq_internal.key_heads h
+         WHERE h.consumer_id = $1 AND h.order_key IN (SELECT order_key FROM present)
+         ORDER BY h.order_key
+         FOR UPDATE OF h SKIP LOCKED
+     ), busy AS (
+         INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
+         SELECT $1, order_key FROM present
+         WHERE order_key NOT IN (SELECT order_key FROM locked)
+         ON CONFLICT DO NOTHING
+     )
+     SELECT order_key FROM locked",
+    &[INT, TEXT_ARRAY, BIGINT_ARRAY],
+);
+
+// Rows for keys that have none yet (idle, head NULL), so that they can be locked.
+static ENSURE_ROWS: Statement = Statement::new(
+    "INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
+     SELECT $1, k, NULL FROM unnest($2::text[]) AS k ORDER BY k
+     ON CONFLICT DO NOTHING",
+    &[INT, TEXT_ARRAY],
+);
+
+static LOCK_KEYS: Statement = Statement::new(
+    "SELECT order_key FROM eventq_internal.key_heads
+     WHERE consumer_id = $1 AND order_key = ANY ($2)
+     ORDER BY order_key
+     FOR UPDATE",
+    &[INT, TEXT_ARRAY],
+);
+
+static LOCK_KEYS_OR_RECHECK: Statement = Statement::new(
+    "WITH locked AS (
+         SELECT order_key FROM eventq_internal.key_heads
+         WHERE consumer_id = $1 AND order_key = ANY ($2)
+         ORDER BY order_key
+         FOR UPDATE SKIP LOCKED
+     ), busy AS (
+         INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
+         SELECT $1, k FROM unnest($2::text[]) AS k
+         WHERE k NOT IN (SELECT order_key FROM locked)
+         ON CONFLICT DO NOTHING
+     )
+     SELECT order_key FROM locked",
+    &[INT, TEXT_ARRAY],
+);
+
+// Keys (locked by the caller) whose head is no longer in flight get their oldest waiting
+// task as head, or none. Runs as its own statement after the rows were locked, so that its
+// snapshot includes every task added by whoever held them before.
+static SETTLE: Statement = Statement::new(
+    "WITH heads AS (
+         SELECT h.order_key, h.head_seq FROM eventq_internal.key_heads h
+         WHERE h.consumer_id = $1 AND h.order_key = ANY ($2)
+     ), stale AS (
+         SELECT hd.order_key FROM heads hd
+         WHERE hd.head_seq IS NULL
+            OR NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
+                           WHERE t.consumer_id = $1 AND t.seq = hd.head_seq
+                             AND t.state IN ('available', 'scheduled', 'running', 'retryable'))
+     ), next AS (
+         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq
+         FROM eventq_internal.tasks t
+         WHERE t.consumer_id = $1 AND t.state = 'waiting'
+           AND t.order_key IN (SELECT order_key FROM stale)
+         ORDER BY t.order_key, t.seq
+     ), moved AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = n.seq
+         FROM stale s LEFT JOIN next n ON n.order_key = s.order_key
+         WHERE h.consumer_id = $1 AND h.order_key = s.order_key
+     )
+     UPDATE eventq_internal.tasks t
+     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+                 ::eventq_internal.task_state
+     FROM next n
+     WHERE t.consumer_id = $1 AND t.seq = n.seq AND t.state = 'waiting'",
+    &[INT, TEXT_ARRAY],
+);
+
+fn settle(client: &SpiClient<'_>, consumer_id: i32, locked: Vec<String>) {
+    if !locked.is_empty() {
+        SETTLE.run(client, &[arg(consumer_id), arg(locked)]);
+    }
+}
+
+/// Heads of a consumer finished: `(key, seq)` of each. Hands every such key to its next
+/// waiting task.
+pub fn advance(client: &SpiClient<'_>, consumer_id: i32, finished: Vec<(String, i64)>, busy: Busy) {
+    if finished.is_empty() {
+        return;
+    }
+    let (keys, seqs): (Vec<String>, Vec<i64>) = finished.into_iter().unzip();
+    let statement = match busy {
+        Busy::Wait => &LOCK_FINISHED,
+        Busy::Recheck => &LOCK_FINISHED_OR_RECHECK,
+    };
+    let locked: Vec<String> = statement
+        .run(client, &[arg(consumer_id), arg(keys), arg(seqs)])
+        .filter_map(|row| column(&row, 1))
+        .collect();
+    settle(client, consumer_id, locked);
+}
+
+/// Like `advance`, for heads of several consumers: `(consumer, key, seq)`.
+pub fn advance_all(client: &SpiClient<'_>, finished: Vec<(i32, String, i64)>, busy: Busy) {
+    let mut by_consumer: BTreeMap<i32, Vec<(String, i64)>> = BTreeMap::new();
+    for (consumer, key, seq) in finished {
+        by_consumer.entry(consumer).or_default().push((key, seq));
+    }
+    for (consumer, heads) in by_consumer {
+        advance(client, consumer, heads, busy);
+    }
+}
+
+static WAITING_KEYS: Statement = Statement::new(
+    "SELECT DISTINCT order_key FROM eventq_internal.tasks
+     WHERE consumer_id = $1 AND state = 'waiting'",
+    &[INT],
+);
+
+/// Makes sure each of `keys` (None: every key of the consumer with waiting tasks) has a
+/// head if it has waiting tasks and nothing in flight. Returns the keys it could settle;
+/// with `Busy::Recheck`, busy ones are left for a recheck.
+pub fn settle_keys(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    keys: Option<Vec<String>>,
+    busy: Busy,
+) -> Vec<String> {
+    let keys: Vec<String> = match keys {
+        Some(keys) => keys,
+        None => WAITING_KEYS.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect(),
+    };
+    if keys.is_empty() {
+        return keys;
+    }
+    ENSURE_ROWS.run(client, &[arg(consumer_id), arg(keys.clone())]);
+    let statement = match busy {
+        Busy::Wait => &LOCK_KEYS,
+        Busy::Recheck => &LOCK_KEYS_OR_RECHECK,
+    };
+    let locked: Vec<String> = statement
+        .run(client, &[arg(consumer_id), arg(keys)])
+        .filter_map(|row| column(&row, 1))
+        .collect();
+    settle(client, consumer_id, locked.clone());
+    locked
+}
+
+// Rechecks of consumers that are gone or no longer ordered by key need nothing.
+static RECHECKS: Statement = Statement::new(
+    "WITH moot AS (
+         DELETE FROM eventq_internal.key_rechecks r
+         WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c
+                           WHERE c.id = r.consumer_id AND c.ordering = 'key')
+     )
+     SELECT r.consumer_id, r.order_key FROM eventq_internal.key_rechecks r
+     JOIN eventq_internal.consumers c ON c.id = r.consumer_id AND c.ordering = 'key'
+     ORDER BY 1, 2 LIMIT $1",
+    &[BIGINT],
+);
+
+static RECHECKS_OF: Statement = Statement::new(
+    "SELECT order_key FROM eventq_internal.key_rechecks WHERE consumer_id = $1
+     ORDER BY order_key LIMIT 1000",
+    &[INT],
+);
+
+/// `recheck` for one consumer, e.g. before it pulls.
+pub fn recheck_for(client: &SpiClient<'_>, consumer_id: i32) -> i64 {
+    let keys: Vec<String> =
+        RECHECKS_OF.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect();
+    if keys.is_empty() {
+        return 0;
+    }
+    let done = settle_keys(client, consumer_id, Some(keys), Busy::Recheck);
+    if !done.is_empty() {
+        RECHECKED.run(client, &[arg(consumer_id), arg(done.clone())]);
+    }
+    done.len() as i64
+}
+
+static RECHECKED: Statement = Statement::new(
+    "DELETE FROM eventq_internal.key_rechecks WHERE consumer_id = $1 AND order_key = ANY ($2)",
+    &[INT, TEXT_ARRAY],
+);
+
+/// Settles keys left for a recheck (by the drain or a background pass that found their
+/// rows busy). Keys still busy stay for the next time. Returns how many were settled.
+pub fn recheck(client: &SpiClient<'_>, limit: i64) -> i64 {
+    let mut by_consumer: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for row in RECHECKS.run(client, &[arg(limit)]) {
+        if let (Some(consumer), Some(key)) = (column::<i32>(&row, 1), column::<String>(&row, 2)) {
+            by_consumer.entry(consumer).or_default().push(key);
+        }
+    }
+    let mut settled = 0;
+    for (consumer, keys) in by_consumer {
+        let done = settle_keys(client, consumer, Some(keys), Busy::Recheck);
+        settled += done.len() as i64;
+        if !done.is_empty() {
+            RECHECKED.run(client, &[arg(consumer), arg(done)]);
+        }
+    }
+    settled
+}
