@@ -225,13 +225,14 @@ CREATE TABLE eventq_internal.expirations (
 CREATE INDEX expirations_by_consumer ON eventq_internal.expirations (consumer_id);
 
 -- Attempts that did not complete (failed, lost, discarded). A completed attempt is the
--- task row itself, so the happy path writes no history row.
+-- task row itself, so the happy path writes no history row; only when a replay starts a
+-- completed task over is its completed attempt recorded here.
 CREATE TABLE eventq_internal.attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     consumer_id integer NOT NULL,
     task_id     bigint NOT NULL,
     attempt     integer NOT NULL,
-    outcome     text NOT NULL CHECK (outcome IN ('failed', 'lost', 'discarded')),
+    outcome     text NOT NULL CHECK (outcome IN ('completed', 'failed', 'lost', 'discarded')),
     error       text,
     started_at  timestamptz,
     finished_at timestamptz NOT NULL DEFAULT now()

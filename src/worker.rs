@@ -1,7 +1,8 @@
 //! Background processes: the worker (with `shared_preload_libraries = 'eventq'`), one
-//! process serving the database named by `eventq.database`, and the drain helper, a
-//! short-lived process a reader starts when it must see committed events drained but
-//! cannot drain itself (see `api::drain_before_reading`).
+//! process serving the database named by `eventq.database`, and the helper, a short-lived
+//! process started by a session that needs a drain (or a maintenance pass) but must not
+//! run one in its own transaction (see `api::drain_before_reading` and
+//! `run_maintenance()`).
 //!
 //! The worker drains whenever a publishing commit sets its latch (see `wakeup`), rescues
 //! expired leases and makes due tasks available every `eventq.maintenance_interval`, and
@@ -279,52 +280,126 @@ fn in_transaction<R>(
     }
 }
 
-/// Starts a helper process that drains this database in a transaction of its own, and
-/// waits for it to finish. Returns false if no helper could be started (every background
-/// worker slot is taken): the caller then reads what is drained.
-pub fn drain_in_helper() -> bool {
-    let helper = BackgroundWorkerBuilder::new("eventq drain helper")
-        .set_type("eventq drain helper")
+/// What a helper process does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// One drain.
+    Drain,
+    /// What `run_maintenance()` does; the report comes back.
+    Maintain,
+}
+
+/// Room for a helper's report.
+const REPORT_BYTES: usize = 64 * 1024;
+
+/// Starts a helper process that does `job` for this database in transactions of its own,
+/// and waits for it to finish. Returns its report (for `Job::Maintain`), or `None` if no
+/// helper could be started (every background worker slot is taken).
+pub fn run_in_helper(job: Job) -> Option<serde_json::Value> {
+    let (segment, handle) = if job == Job::Maintain {
+        unsafe {
+            // SAFETY: a new segment, zeroed here, owned by this transaction's resource owner
+            // and detached below once the helper has written into it.
+            let segment = pg_sys::dsm_create(REPORT_BYTES, 0);
+            std::ptr::write_bytes(pg_sys::dsm_segment_address(segment) as *mut u8, 0, REPORT_BYTES);
+            (segment, pg_sys::dsm_segment_handle(segment))
+        }
+    } else {
+        (std::ptr::null_mut(), 0)
+    };
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let kind = if job == Job::Maintain { "maintain" } else { "drain" };
+    let helper = BackgroundWorkerBuilder::new("eventq helper")
+        .set_type("eventq helper")
         .set_library("eventq")
-        .set_function("eventq_drain_helper_main")
-        .set_argument(Some(pg_sys::Datum::from(unsafe { pg_sys::MyDatabaseId }.to_u32())))
+        .set_function("eventq_helper_main")
+        .set_argument(Some(pg_sys::Datum::from(handle)))
+        .set_extra(&format!("{database} {kind}"))
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
-    match helper {
+    let finished = match helper {
         Ok(helper) => helper.wait_for_shutdown().is_ok(),
         Err(_) => false,
+    };
+    if segment.is_null() {
+        return finished.then_some(serde_json::Value::Null);
     }
+    let report = unsafe {
+        // SAFETY: the helper wrote a length and that many bytes of JSON, within the segment.
+        let base = pg_sys::dsm_segment_address(segment) as *const u8;
+        let len = (base as *const u32).read_unaligned() as usize;
+        let bytes = std::slice::from_raw_parts(base.add(4), len.min(REPORT_BYTES - 4));
+        let report = serde_json::from_slice(bytes).ok();
+        pg_sys::dsm_detach(segment);
+        report
+    };
+    if finished { report } else { None }
+}
+
+/// Starts a helper that drains; see `run_in_helper`.
+pub fn drain_in_helper() -> bool {
+    run_in_helper(Job::Drain).is_some()
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn eventq_drain_helper_main(arg: pg_sys::Datum) {
+pub extern "C-unwind" fn eventq_helper_main(arg: pg_sys::Datum) {
     prepare_process();
-    let database = pg_sys::Oid::from(arg.value() as u32);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.split(' ');
+    let database: u32 = parts.next().and_then(|d| d.parse().ok()).unwrap_or(0);
+    let job = if parts.next() == Some("maintain") { Job::Maintain } else { Job::Drain };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     session_settings();
     let mut warnings = Warnings::default();
-    let drained = in_transaction("draining", &mut warnings, || {
-        Spi::connect(|client| {
-            let created =
-                crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[]).unwrap_or(false);
-            if !created {
-                return None;
-            }
-            drain::drain(
-                client,
-                drain::Options { wait: true, truncate: true, chunk: gucs::drain_batch_size() },
-            )
-        })
-    });
-    if let Some(Some(drained)) = drained {
-        if !drained.received.is_empty() {
-            in_transaction("notifying listeners", &mut warnings, || {
-                Spi::connect(|client| drain::notify(client, drained.received))
+    match job {
+        Job::Maintain => {
+            let report = in_transaction("maintaining", &mut warnings, || {
+                Spi::connect(|client| {
+                    crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
+                        .unwrap_or(false)
+                })
+                .then(|| crate::api::maintenance::pass_report().0)
             });
+            let text = serde_json::to_vec(&report.flatten().unwrap_or_default()).unwrap_or_default();
+            let handle = arg.value() as u32;
+            if handle != 0 && text.len() <= REPORT_BYTES - 4 {
+                unsafe {
+                    // SAFETY: the requester's segment, alive until it has read it.
+                    let segment = pg_sys::dsm_attach(handle);
+                    if !segment.is_null() {
+                        let base = pg_sys::dsm_segment_address(segment) as *mut u8;
+                        std::ptr::copy_nonoverlapping(text.as_ptr(), base.add(4), text.len());
+                        (base as *mut u32).write_unaligned(text.len() as u32);
+                        pg_sys::dsm_detach(segment);
+                    }
+                }
+            }
+        }
+        Job::Drain => {
+            let drained = in_transaction("draining", &mut warnings, || {
+                Spi::connect(|client| {
+                    let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
+                        .unwrap_or(false);
+                    if !created {
+                        return None;
+                    }
+                    drain::drain(
+                        client,
+                        drain::Options { wait: true, truncate: true, chunk: gucs::drain_batch_size() },
+                    )
+                })
+            });
+            if let Some(Some(drained)) = drained {
+                if !drained.received.is_empty() {
+                    in_transaction("notifying listeners", &mut warnings, || {
+                        Spi::connect(|client| drain::notify(client, drained.received))
+                    });
+                }
+            }
         }
     }
 }

@@ -87,6 +87,8 @@ struct World {
     cluster: Cluster,
     origin: Instant,
     stop: AtomicBool,
+    /// Every publisher and prepared transaction is done.
+    settled: AtomicBool,
     restarting: AtomicBool,
     model: Mutex<Model>,
     gids: AtomicU64,
@@ -296,7 +298,7 @@ fn log_reader(world: &World) -> HashSet<String> {
     let mut seen = HashSet::new();
     let mut last = 0i64;
     loop {
-        let finishing = !world.running();
+        let finishing = world.settled.load(Ordering::Relaxed);
         world.pause();
         let Some(db) = conn.get() else {
             thread::sleep(Duration::from_millis(50));
@@ -355,6 +357,7 @@ fn chaos() {
         cluster,
         origin: Instant::now(),
         stop: AtomicBool::new(false),
+        settled: AtomicBool::new(false),
         restarting: AtomicBool::new(false),
         model: Mutex::default(),
         gids: AtomicU64::new(0),
@@ -442,6 +445,7 @@ fn chaos() {
     for t in threads {
         t.join().unwrap();
     }
+    world.settled.store(true, Ordering::Relaxed);
 
     // Finish the work: everything drained, every discarded task redriven, every task acked.
     // A PREPARE whose answer was lost to a restart may have left a prepared transaction
@@ -456,15 +460,26 @@ fn chaos() {
         db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
         for consumer in &final_consumers {
             db.execute("SELECT eventq.redrive($1)", &[consumer]).unwrap();
-            let rows = db.query("SELECT task_id, attempt FROM eventq.pull($1, 1000)", &[consumer]).unwrap();
-            for row in rows {
-                let (task, attempt): (i64, i32) = (row.get(0), row.get(1));
-                let n: i32 = db
-                    .query_one("SELECT eventq.ack($1, ARRAY[$2::bigint], ARRAY[$3::int])", &[consumer, &task, &attempt])
+            loop {
+                let rows = db.query("SELECT task_id, attempt FROM eventq.pull($1, 1000)", &[consumer]).unwrap();
+                if rows.is_empty() {
+                    break;
+                }
+                let tasks: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+                let attempts: Vec<i32> = rows.iter().map(|r| r.get(1)).collect();
+                let acked: Vec<i64> = db
+                    .query(
+                        "SELECT t FROM unnest($2::bigint[], $3::int[]) AS u(t, a),
+                                LATERAL eventq.ack($1, ARRAY[t], ARRAY[a]) AS n WHERE n = 1",
+                        &[consumer, &tasks, &attempts],
+                    )
                     .unwrap()
-                    .get(0);
-                if n == 1 {
-                    *world.model.lock().unwrap().acks.entry((consumer.clone(), task)).or_default() += 1;
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut model = world.model.lock().unwrap();
+                for task in acked {
+                    *model.acks.entry((consumer.clone(), task)).or_default() += 1;
                 }
             }
         }
@@ -476,7 +491,12 @@ fn chaos() {
         if unfinished == 0 && staged == 0 {
             Ok(())
         } else {
-            Err(format!("{unfinished} unfinished, {staged} staged"))
+            let states = common::column(
+                &mut db,
+                "SELECT consumer || ':' || state || ':' || count(*) FROM eventq.tasks
+                 WHERE state <> 'completed' GROUP BY consumer, state ORDER BY 1",
+            );
+            Err(format!("{unfinished} unfinished, {staged} staged: {states:?}"))
         }
     });
     let seen_by_reader = reader.join().unwrap();
@@ -545,7 +565,12 @@ fn chaos() {
             .filter(|(_, _, subject)| consumer != "odd" || subject == "n.odd")
             .map(|(seq, _, _)| *seq)
             .collect();
-        assert_eq!(tasks.keys().copied().collect::<HashSet<_>>(), expected, "{consumer}: one task per event");
+        let have: HashSet<i64> = tasks.keys().copied().collect();
+        let mut missing: Vec<&i64> = expected.difference(&have).collect();
+        let mut extra: Vec<&i64> = have.difference(&expected).collect();
+        missing.sort();
+        extra.sort();
+        assert!(missing.is_empty() && extra.is_empty(), "{consumer}: missing tasks for {missing:?}, extra {extra:?}");
         assert!(tasks.values().all(|s| s == "completed"), "{consumer}: unfinished tasks");
     }
     assert!(model.acks.values().all(|&n| n == 1), "a task was acked twice");

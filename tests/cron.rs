@@ -18,17 +18,14 @@ fn run_maintenance_on_a_pg_cron_schedule_drains_and_applies_retention() {
         ],
     );
     let mut db = cluster.connect();
-    db.batch_execute(
-        "CREATE EXTENSION pg_cron;
+    common::script(&mut db, "CREATE EXTENSION pg_cron;
          SELECT eventq.create_stream('kept');
          SELECT eventq.create_consumer('kept_c', 'kept');
          SELECT eventq.create_stream('brief', '1 second');
          SELECT eventq.create_consumer('brief_c', 'brief');
          SELECT eventq.publish('kept', 'a'), eventq.publish('kept', 'b');
          SELECT eventq.publish('brief', 'c');
-         SELECT cron.schedule('eventq-maintenance', '* * * * *', 'SELECT eventq.run_maintenance()');",
-    )
-    .unwrap();
+         SELECT cron.schedule('eventq-maintenance', '* * * * *', 'SELECT eventq.run_maintenance()');");
     assert!(
         !db.query_one(
             "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eventq worker'",

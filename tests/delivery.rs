@@ -252,14 +252,11 @@ fn every_committed_event_reaches_every_matching_consumer_once() {
 fn pull_in_repeatable_read_sees_what_others_drained_after_its_snapshot() {
     let cluster = Cluster::start("delivery-rr", &[]);
     let mut db = cluster.connect();
-    db.batch_execute(
-        "SELECT eventq.create_stream('rr');
+    common::script(&mut db, "SELECT eventq.create_stream('rr');
          SELECT eventq.create_consumer('rr_c', 'rr');
          SELECT eventq.publish('rr', 'a');
          SELECT eventq.run_maintenance();
-         SELECT eventq.publish('rr', 'b');",
-    )
-    .unwrap();
+         SELECT eventq.publish('rr', 'b');");
     let mut other = cluster.connect();
     let mut tx = db
         .build_transaction()
@@ -273,7 +270,7 @@ fn pull_in_repeatable_read_sees_what_others_drained_after_its_snapshot() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(first, ["a", "b"]);
-    other.batch_execute("SELECT eventq.publish('rr', 'c'); SELECT eventq.run_maintenance()").unwrap();
+    common::script(&mut other, "SELECT eventq.publish('rr', 'c'); SELECT eventq.run_maintenance()");
     // drained by someone else after this snapshot was taken: still seen, without failing
     let next: Vec<String> = tx
         .query("SELECT subject FROM eventq.pull('rr_c', 10)", &[])

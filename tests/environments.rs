@@ -32,7 +32,7 @@ fn a_publication_for_all_tables_does_not_stop_the_queue() {
     let pulled = column(&mut db, "SELECT task_id::text FROM eventq.pull('c', 10)");
     assert_eq!(pulled.len(), 1);
     db.batch_execute(&format!("SELECT eventq.ack('c', ARRAY[{}])", pulled[0])).unwrap();
-    db.batch_execute("SELECT eventq.publish('s', 'c'); SELECT eventq.run_maintenance()").unwrap();
+    common::script(&mut db, "SELECT eventq.publish('s', 'c'); SELECT eventq.run_maintenance()");
     std::thread::sleep(Duration::from_millis(1200));
     // retention, with key hand-over, expired counts and dedup claims
     let report: serde_json::Value =
@@ -40,8 +40,7 @@ fn a_publication_for_all_tables_does_not_stop_the_queue() {
     assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.events"), 0, "{report}");
     db.batch_execute(
-        "SET eventq.keep_finished_tasks = 0;
-         SELECT eventq.drop_consumer('c');
+        "SELECT eventq.drop_consumer('c');
          SELECT eventq.drop_stream('s', force => true);",
     )
     .unwrap();
@@ -122,7 +121,7 @@ fn prepared_transactions_deliver_at_commit_prepared() {
         publisher
             .batch_execute("BEGIN; SELECT eventq.publish('s', 'never'); PREPARE TRANSACTION 'gone'")
             .unwrap();
-        db.batch_execute("ROLLBACK PREPARED 'gone'; SELECT eventq.run_maintenance()").unwrap();
+        common::script(&mut db, "ROLLBACK PREPARED 'gone'; SELECT eventq.run_maintenance()");
         assert_eq!(count(&mut db, "SELECT 1 FROM eventq.events WHERE subject = 'never'"), 0);
     }
 }
@@ -133,14 +132,11 @@ fn prepared_transactions_deliver_at_commit_prepared() {
 fn a_hot_standby_reads_the_replicated_log() {
     let primary = Cluster::start("env-primary", &[PRELOAD, "max_wal_senders = 4"]);
     let mut db = primary.connect();
-    db.batch_execute(
-        "SELECT eventq.create_stream('s');
+    common::script(&mut db, "SELECT eventq.create_stream('s');
          SELECT eventq.create_consumer('l', 's', mode => 'log');
          SELECT eventq.create_consumer('c', 's');
          SELECT eventq.publish('s', 'before');
-         SELECT eventq.run_maintenance();",
-    )
-    .unwrap();
+         SELECT eventq.run_maintenance();");
     let standby = primary.standby("env-standby");
     let mut replica = standby.connect();
     assert_eq!(column(&mut replica, "SELECT pg_is_in_recovery()::text"), ["true"]);

@@ -228,7 +228,7 @@ fn an_idle_dashboard_does_not_keep_staging_from_being_truncated() {
         )
         .unwrap();
     at_next_second();
-    db.batch_execute("SELECT eventq.publish('s', 'x'); SELECT eventq.run_maintenance()").unwrap();
+    common::script(&mut db, "SELECT eventq.publish('s', 'x'); SELECT eventq.run_maintenance()");
     thread::sleep(Duration::from_millis(2100));
     let report: serde_json::Value =
         db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);

@@ -17,7 +17,10 @@ use serde_json::json;
 ///
 /// It refuses to run inside a transaction block, as VACUUM does: it takes the drain lock
 /// and may truncate staging, and would hold both until the block ended, stopping delivery
-/// for everyone meanwhile.
+/// for everyone meanwhile. In a SERIALIZABLE transaction (a database whose default it is,
+/// say, with pg_cron) the pass runs in a helper process, READ COMMITTED: its reads would
+/// otherwise take part in serializable conflict detection and could make the
+/// applications' own transactions fail.
 #[pg_extern]
 fn run_maintenance() -> JsonB {
     unsafe {
@@ -28,6 +31,17 @@ fn run_maintenance() -> JsonB {
                 PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
                 "run_maintenance() cannot run inside a transaction block",
                 "Call it on its own (as pg_cron does); the background worker does the same work by itself."
+            );
+        }
+        if pg_sys::XactIsoLevel == pg_sys::XACT_SERIALIZABLE as i32 {
+            if let Some(report) = crate::worker::run_in_helper(crate::worker::Job::Maintain) {
+                return JsonB(report);
+            }
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                "run_maintenance() could not start its helper process",
+                "Under SERIALIZABLE it runs in a background worker process: raise max_worker_processes, or call it in a READ COMMITTED transaction."
             );
         }
     }

@@ -65,19 +65,24 @@ static GAPS_PENDING: crate::storage::Statement = crate::storage::Statement::new(
 /// Read after commit: before `pull` and `fetch` read, every event that committed before
 /// they started must be in the log. With shared memory (eventq preloaded) two counters
 /// tell whether a drain has covered that already (see `wakeup`); if not, or without shared
-/// memory, the reader drains by itself when its transaction is its own statement, or, in a
-/// transaction block or a read-only transaction, where a drain would hold the drain lock
-/// until the transaction ended (storage::drain), waits for the worker or starts a helper
-/// process that drains in a transaction of its own. On a standby there is nothing to
-/// drain: readers see what has been replicated.
+/// memory, the reader drains by itself when its transaction is its own statement, or else
+/// waits for the worker or starts a helper process that drains in a transaction of its
+/// own: in a transaction block or a read-only transaction, where a drain would hold the
+/// drain lock until the transaction ended (storage::drain), and in a SERIALIZABLE one,
+/// where a drain's reads of staging would take part in serializable conflict detection and
+/// could make publishers' own transactions fail. On a standby there is nothing to drain:
+/// readers see what has been replicated.
 pub fn drain_before_reading(client: &SpiClient<'_>) {
     use crate::storage::drain;
     use crate::wakeup;
     if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
         return;
     }
-    let own_transaction =
-        unsafe { !pgrx::pg_sys::IsTransactionBlock() && !pgrx::pg_sys::XactReadOnly };
+    let own_transaction = unsafe {
+        !pgrx::pg_sys::IsTransactionBlock()
+            && !pgrx::pg_sys::XactReadOnly
+            && pgrx::pg_sys::XactIsoLevel != pgrx::pg_sys::XACT_SERIALIZABLE as i32
+    };
     let options = drain::Options { wait: false, truncate: true, chunk: crate::gucs::drain_batch_size() };
     let drain_here = |wait: bool| {
         drain::drain(client, drain::Options { wait, ..options })

@@ -53,7 +53,7 @@ fn pull(
             if locks::try_lock_consumer(c.id, locks::Mode::Shared) {
                 tasks::rescue_and_promote(client, c.id, c.policy.max_attempts, RESCUE_LIMIT);
                 if c.ordering == KeyOrdering::Key {
-                    keys::recheck_for(client, c.id);
+                    keys::settle_rechecked(client, c.id);
                 }
             }
             tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))

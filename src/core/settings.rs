@@ -59,10 +59,11 @@ impl RetryPolicy {
     }
 }
 
-/// The longest interval any setting or argument takes: 100 years. Longer ones would push
-/// timestamps eventq computes (a retention's cutoff, a retry's due time) out of Postgres'
-/// range, and stop maintenance or the call that computes them.
-pub const MAX_INTERVAL_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000 + 25 * 24 * 3600 * 1_000_000;
+/// The longest interval any setting or argument takes: 100 years (36,525 days; an interval
+/// counts a month as 30 days). Longer ones would push timestamps eventq computes (a
+/// retention's cutoff, a retry's due time) towards the end of Postgres' range, where
+/// computing them fails and stops maintenance or the call that computes them.
+pub const MAX_INTERVAL_MICROS: i64 = 36_525 * 24 * 3600 * 1_000_000;
 
 fn at_most_max(what: &str, micros: i64) -> Result<(), Invalid> {
     if micros <= MAX_INTERVAL_MICROS {

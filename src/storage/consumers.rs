@@ -338,20 +338,22 @@ pub fn patterns(client: &SpiClient<'_>, id: i32) -> (Vec<String>, Vec<String>) {
 // wait their turn.
 static ORDER_BY_KEY: Statement = Statement::new(
     "WITH keyed AS (
-         UPDATE eventq_internal.tasks t SET order_key = e.key
-         FROM eventq_internal.consumers c, eventq_internal.events e
-         WHERE t.consumer_id = $1 AND c.id = $1 AND e.stream_id = c.stream_id AND e.seq = t.seq
-           AND e.key IS NOT NULL
+         SELECT t.seq, t.state, e.key AS order_key
+         FROM eventq_internal.tasks t
+         JOIN eventq_internal.consumers c ON c.id = $1
+         JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq
+         WHERE t.consumer_id = $1 AND e.key IS NOT NULL
            AND t.state IN ('available', 'scheduled', 'running', 'retryable', 'waiting')
-         RETURNING t.seq, t.state, t.order_key
      ), heads AS (
          SELECT DISTINCT ON (order_key) order_key, seq FROM keyed
          ORDER BY order_key, (state = 'running') DESC, seq
-     ), held AS (
-         UPDATE eventq_internal.tasks t SET state = 'waiting'
+     ), changed AS (
+         UPDATE eventq_internal.tasks t
+         SET order_key = k.order_key,
+             state = CASE WHEN k.state = 'running' OR k.seq IN (SELECT seq FROM heads)
+                          THEN t.state ELSE 'waiting' END::eventq_internal.task_state
          FROM keyed k
-         WHERE t.consumer_id = $1 AND t.seq = k.seq AND k.state <> 'running'
-           AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = k.seq)
+         WHERE t.consumer_id = $1 AND t.seq = k.seq
      )
      INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
      SELECT $1, order_key, seq FROM heads ORDER BY order_key

@@ -153,8 +153,8 @@ static ADD_GAP: Statement = Statement::new(
     &[INT, BIGINT, BIGINT],
 );
 
-// Tasks for the events of a consumer's gaps (an open gap ends at $2, the log's head before
-// this drain), with the consumer's current filter; the gaps go. Keyed tasks start out
+// Tasks for the events of a consumer's gaps (an open gap ends at $2), with the consumer's
+// current filter; the gaps go. Keyed tasks start out
 // waiting; the keys are settled afterwards (storage::keys).
 static FILL_GAPS: Statement = Statement::new(
     "WITH gaps AS (
@@ -330,14 +330,17 @@ fn move_all(client: &SpiClient<'_>, chunk: i64, busy_streams: &[i32], total: &mu
         total.events += count;
         fan_out.stream(client, stream_id, first, last, chunk);
     }
-    // Consumers with gaps whose stream had nothing new in this drain.
+    // Consumers with gaps that routing did not see: their stream had nothing new, or they
+    // became visible (their creation committed) after routing looked. Their open gaps end
+    // at the head including this pass: none of its events was routed to them.
     let with_gaps: Vec<i32> =
         CONSUMERS_WITH_GAPS.run(client, &[]).filter_map(|row| column(&row, 1)).collect();
+    let head_now: i64 = scalar(&SEQ_HEAD, client, &[]).unwrap_or(head_before);
     for consumer_id in with_gaps {
         if !fan_out.handled.contains(&consumer_id)
             && locks::try_lock_consumer(consumer_id, locks::Mode::Exclusive)
         {
-            fan_out.fill_gaps(client, consumer_id);
+            fan_out.fill_gaps(client, consumer_id, head_now);
         }
     }
     total.tasks += fan_out.created;
@@ -404,7 +407,8 @@ impl FanOut {
                     continue;
                 }
                 if has_gaps {
-                    self.fill_gaps(client, consumer_id);
+                    // before this pass's events, which are routed to it below
+                    self.fill_gaps(client, consumer_id, self.head_before);
                 }
             }
             let include: Vec<String> = column(&row, 4).unwrap_or_default();
@@ -427,9 +431,10 @@ impl FanOut {
         self.routers.insert(stream_id, (router, routes));
     }
 
-    fn fill_gaps(&mut self, client: &SpiClient<'_>, consumer_id: i32) {
+    /// Fills the consumer's gaps; an open gap (a consumer's creation) ends at `open_end`.
+    fn fill_gaps(&mut self, client: &SpiClient<'_>, consumer_id: i32, open_end: i64) {
         self.handled.insert(consumer_id);
-        let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(self.head_before)])
+        let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(open_end)])
         else {
             return;
         };

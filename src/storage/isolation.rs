@@ -8,6 +8,12 @@
 //! serialization failure (40001) under the other levels. Such a conflict says nothing about
 //! the caller's own data, so `retrying` runs the work in a subtransaction and tries again
 //! with a newer snapshot; only after many lost races does the caller get the 40001.
+//!
+//! SERIALIZABLE transactions also take part in serializable conflict detection (SSI) with
+//! eventq's reads and writes, as with any table: a pull or an ack can then fail with 40001
+//! ("read/write dependencies among transactions"), and, as for any serializable
+//! transaction, the client retries it. Nothing is lost: a failed ack leaves the task
+//! running until its lease runs out, a failed pull leases nothing.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -78,8 +84,13 @@ fn code(error: &pg_sys::panic::CaughtError) -> Option<PgSqlErrorCode> {
     }
 }
 
+/// A row changed by a concurrent transaction ("could not serialize access due to
+/// concurrent update"), which a newer snapshot resolves. Not a serializable anomaly found
+/// by SSI ("... due to read/write dependencies ..."): that dooms the whole transaction,
+/// and only the client can retry it.
 fn is_serialization_failure(error: &pg_sys::panic::CaughtError) -> bool {
     code(error) == Some(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE)
+        && message(error).contains("due to concurrent")
 }
 
 /// Runs `work` in a subtransaction: an error rolls back `work` alone and comes back as its

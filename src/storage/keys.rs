@@ -130,10 +130,15 @@ static LOCK_FINISHED_OR_RECHECK: Statement = Statement::new(
     &[INT, TEXT_ARRAY, BIGINT_ARRAY],
 );
 
-// Rows for keys that have none yet (idle, head NULL), so that they can be locked.
+// Rows for keys that have none yet (idle, head NULL), so that they can be locked. Keys
+// with a row are left out before the insert: its unique check would otherwise wait for a
+// transaction that is updating the row.
 static ENSURE_ROWS: Statement = Statement::new(
     "INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
-     SELECT $1, k, NULL FROM unnest($2::text[]) AS k ORDER BY k
+     SELECT $1, k, NULL FROM unnest($2::text[]) AS k
+     WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.key_heads h
+                       WHERE h.consumer_id = $1 AND h.order_key = k)
+     ORDER BY k
      ON CONFLICT DO NOTHING",
     &[INT, TEXT_ARRAY],
 );
@@ -143,6 +148,14 @@ static LOCK_KEYS: Statement = Statement::new(
      WHERE consumer_id = $1 AND order_key = ANY ($2)
      ORDER BY order_key
      FOR UPDATE",
+    &[INT, TEXT_ARRAY],
+);
+
+static LOCK_KEYS_OR_SKIP: Statement = Statement::new(
+    "SELECT order_key FROM eventq_internal.key_heads
+     WHERE consumer_id = $1 AND order_key = ANY ($2)
+     ORDER BY order_key
+     FOR UPDATE SKIP LOCKED",
     &[INT, TEXT_ARRAY],
 );
 
@@ -283,7 +296,7 @@ static RECHECKS_OF: Statement = Statement::new(
     &[INT],
 );
 
-/// `recheck` for one consumer, e.g. before it pulls.
+/// `recheck` for one consumer (by lease rescue, which runs for everyone).
 pub fn recheck_for(client: &SpiClient<'_>, consumer_id: i32) -> i64 {
     let keys: Vec<String> =
         RECHECKS_OF.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect();
@@ -295,6 +308,24 @@ pub fn recheck_for(client: &SpiClient<'_>, consumer_id: i32) -> i64 {
         RECHECKED.run(client, &[arg(consumer_id), arg(done.clone())]);
     }
     done.len() as i64
+}
+
+/// Settles a consumer's keys left for a recheck from inside a worker's own transaction
+/// (before it pulls), so that a key never waits for the next drain. It only settles rows it
+/// can lock at once and changes nothing else: a row of `key_rechecks` or a new key row
+/// that a worker's long transaction held would make a drain wait for it. Drains and
+/// background passes remove the rechecks.
+pub fn settle_rechecked(client: &SpiClient<'_>, consumer_id: i32) {
+    let keys: Vec<String> =
+        RECHECKS_OF.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect();
+    if keys.is_empty() {
+        return;
+    }
+    let locked: Vec<String> = LOCK_KEYS_OR_SKIP
+        .run(client, &[arg(consumer_id), arg(keys)])
+        .filter_map(|row| column(&row, 1))
+        .collect();
+    settle(client, consumer_id, locked);
 }
 
 static RECHECKED: Statement = Statement::new(

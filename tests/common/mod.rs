@@ -277,3 +277,27 @@ impl Rng {
         self.below(100) < percent
     }
 }
+
+/// Runs a script one statement at a time, each in its own transaction: unlike one
+/// multi-statement query, which Postgres runs as one implicit transaction block, where
+/// run_maintenance() refuses to run, as VACUUM does. Statements end with `;` outside `$$`.
+pub fn script(db: &mut Client, sql: &str) {
+    let mut statements = Vec::new();
+    let (mut current, mut quoted) = (String::new(), false);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek() == Some(&'$') {
+            chars.next();
+            current.push_str("$$");
+            quoted = !quoted;
+        } else if c == ';' && !quoted {
+            statements.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    statements.push(current);
+    for statement in statements.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
