@@ -197,12 +197,14 @@ CREATE TABLE eventq_internal.key_heads (
 );
 
 -- Keys whose row was busy when a drain or a background pass wanted to look at it: the
--- next drain settles them (src/storage/keys.rs).
+-- next drain settles them (src/storage/keys.rs). No unique key: inserting a recheck must
+-- never wait for a transaction that inserts or deletes the same one.
 CREATE TABLE eventq_internal.key_rechecks (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     consumer_id integer NOT NULL,
-    order_key   text NOT NULL,
-    PRIMARY KEY (consumer_id, order_key)
+    order_key   text NOT NULL
 );
+CREATE INDEX key_rechecks_by_key ON eventq_internal.key_rechecks (consumer_id, order_key);
 
 -- Events a consumer has no tasks for yet although it should: those drained while it was
 -- being created (to_seq NULL: up to the drain that first sees it), or while a change to it
@@ -213,6 +215,7 @@ CREATE TABLE eventq_internal.routing_gaps (
     from_seq    bigint NOT NULL,
     to_seq      bigint
 );
+CREATE INDEX routing_gaps_by_consumer ON eventq_internal.routing_gaps (consumer_id);
 
 -- Unfinished tasks deleted by retention (or found without their event), counted on the
 -- consumer as `expired`. Insert-only, so that counting never waits for a transaction that

@@ -95,7 +95,9 @@ fn slot() -> Option<&'static DatabaseSlot> {
             let claimed = existing.or_else(|| {
                 let free = shared.slots.iter().position(|s| s.database.load(Ordering::Acquire) == 0)?;
                 let s = &shared.slots[free];
-                s.published.store(0, Ordering::SeqCst);
+                // One publishing commit counted from the start: after a restart (or a
+                // promotion), what was staged before is undrained until a drain says so.
+                s.published.store(1, Ordering::SeqCst);
                 s.drained.store(0, Ordering::SeqCst);
                 s.latch.store(0, Ordering::SeqCst);
                 s.serving.store(false, Ordering::SeqCst);
@@ -195,14 +197,18 @@ pub fn nap() {
 
 thread_local! {
     static PUBLISHED: Cell<bool> = const { Cell::new(false) };
-    /// A drain of this transaction read `published` = n before its snapshot.
-    static DRAINED: Cell<Option<u64>> = const { Cell::new(None) };
+    /// A drain of this transaction read `published` = n before its snapshot, at
+    /// (sub)transaction nesting level l: (n, l).
+    static DRAINED: Cell<Option<(u64, i32)>> = const { Cell::new(None) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn register_callback() {
     if !CALLBACK_REGISTERED.with(|r| r.replace(true)) {
-        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
+        }
     }
 }
 
@@ -221,8 +227,33 @@ pub fn published_in_this_transaction() {
 pub fn draining() {
     let Some(slot) = slot() else { return };
     let seen = slot.published.load(Ordering::SeqCst);
-    DRAINED.with(|d| d.set(Some(d.get().map_or(seen, |old| old.max(seen)))));
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    DRAINED.with(|d| {
+        d.set(Some(match d.get() {
+            Some((old, old_level)) => (old.max(seen), old_level.min(level)),
+            None => (seen, level),
+        }))
+    });
     register_callback();
+}
+
+/// A drain in a subtransaction that rolls back (a retry under REPEATABLE READ) covers
+/// nothing: forget it.
+#[pg_guard]
+unsafe extern "C-unwind" fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    _mine: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+        DRAINED.with(|d| {
+            if d.get().is_some_and(|(_, drained_at)| drained_at >= level) {
+                d.set(None);
+            }
+        });
+    }
 }
 
 /// A prepared transaction that published commits in COMMIT PREPARED, possibly in another
@@ -247,7 +278,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
             let published = PUBLISHED.with(|p| p.replace(false));
             let drained = DRAINED.with(|d| d.take());
             let Some(slot) = slot() else { return };
-            if let Some(seen) = drained {
+            if let Some((seen, _)) = drained {
                 slot.drained.fetch_max(seen, Ordering::SeqCst);
             }
             if published {

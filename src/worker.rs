@@ -169,14 +169,20 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
                 let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
                     .unwrap_or(false);
                 created.then(|| {
-                    drain::drain(
+                    let drained = drain::drain(
                         client,
                         drain::Options {
                             wait: true,
                             truncate: true,
                             chunk: gucs::drain_batch_size(),
                         },
-                    )
+                    );
+                    // In the drain's transaction: notifications are skipped while the
+                    // queue is filling up (see drain::notify), so they cannot fail it.
+                    if let Some(d) = &drained {
+                        drain::notify(client, d.received.clone());
+                    }
+                    drained
                 })
             })
         });
@@ -190,16 +196,7 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             None => None,
         };
         wakeup::set_serving(true);
-        let mut more_to_do = false;
-        if let Some(drained) = drained {
-            more_to_do = drained.gaps_left > 0;
-            if !drained.received.is_empty() {
-                // After the drain committed: a failure to notify must not undo the drain.
-                in_transaction("notifying listeners", &mut warnings, || {
-                    Spi::connect(|client| drain::notify(client, drained.received))
-                });
-            }
-        }
+        let more_to_do = drained.is_some_and(|d| d.gaps_left > 0);
         let now = Instant::now();
         if now >= next_timers {
             in_transaction("rescuing leases", &mut warnings, || {

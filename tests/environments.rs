@@ -182,4 +182,13 @@ fn triggers_on_staging_fire() {
     .unwrap();
     assert_eq!(column(&mut db, "SELECT subject FROM audit ORDER BY 1"), ["one", "three", "two"]);
     assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["one", "two", "three"]);
+    // and so does a CHECK constraint
+    db.batch_execute(
+        "DROP TRIGGER audit ON eventq_internal.staged;
+         ALTER TABLE eventq_internal.staged ADD CONSTRAINT no_secrets CHECK (subject <> 'secret');",
+    )
+    .unwrap();
+    assert_eq!(fails_with(&mut db, "SELECT eventq.publish('s', 'secret')"), "23514");
+    db.batch_execute("SELECT eventq.publish('s', 'fine')").unwrap();
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["fine"]);
 }

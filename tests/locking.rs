@@ -272,3 +272,137 @@ fn a_busy_drain_lock_does_not_leave_events_waiting() {
     });
     assert!(released.elapsed() < Duration::from_secs(1));
 }
+
+/// A key idle only because its head was finished while a drain added to it (the drain
+/// left a recheck) must go to the task that waits, not to a newer one.
+#[test]
+fn a_newer_task_never_overtakes_one_left_waiting_by_a_busy_key() {
+    let cluster = Cluster::start("lock-overtake", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('keyed', 's', ordering => 'key');",
+    )
+    .unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e1', key => 'k')").unwrap();
+    let head: i64 = db.query_one("SELECT task_id FROM eventq.pull('keyed')", &[]).unwrap().get(0);
+    let mut worker = cluster.connect();
+    worker.batch_execute("BEGIN").unwrap();
+    worker.execute("SELECT eventq.ack('keyed', ARRAY[$1::bigint])", &[&head]).unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e2', key => 'k')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    worker.batch_execute("COMMIT").unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e3', key => 'k')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('keyed', 10)"), ["e2"]);
+}
+
+/// The task a finished head hands its key to may vanish meanwhile (retention deletes it):
+/// the key then goes to the next one, never to a task that is gone.
+#[test]
+fn a_key_never_goes_to_a_task_that_vanished() {
+    let cluster = Cluster::start("lock-vanished", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('keyed', 's', ordering => 'key');",
+    )
+    .unwrap();
+    for n in 1..=3 {
+        db.execute("SELECT eventq.publish('s', 'e' || $1::int, key => 'k')", &[&n]).unwrap();
+    }
+    let head: i64 = db.query_one("SELECT task_id FROM eventq.pull('keyed')", &[]).unwrap().get(0);
+    // someone (as retention does) holds the next task and deletes it
+    let mut retention = cluster.connect();
+    retention
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM eventq_internal.tasks WHERE seq = {} ",
+            head + 1
+        ))
+        .unwrap();
+    let acker = {
+        let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port);
+        thread::spawn(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.query_one("SELECT eventq.ack('keyed', ARRAY[$1::bigint])", &[&head]).unwrap().get::<_, i32>(0)
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    retention.batch_execute("COMMIT").unwrap();
+    assert_eq!(acker.join().unwrap(), 1);
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('keyed', 10)"), ["e3"]);
+}
+
+/// A change of a consumer in progress (here: turning key ordering off, which removes its
+/// rechecks) must not make the drain wait.
+#[test]
+fn the_drain_does_not_wait_for_a_consumer_being_changed() {
+    let cluster = Cluster::start("lock-recheck-change", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('keyed', 's', ordering => 'key');
+         SELECT eventq.create_consumer('other', 's');",
+    )
+    .unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e1', key => 'k')").unwrap();
+    let head: i64 = db.query_one("SELECT task_id FROM eventq.pull('keyed')", &[]).unwrap().get(0);
+    let mut worker = cluster.connect();
+    worker.batch_execute("BEGIN").unwrap();
+    worker.execute("SELECT eventq.ack('keyed', ARRAY[$1::bigint])", &[&head]).unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e2', key => 'k')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    worker.batch_execute("COMMIT").unwrap();
+    assert!(count(&mut db, "SELECT 1 FROM eventq_internal.key_rechecks") > 0);
+    let mut dba = cluster.connect();
+    dba.batch_execute("BEGIN; SELECT eventq.alter_consumer('keyed', ordering => 'none')").unwrap();
+    db.batch_execute("SET statement_timeout = '3s'").unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'e3', key => 'k')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('other', 10)"), ["e1", "e2", "e3"]);
+    dba.batch_execute("COMMIT").unwrap();
+}
+
+/// A pull inside a long-running statement (a DO block, a function) does not drain in that
+/// statement's transaction: publishers and other readers are never held up by it.
+#[test]
+fn a_pull_inside_a_long_statement_holds_nobody_up() {
+    for settings in [&[][..], &[PRELOAD][..]] {
+        let cluster = Arc::new(Cluster::start("lock-do-block", settings));
+        let mut db = cluster.connect();
+        db.batch_execute(
+            "SELECT eventq.create_stream('s');
+             SELECT eventq.create_consumer('c', 's');
+             SELECT eventq.create_consumer('d', 's');",
+        )
+        .unwrap();
+        for _ in 0..4 {
+            at_next_second();
+            db.batch_execute("SELECT eventq.publish('s', 'fill')").unwrap();
+        }
+        let long = {
+            let cluster = cluster.clone();
+            thread::spawn(move || {
+                cluster
+                    .connect()
+                    .batch_execute("DO $$ BEGIN PERFORM * FROM eventq.pull('c', 1); PERFORM pg_sleep(4); END $$")
+                    .unwrap()
+            })
+        };
+        thread::sleep(Duration::from_millis(500));
+        let mut publisher = cluster.connect();
+        publisher.batch_execute("SET statement_timeout = '1s'").unwrap();
+        let mut reader = cluster.connect();
+        reader.batch_execute("SET statement_timeout = '2s'").unwrap();
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            publisher.execute("SELECT eventq.publish('s', 'x' || $1::int)", &[&n]).unwrap();
+            let got = column(&mut reader, "SELECT subject FROM eventq.pull('d', 100)");
+            assert!(got.contains(&format!("x{n}")), "{got:?}");
+            n += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+        long.join().unwrap();
+    }
+}

@@ -82,3 +82,17 @@ fn fetch_in_read_only_transactions() {
         }
     }
 }
+
+/// After a restart, what was staged before it is drained before a pull reads (the
+/// counters of shared memory start afresh).
+#[test]
+fn after_a_restart() {
+    let cluster = Cluster::start("rac-restart", &[PRELOAD, "eventq.worker_enabled = off"]);
+    let mut db = cluster.connect();
+    setup(&mut db);
+    db.batch_execute("SELECT eventq.publish('s', 'before')").unwrap();
+    drop(db);
+    cluster.pg_ctl(&["restart"]);
+    let mut db = cluster.connect();
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["before"]);
+}

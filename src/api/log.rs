@@ -34,13 +34,14 @@ fn fetch(
 > {
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(100), MAX_FETCH).or_raise();
+    let nested = super::called_from_a_function();
     let events = retrying(|| {
         Spi::connect(|client| {
             let c = consumer_for(client, name, Mode::Log, "fetch");
             if c.paused {
                 return Vec::new();
             }
-            super::drain_before_reading(client);
+            super::drain_before_reading(client, c.id, nested);
             log::fetch(client, c.stream_id, c.cursor_seq, c.include_re, c.exclude_re, c.start_at, max)
         })
     });

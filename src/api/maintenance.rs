@@ -17,8 +17,9 @@ use serde_json::json;
 ///
 /// It refuses to run inside a transaction block, as VACUUM does: it takes the drain lock
 /// and may truncate staging, and would hold both until the block ended, stopping delivery
-/// for everyone meanwhile. In a SERIALIZABLE transaction (a database whose default it is,
-/// say, with pg_cron) the pass runs in a helper process, READ COMMITTED: its reads would
+/// for everyone meanwhile. Called from inside a function or a DO block, whose statement
+/// may run long after, or in a SERIALIZABLE transaction (a database whose default it is,
+/// say, with pg_cron), the pass runs in a helper process, READ COMMITTED: its reads would
 /// otherwise take part in serializable conflict detection and could make the
 /// applications' own transactions fail.
 #[pg_extern]
@@ -33,7 +34,11 @@ fn run_maintenance() -> JsonB {
                 "Call it on its own (as pg_cron does); the background worker does the same work by itself."
             );
         }
-        if pg_sys::XactIsoLevel == pg_sys::XACT_SERIALIZABLE as i32 {
+        // Inside a function (whose statement may go on for long) or under SERIALIZABLE:
+        // the pass runs in a helper process.
+        if super::called_from_a_function()
+            || pg_sys::XactIsoLevel == pg_sys::XACT_SERIALIZABLE as i32
+        {
             if let Some(report) = crate::worker::run_in_helper(crate::worker::Job::Maintain) {
                 return JsonB(report);
             }
@@ -64,6 +69,8 @@ pub fn pass_report() -> JsonB {
         warning!("eventq: {error}");
     }
     let drained = pass.drained.clone().unwrap_or_default();
+    // The report must fit a helper's reply (worker::REPORT_BYTES): keep the first errors.
+    let errors: Vec<&String> = pass.errors.iter().take(100).collect();
     JsonB(json!({
         "drained_events": drained.events,
         "created_tasks": drained.tasks,
@@ -78,7 +85,7 @@ pub fn pass_report() -> JsonB {
         "held_events": pass.cleaned.held_events,
         "skipped_streams": pass.cleaned.skipped_streams,
         "removed_finished_tasks": pass.cleaned.removed_tasks,
-        "errors": pass.errors,
+        "errors": errors,
     }))
 }
 

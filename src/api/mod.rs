@@ -12,6 +12,7 @@ use crate::core::settings::Mode;
 use crate::error::{self, OrRaise};
 use crate::storage::consumers::{self, Consumer};
 use pgrx::datum::Interval;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 /// A required argument; SQL NULL is refused with 22023.
@@ -54,7 +55,7 @@ pub fn consumer_for(client: &SpiClient<'_>, name: &str, mode: Mode, call: &str) 
 }
 
 /// How long a reader waits for a drain that covers what committed before it started (the
-/// worker's, or a helper's), before it reads what there is.
+/// worker's, a helper's, or another statement's), before it reads what there is.
 const READ_AFTER_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 static GAPS_PENDING: crate::storage::Statement = crate::storage::Statement::new(
@@ -62,67 +63,116 @@ static GAPS_PENDING: crate::storage::Statement = crate::storage::Statement::new(
     &[],
 );
 
+static GAPS_OF: crate::storage::Statement = crate::storage::Statement::new(
+    "SELECT EXISTS (SELECT 1 FROM eventq_internal.routing_gaps WHERE consumer_id = $1)",
+    &[crate::storage::INT],
+);
+
+/// Whether this call runs inside another function or procedure that executes SQL (PL/pgSQL,
+/// a DO block): its statement may go on for long after the call returns. Such code runs
+/// its statements through SPI, whose executor memory ("SPI Exec") is then an ancestor of
+/// the memory the call starts in. Checked before the call opens its own SPI connection.
+pub fn called_from_a_function() -> bool {
+    unsafe {
+        let mut context = pgrx::pg_sys::CurrentMemoryContext;
+        while !context.is_null() {
+            let name = (*context).name;
+            if !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"SPI Exec" {
+                return true;
+            }
+            context = (*context).parent;
+        }
+    }
+    false
+}
+
+/// Whether a drain may run in this transaction: it is one statement's own (not a
+/// transaction block, not inside a function whose statement may go on), writable, and
+/// not SERIALIZABLE (where a drain's reads of staging would take part in serializable
+/// conflict detection and could make publishers' own transactions fail).
+pub fn may_drain_here(nested: bool) -> bool {
+    use pgrx::pg_sys;
+    unsafe {
+        !nested
+            && !pg_sys::IsTransactionBlock()
+            && !pg_sys::XactReadOnly
+            && pg_sys::XactIsoLevel != pg_sys::XACT_SERIALIZABLE as i32
+    }
+}
+
 /// Read after commit: before `pull` and `fetch` read, every event that committed before
-/// they started must be in the log. With shared memory (eventq preloaded) two counters
-/// tell whether a drain has covered that already (see `wakeup`); if not, or without shared
-/// memory, the reader drains by itself when its transaction is its own statement, or else
-/// waits for the worker or starts a helper process that drains in a transaction of its
-/// own: in a transaction block or a read-only transaction, where a drain would hold the
-/// drain lock until the transaction ended (storage::drain), and in a SERIALIZABLE one,
-/// where a drain's reads of staging would take part in serializable conflict detection and
-/// could make publishers' own transactions fail. On a standby there is nothing to drain:
-/// readers see what has been replicated.
-pub fn drain_before_reading(client: &SpiClient<'_>) {
+/// they started must be in the log, and the consumer (`consumer_id`) must have its tasks
+/// for them. With shared memory (eventq preloaded) two counters tell whether a drain has
+/// covered that already (see `wakeup`); if not, or without shared memory, the reader
+/// drains by itself when it may (`may_drain_here`; a drain elsewhere would hold the drain
+/// lock until its transaction ended, see storage::drain), or else waits for the worker or
+/// starts a helper process that drains in a transaction of its own. Waits are bounded. On
+/// a standby there is nothing to drain: readers see what has been replicated.
+pub fn drain_before_reading(client: &SpiClient<'_>, consumer_id: i32, nested: bool) {
     use crate::storage::drain;
     use crate::wakeup;
     if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
         return;
     }
-    let own_transaction = unsafe {
-        !pgrx::pg_sys::IsTransactionBlock()
-            && !pgrx::pg_sys::XactReadOnly
-            && pgrx::pg_sys::XactIsoLevel != pgrx::pg_sys::XACT_SERIALIZABLE as i32
-    };
-    let options = drain::Options { wait: false, truncate: true, chunk: crate::gucs::drain_batch_size() };
-    let drain_here = |wait: bool| {
-        drain::drain(client, drain::Options { wait, ..options })
+    let own_transaction = may_drain_here(nested);
+    let options =
+        drain::Options { wait: false, truncate: true, chunk: crate::gucs::drain_batch_size() };
+    let drain_here = || {
+        drain::drain(client, options)
             .map(|drained| drain::notify(client, drained.received))
             .is_some()
     };
-    match wakeup::published() {
+    // Drains this consumer missed while it was being changed: the next drain fills them.
+    let has_gaps = || crate::storage::scalar::<bool>(&GAPS_OF, client, &[crate::storage::arg(consumer_id)]).unwrap_or(false);
+    let pending = match wakeup::published() {
         Some(target) => {
             if wakeup::drained_through(target) {
-                return;
-            }
-            let serving = wakeup::worker_serves_this_database();
-            if serving {
-                wakeup::wake_worker();
-            } else if !own_transaction {
-                crate::worker::drain_in_helper();
-                return;
-            }
-            let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
-            while !wakeup::drained_through(target) && std::time::Instant::now() < deadline {
-                if own_transaction && drain_here(false) {
+                if !has_gaps() {
                     return;
                 }
-                wakeup::nap();
+                None
+            } else {
+                Some(target)
             }
         }
         None => {
-            if own_transaction {
-                if !drain_here(false)
-                    && (crate::storage::append::has_committed_events()
-                        || crate::storage::scalar::<bool>(&GAPS_PENDING, client, &[])
-                            .unwrap_or(false))
-                {
-                    drain_here(true);
+            let pending = crate::storage::append::has_committed_events()
+                || crate::storage::scalar::<bool>(&GAPS_PENDING, client, &[]).unwrap_or(false);
+            if !pending {
+                return;
+            }
+            None
+        }
+    };
+    if !own_transaction {
+        match pending {
+            Some(target) if wakeup::worker_serves_this_database() => {
+                wakeup::wake_worker();
+                let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
+                while !wakeup::drained_through(target) && std::time::Instant::now() < deadline {
+                    wakeup::nap();
                 }
-            } else if crate::storage::append::has_committed_events()
-                || crate::storage::scalar::<bool>(&GAPS_PENDING, client, &[]).unwrap_or(false)
-            {
-                crate::worker::drain_in_helper();
+            }
+            _ => {
+                if !crate::worker::drain_in_helper() {
+                    warning!(
+                        "eventq: no background worker slot for a helper to drain; reading what is drained (raise max_worker_processes)"
+                    );
+                }
             }
         }
+        return;
+    }
+    // Drain here; while another drain holds the lock, wait for it to cover us, or for the
+    // lock.
+    let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
+    loop {
+        if drain_here() {
+            return;
+        }
+        if pending.is_some_and(wakeup::drained_through) || std::time::Instant::now() >= deadline {
+            return;
+        }
+        wakeup::nap();
     }
 }

@@ -41,13 +41,14 @@ fn pull(
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
     let lease = super::duration_micros(lease, "lease");
+    let nested = super::called_from_a_function();
     let leased = retrying(|| {
         Spi::connect(|client| {
             let c = consumer_for(client, name, Mode::Task, "pull");
             if c.paused {
                 return Vec::new();
             }
-            super::drain_before_reading(client);
+            super::drain_before_reading(client, c.id, nested);
             // Expired leases and due retries of this consumer; skipped while the consumer
             // is being changed (its lock is held), and never waiting for anyone.
             if locks::try_lock_consumer(c.id, locks::Mode::Shared) {

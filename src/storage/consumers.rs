@@ -293,7 +293,7 @@ pub fn replay(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone
     let Some(row) = REPLAY.first_row(client, &[arg(c.id), arg(since)]) else { return 0 };
     let keys: Vec<String> = column(&row, 2).unwrap_or_default();
     if !keys.is_empty() {
-        keys::settle_keys(client, c.id, Some(keys), keys::Busy::Wait);
+        keys::settle_keys(client, c.id, keys, keys::Busy::Wait);
     }
     column(&row, 1).unwrap_or(0)
 }
@@ -335,7 +335,7 @@ pub fn patterns(client: &SpiClient<'_>, id: i32) -> (Vec<String>, Vec<String>) {
 // Turning key ordering on: unfinished tasks take their event's key. Of each key's
 // unfinished tasks one is in flight: the oldest running one if any runs (tasks already
 // running cannot be called back, and finish as they will), else the oldest. The others
-// wait their turn.
+// wait their turn. The tasks are locked first, so that no pull leases one meanwhile.
 static ORDER_BY_KEY: Statement = Statement::new(
     "WITH keyed AS (
          SELECT t.seq, t.state, e.key AS order_key
@@ -344,13 +344,14 @@ static ORDER_BY_KEY: Statement = Statement::new(
          JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq
          WHERE t.consumer_id = $1 AND e.key IS NOT NULL
            AND t.state IN ('available', 'scheduled', 'running', 'retryable', 'waiting')
+         FOR UPDATE OF t
      ), heads AS (
          SELECT DISTINCT ON (order_key) order_key, seq FROM keyed
          ORDER BY order_key, (state = 'running') DESC, seq
      ), changed AS (
          UPDATE eventq_internal.tasks t
          SET order_key = k.order_key,
-             state = CASE WHEN k.state = 'running' OR k.seq IN (SELECT seq FROM heads)
+             state = CASE WHEN t.state = 'running' OR k.seq IN (SELECT seq FROM heads)
                           THEN t.state ELSE 'waiting' END::eventq_internal.task_state
          FROM keyed k
          WHERE t.consumer_id = $1 AND t.seq = k.seq

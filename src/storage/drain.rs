@@ -33,7 +33,7 @@
 //! and truncated. TRUNCATE ignores snapshots, so it must never run with a stale one.
 
 use super::{
-    arg, column, keys, locks, scalar, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY,
+    arg, column, keys, locks, release, scalar, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY,
     TEXT_ARRAY, TIMESTAMPTZ_ARRAY,
 };
 use crate::core::settings::Mode;
@@ -87,14 +87,16 @@ static TRUNCATE: [Statement; 4] = [
 static SEQ_HEAD: Statement =
     Statement::new("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[]);
 
-// Moves every visible staged event, except those of streams being dropped ($1), into the
-// log, numbered in (transaction id, id) order; events of dropped streams are deleted
-// without a trace. Numbers are reserved with one setval under the drain lock; an aborted
+// Moves every visible staged event of the streams this drain holds ($1) into the log,
+// numbered in (transaction id, id) order; events of streams that no longer exist are
+// deleted without a trace. (A stream created since this drain looked waits for the next.) Numbers are reserved with one setval under the drain lock; an aborted
 // drain leaves a gap, never a reuse. Records the drain; returns, per stream, the range of
 // seq numbers given out.
 static MOVE: Statement = Statement::new(
     "WITH moved AS (
-         DELETE FROM eventq_internal.staged WHERE stream_id <> ALL ($1::int[])
+         DELETE FROM eventq_internal.staged s
+         WHERE s.stream_id = ANY ($1::int[])
+            OR NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)
          RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at
      ), kept AS (
          SELECT m.*, row_number() OVER (ORDER BY m.xid, m.id) AS n
@@ -271,9 +273,14 @@ pub fn drain(client: &SpiClient<'_>, options: Options) -> Option<Drained> {
     if !staged && !gaps && !rechecks && idle.is_empty() {
         return Some(total);
     }
-    let busy_streams = busy_streams(client);
+    // Keys left for a recheck first: a new task must not take a key ahead of older tasks
+    // that wait for it.
+    if rechecks {
+        total.keys_rechecked = keys::recheck(client, 10_000);
+    }
+    let streams = held_streams(client);
     if staged || gaps {
-        move_all(client, options.chunk, &busy_streams, &mut total);
+        move_all(client, options.chunk, &streams, &mut total);
     }
     for (slot, relation) in idle {
         // Exclusively held, a slot has no uncommitted rows; once every committed row has
@@ -286,25 +293,23 @@ pub fn drain(client: &SpiClient<'_>, options: Options) -> Option<Drained> {
         if !locked {
             continue;
         }
-        move_all(client, options.chunk, &busy_streams, &mut total);
+        move_all(client, options.chunk, &streams, &mut total);
         if scalar::<bool>(&SLOT_IS_EMPTY, client, &[arg(slot)]).unwrap_or(false) {
             TRUNCATE[slot as usize].run(client, &[]);
             total.truncated += 1;
         }
     }
-    if rechecks {
-        total.keys_rechecked = keys::recheck(client, 10_000);
-    }
     Some(total)
 }
 
-/// Streams being dropped right now (their lock is held exclusively): their staged events
-/// stay where they are, to be drained if the drop rolls back or deleted if it commits.
-fn busy_streams(client: &SpiClient<'_>) -> Vec<i32> {
+/// The streams this drain holds (shared): all but those being dropped right now, whose
+/// staged events stay where they are, to be drained if the drop rolls back or deleted if it
+/// commits.
+fn held_streams(client: &SpiClient<'_>) -> Vec<i32> {
     STREAM_IDS
         .run(client, &[])
         .filter_map(|row| column::<i32>(&row, 1))
-        .filter(|&id| !locks::try_lock_stream(id, locks::Mode::Shared))
+        .filter(|&id| locks::try_lock_stream(id, locks::Mode::Shared))
         .collect()
 }
 
@@ -317,10 +322,10 @@ pub fn notify(client: &SpiClient<'_>, received: BTreeMap<String, i64>) {
 }
 
 /// Moves and fans out every visible staged event, and fills gaps; needs the drain lock.
-fn move_all(client: &SpiClient<'_>, chunk: i64, busy_streams: &[i32], total: &mut Drained) {
+fn move_all(client: &SpiClient<'_>, chunk: i64, streams: &[i32], total: &mut Drained) {
     let head_before: i64 = scalar(&SEQ_HEAD, client, &[]).unwrap_or(0);
     let moved: Vec<(i32, i64, i64, i64)> = MOVE
-        .run(client, &[arg(busy_streams.to_vec())])
+        .run(client, &[arg(streams.to_vec())])
         .filter_map(|row| {
             Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3)?, column(&row, 4)?))
         })
@@ -388,28 +393,45 @@ impl FanOut {
     /// consumer with gaps has them filled first (under its exclusive lock), so that its
     /// tasks are created in seq order.
     fn routes(&mut self, client: &SpiClient<'_>, stream_id: i32, first: i64, last: i64) {
+        // Lock first, then read the settings: a change (which holds the lock exclusively)
+        // cannot commit between the read and the routing.
+        let candidates: Vec<(i32, bool, bool)> = ROUTES
+            .run(client, &[arg(stream_id)])
+            .filter_map(|row| {
+                let mode = Mode::parse(&column::<String>(&row, 3).unwrap_or_default()).ok()?;
+                Some((column(&row, 1)?, mode == Mode::Task, column(&row, 8).unwrap_or(false)))
+            })
+            .collect();
+        let mut held = HashSet::new();
+        for (consumer_id, task_mode, has_gaps) in candidates {
+            self.handled.insert(consumer_id);
+            if !task_mode {
+                held.insert(consumer_id);
+                continue;
+            }
+            let lock_mode = if has_gaps { locks::Mode::Exclusive } else { locks::Mode::Shared };
+            if locks::try_lock_consumer(consumer_id, lock_mode) {
+                held.insert(consumer_id);
+            } else {
+                ADD_GAP.run(client, &[arg(consumer_id), arg(first), arg(last)]);
+                self.gaps_left += 1;
+            }
+        }
         let mut router = Router::default();
         let mut routes = Vec::new();
         let rows: Vec<_> = ROUTES.run(client, &[arg(stream_id)]).collect();
         for row in rows {
             let consumer_id: i32 = column(&row, 1).unwrap_or(0);
+            if !held.contains(&consumer_id) {
+                // busy, or created since the first look: the next drain fills its gap
+                continue;
+            }
             let name: String = column(&row, 2).unwrap_or_default();
             let mode = Mode::parse(&column::<String>(&row, 3).unwrap_or_default())
                 .unwrap_or(Mode::Task);
-            let has_gaps: bool = column(&row, 8).unwrap_or(false);
-            self.handled.insert(consumer_id);
-            if mode == Mode::Task {
-                let lock_mode =
-                    if has_gaps { locks::Mode::Exclusive } else { locks::Mode::Shared };
-                if !locks::try_lock_consumer(consumer_id, lock_mode) {
-                    ADD_GAP.run(client, &[arg(consumer_id), arg(first), arg(last)]);
-                    self.gaps_left += 1;
-                    continue;
-                }
-                if has_gaps {
-                    // before this pass's events, which are routed to it below
-                    self.fill_gaps(client, consumer_id, self.head_before);
-                }
+            if mode == Mode::Task && column::<bool>(&row, 8).unwrap_or(false) {
+                // before this pass's events, which are routed to it below
+                self.fill_gaps(client, consumer_id, self.head_before);
             }
             let include: Vec<String> = column(&row, 4).unwrap_or_default();
             let exclude: Vec<String> = column(&row, 5).unwrap_or_default();
@@ -441,7 +463,7 @@ impl FanOut {
         self.gap_tasks += column::<i64>(&row, 1).unwrap_or(0);
         let keys: Vec<String> = column(&row, 2).unwrap_or_default();
         if !keys.is_empty() {
-            keys::settle_keys(client, consumer_id, Some(keys), keys::Busy::Recheck);
+            keys::settle_keys(client, consumer_id, keys, keys::Busy::Recheck);
         }
     }
 
@@ -453,8 +475,9 @@ impl FanOut {
         }
         let mut after = first - 1;
         loop {
-            let events: Vec<MovedEvent> = MOVED_EVENTS
-                .run(client, &[arg(stream_id), arg(after), arg(last), arg(chunk)])
+            let mut rows = MOVED_EVENTS.run(client, &[arg(stream_id), arg(after), arg(last), arg(chunk)]);
+            let events: Vec<MovedEvent> = rows
+                .by_ref()
                 .filter_map(|row| {
                     Some(MovedEvent {
                         seq: column(&row, 1)?,
@@ -465,6 +488,8 @@ impl FanOut {
                     })
                 })
                 .collect();
+            // A drain over a large backlog must not keep every chunk until it ends.
+            rows.free();
             let Some(last_read) = events.last().map(|e| e.seq) else { break };
             after = last_read;
             self.chunk(client, stream_id, events);
@@ -509,12 +534,12 @@ impl FanOut {
             return;
         }
         self.created += consumer.len() as i64;
-        let heads = keys::claim(client, &mut claims);
+        let claimed = keys::claim(client, &mut claims);
         let heads_key: Vec<bool> =
-            consumer.iter().zip(&seq).map(|(c, s)| heads.contains(&(*c, *s))).collect();
-        INSERT_TASKS.run(
-            client,
-            &[arg(consumer), arg(seq), arg(key), arg(deliver_at), arg(heads_key)],
-        );
+            consumer.iter().zip(&seq).map(|(c, s)| claimed.heads.contains(&(*c, *s))).collect();
+        let args = vec![arg(consumer), arg(seq), arg(key), arg(deliver_at), arg(heads_key)];
+        INSERT_TASKS.run(client, &args);
+        release(args);
+        keys::settle_held(client, claimed.to_settle);
     }
 }

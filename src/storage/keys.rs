@@ -19,11 +19,16 @@
 //! lock would make it wait; it only ever waits for a drain (which is short) or for another
 //! transaction that is finishing the same key.
 //!
+//! A new task takes an idle key (no head) only when nothing of the key waits: a key can be
+//! idle with tasks waiting while a recheck is pending, and the oldest waiting task must go
+//! first. Settling promotes a waiting task first and only then names it the head, so a
+//! task that vanished meanwhile (retention) never becomes a head; the key is settled again.
+//!
 //! Rows of idle keys keep `head_seq = NULL` instead of being deleted, so that a drain never
 //! has to insert a key a finisher is deleting (an insert would wait on it); cleanup removes
-//! idle rows under the drain lock.
+//! idle rows under the drain lock. `key_rechecks` has no unique key for the same reason.
 
-use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT_ARRAY};
+use super::{arg, column, release, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT_ARRAY};
 use pgrx::spi::SpiClient;
 use std::collections::{BTreeMap, HashSet};
 
@@ -36,9 +41,11 @@ pub enum Busy {
     Recheck,
 }
 
-// The drain's claims: the first new task of each (consumer, key) in this drain. A key whose
-// row is free and idle is taken by the claim's task; a key whose row is busy gets a
-// recheck; a key without a row gets one. Returns the claims that now head their key.
+// The drain's claims: the first new task of each (consumer, key) in this drain. Of the
+// rows it can lock, those of idle keys with nothing waiting are taken by the claim's task;
+// the others (idle with tasks waiting, or a head no longer in flight) are returned to be
+// settled once the new tasks are in. A busy row gets a recheck; a missing row is created
+// with the claim's task as head (if a concurrent insert beat it, a recheck).
 static CLAIM: Statement = Statement::new(
     "WITH wanted AS (
          SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS w(consumer_id, order_key, seq)
@@ -52,13 +59,24 @@ static CLAIM: Statement = Statement::new(
          WHERE (h.consumer_id, h.order_key) IN (SELECT consumer_id, order_key FROM present)
          ORDER BY h.consumer_id, h.order_key
          FOR UPDATE OF h SKIP LOCKED
-     ), claimed AS (
-         UPDATE eventq_internal.key_heads h SET head_seq = w.seq
+     ), judged AS (
+         SELECT l.consumer_id, l.order_key, w.seq,
+                l.head_seq IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
+                                  WHERE t.consumer_id = l.consumer_id AND t.order_key = l.order_key
+                                    AND t.state = 'waiting') AS free,
+                l.head_seq IS NULL
+                  OR NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
+                                 WHERE t.consumer_id = l.consumer_id AND t.seq = l.head_seq
+                                   AND t.state IN ('available', 'scheduled', 'running', 'retryable'))
+                  AS stale
          FROM locked l
          JOIN wanted w ON w.consumer_id = l.consumer_id AND w.order_key = l.order_key
-         WHERE l.head_seq IS NULL
-           AND h.consumer_id = l.consumer_id AND h.order_key = l.order_key
-         RETURNING h.consumer_id, h.head_seq
+     ), claimed AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = j.seq
+         FROM judged j
+         WHERE j.free AND h.consumer_id = j.consumer_id AND h.order_key = j.order_key
+         RETURNING h.consumer_id, h.order_key, h.head_seq
      ), inserted AS (
          INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
          SELECT w.consumer_id, w.order_key, w.seq FROM wanted w
@@ -66,34 +84,78 @@ static CLAIM: Statement = Statement::new(
                            WHERE p.consumer_id = w.consumer_id AND p.order_key = w.order_key)
          ORDER BY 1, 2
          ON CONFLICT DO NOTHING
-         RETURNING consumer_id, head_seq
+         RETURNING consumer_id, order_key, head_seq
      ), busy AS (
          INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
          SELECT p.consumer_id, p.order_key FROM present p
          WHERE NOT EXISTS (SELECT 1 FROM locked l
                            WHERE l.consumer_id = p.consumer_id AND l.order_key = p.order_key)
-         ON CONFLICT DO NOTHING
+         UNION ALL
+         SELECT w.consumer_id, w.order_key FROM wanted w
+         WHERE NOT EXISTS (SELECT 1 FROM present p
+                           WHERE p.consumer_id = w.consumer_id AND p.order_key = w.order_key)
+           AND NOT EXISTS (SELECT 1 FROM inserted i
+                           WHERE i.consumer_id = w.consumer_id AND i.order_key = w.order_key)
      )
-     SELECT consumer_id, head_seq FROM claimed
+     SELECT consumer_id, order_key, head_seq, true FROM claimed
      UNION ALL
-     SELECT consumer_id, head_seq FROM inserted",
+     SELECT consumer_id, order_key, head_seq, true FROM inserted
+     UNION ALL
+     SELECT consumer_id, order_key, seq, false FROM judged WHERE NOT free AND stale",
     &[INT_ARRAY, TEXT_ARRAY, BIGINT_ARRAY],
 );
 
-/// The drain's claims, `(consumer, key, seq)` of the first new task of each key. Returns
-/// the `(consumer, seq)` of the claims that head their key; the other new tasks wait.
-pub fn claim(client: &SpiClient<'_>, claims: &mut [(i32, String, i64)]) -> HashSet<(i32, i64)> {
+/// What the drain's claims came to.
+#[derive(Default)]
+pub struct Claimed {
+    /// `(consumer, seq)` of the new tasks that head their key.
+    pub heads: HashSet<(i32, i64)>,
+    /// Keys the drain holds whose head is not in flight although tasks wait: to be settled
+    /// once the new tasks are in (`settle_held`).
+    pub to_settle: Vec<(i32, String)>,
+}
+
+/// The drain's claims, `(consumer, key, seq)` of the first new task of each key.
+pub fn claim(client: &SpiClient<'_>, claims: &mut [(i32, String, i64)]) -> Claimed {
+    let mut result = Claimed::default();
     if claims.is_empty() {
-        return HashSet::new();
+        return result;
     }
     claims.sort();
     let consumers: Vec<i32> = claims.iter().map(|c| c.0).collect();
     let keys: Vec<String> = claims.iter().map(|c| c.1.clone()).collect();
     let seqs: Vec<i64> = claims.iter().map(|c| c.2).collect();
-    CLAIM
-        .run(client, &[arg(consumers), arg(keys), arg(seqs)])
-        .filter_map(|row| Some((column::<i32>(&row, 1)?, column::<i64>(&row, 2)?)))
-        .collect()
+    let args = vec![arg(consumers), arg(keys), arg(seqs)];
+    let mut rows = CLAIM.run(client, &args);
+    for row in rows.by_ref() {
+        let (Some(consumer), Some(key), Some(seq), Some(heads)) = (
+            column::<i32>(&row, 1),
+            column::<String>(&row, 2),
+            column::<i64>(&row, 3),
+            column::<bool>(&row, 4),
+        ) else {
+            continue;
+        };
+        if heads {
+            result.heads.insert((consumer, seq));
+        } else {
+            result.to_settle.push((consumer, key));
+        }
+    }
+    rows.free();
+    release(args);
+    result
+}
+
+/// Settles keys whose rows this transaction already holds (see `Claimed::to_settle`).
+pub fn settle_held(client: &SpiClient<'_>, keys: Vec<(i32, String)>) {
+    let mut by_consumer: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (consumer, key) in keys {
+        by_consumer.entry(consumer).or_default().push(key);
+    }
+    for (consumer, keys) in by_consumer {
+        settle(client, consumer, keys);
+    }
 }
 
 // Rows of keys whose head is one of the given (just finished) tasks, locked in key order.
@@ -124,7 +186,6 @@ static LOCK_FINISHED_OR_RECHECK: Statement = Statement::new(
          INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
          SELECT $1, order_key FROM present
          WHERE order_key NOT IN (SELECT order_key FROM locked)
-         ON CONFLICT DO NOTHING
      )
      SELECT order_key FROM locked",
     &[INT, TEXT_ARRAY, BIGINT_ARRAY],
@@ -169,7 +230,6 @@ static LOCK_KEYS_OR_RECHECK: Statement = Statement::new(
          INSERT INTO eventq_internal.key_rechecks (consumer_id, order_key)
          SELECT $1, k FROM unnest($2::text[]) AS k
          WHERE k NOT IN (SELECT order_key FROM locked)
-         ON CONFLICT DO NOTHING
      )
      SELECT order_key FROM locked",
     &[INT, TEXT_ARRAY],
@@ -177,7 +237,10 @@ static LOCK_KEYS_OR_RECHECK: Statement = Statement::new(
 
 // Keys (locked by the caller) whose head is no longer in flight get their oldest waiting
 // task as head, or none. Runs as its own statement after the rows were locked, so that its
-// snapshot includes every task added by whoever held them before.
+// snapshot includes every task added by whoever held them before. The task is promoted
+// first and the head named from what was promoted: a task deleted meanwhile (retention)
+// never becomes a head. Returns the keys left without a head although tasks still wait
+// (their first candidate vanished): the caller settles them again.
 static SETTLE: Statement = Statement::new(
     "WITH heads AS (
          SELECT h.order_key, h.head_seq FROM eventq_internal.key_heads h
@@ -194,22 +257,34 @@ static SETTLE: Statement = Statement::new(
          WHERE t.consumer_id = $1 AND t.state = 'waiting'
            AND t.order_key IN (SELECT order_key FROM stale)
          ORDER BY t.order_key, t.seq
-     ), moved AS (
-         UPDATE eventq_internal.key_heads h SET head_seq = n.seq
-         FROM stale s LEFT JOIN next n ON n.order_key = s.order_key
+     ), promoted AS (
+         UPDATE eventq_internal.tasks t
+         SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+                     ::eventq_internal.task_state
+         FROM next n
+         WHERE t.consumer_id = $1 AND t.seq = n.seq AND t.state = 'waiting'
+         RETURNING t.order_key, t.seq
+     ), named AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = p.seq
+         FROM stale s LEFT JOIN promoted p ON p.order_key = s.order_key
          WHERE h.consumer_id = $1 AND h.order_key = s.order_key
      )
-     UPDATE eventq_internal.tasks t
-     SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
-                 ::eventq_internal.task_state
-     FROM next n
-     WHERE t.consumer_id = $1 AND t.seq = n.seq AND t.state = 'waiting'",
+     SELECT n.order_key FROM next n
+     WHERE NOT EXISTS (SELECT 1 FROM promoted p WHERE p.order_key = n.order_key)",
     &[INT, TEXT_ARRAY],
 );
 
-fn settle(client: &SpiClient<'_>, consumer_id: i32, locked: Vec<String>) {
-    if !locked.is_empty() {
-        SETTLE.run(client, &[arg(consumer_id), arg(locked)]);
+/// Settles keys whose rows the caller holds.
+fn settle(client: &SpiClient<'_>, consumer_id: i32, mut locked: Vec<String>) {
+    // Each round promotes a waiting task or finds it gone; rounds end when none vanished.
+    for _ in 0..1000 {
+        if locked.is_empty() {
+            break;
+        }
+        locked = SETTLE
+            .run(client, &[arg(consumer_id), arg(locked)])
+            .filter_map(|row| column(&row, 1))
+            .collect();
     }
 }
 
@@ -242,25 +317,9 @@ pub fn advance_all(client: &SpiClient<'_>, finished: Vec<(i32, String, i64)>, bu
     }
 }
 
-static WAITING_KEYS: Statement = Statement::new(
-    "SELECT DISTINCT order_key FROM eventq_internal.tasks
-     WHERE consumer_id = $1 AND state = 'waiting'",
-    &[INT],
-);
-
-/// Makes sure each of `keys` (None: every key of the consumer with waiting tasks) has a
-/// head if it has waiting tasks and nothing in flight. Returns the keys it could settle;
-/// with `Busy::Recheck`, busy ones are left for a recheck.
-pub fn settle_keys(
-    client: &SpiClient<'_>,
-    consumer_id: i32,
-    keys: Option<Vec<String>>,
-    busy: Busy,
-) -> Vec<String> {
-    let keys: Vec<String> = match keys {
-        Some(keys) => keys,
-        None => WAITING_KEYS.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect(),
-    };
+/// Makes sure each of `keys` has a head if it has waiting tasks and nothing in flight.
+/// Returns the keys it could settle; with `Busy::Recheck`, busy ones are left for a recheck.
+pub fn settle_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>, busy: Busy) -> Vec<String> {
     if keys.is_empty() {
         return keys;
     }
@@ -284,37 +343,65 @@ static RECHECKS: Statement = Statement::new(
          WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c
                            WHERE c.id = r.consumer_id AND c.ordering = 'key')
      )
-     SELECT r.consumer_id, r.order_key FROM eventq_internal.key_rechecks r
+     SELECT DISTINCT r.consumer_id, r.order_key FROM eventq_internal.key_rechecks r
      JOIN eventq_internal.consumers c ON c.id = r.consumer_id AND c.ordering = 'key'
      ORDER BY 1, 2 LIMIT $1",
     &[BIGINT],
 );
 
 static RECHECKS_OF: Statement = Statement::new(
-    "SELECT order_key FROM eventq_internal.key_rechecks WHERE consumer_id = $1
+    "SELECT DISTINCT order_key FROM eventq_internal.key_rechecks WHERE consumer_id = $1
      ORDER BY order_key LIMIT 1000",
     &[INT],
 );
 
-/// `recheck` for one consumer (by lease rescue, which runs for everyone).
+static RECHECKED: Statement = Statement::new(
+    "DELETE FROM eventq_internal.key_rechecks WHERE consumer_id = $1 AND order_key = ANY ($2)",
+    &[INT, TEXT_ARRAY],
+);
+
+/// Settles the keys of one consumer left for a recheck; the caller holds the consumer's
+/// lock (shared), so that no change of the consumer is under way. Returns how many.
 pub fn recheck_for(client: &SpiClient<'_>, consumer_id: i32) -> i64 {
     let keys: Vec<String> =
         RECHECKS_OF.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect();
+    recheck_keys(client, consumer_id, keys)
+}
+
+fn recheck_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>) -> i64 {
     if keys.is_empty() {
         return 0;
     }
-    let done = settle_keys(client, consumer_id, Some(keys), Busy::Recheck);
+    let done = settle_keys(client, consumer_id, keys, Busy::Recheck);
     if !done.is_empty() {
         RECHECKED.run(client, &[arg(consumer_id), arg(done.clone())]);
     }
     done.len() as i64
 }
 
+/// Settles keys left for a recheck, of every consumer whose lock (shared) can be had at
+/// once. Keys still busy stay for the next time. Returns how many were settled.
+pub fn recheck(client: &SpiClient<'_>, limit: i64) -> i64 {
+    let mut by_consumer: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for row in RECHECKS.run(client, &[arg(limit)]) {
+        if let (Some(consumer), Some(key)) = (column::<i32>(&row, 1), column::<String>(&row, 2)) {
+            by_consumer.entry(consumer).or_default().push(key);
+        }
+    }
+    let mut settled = 0;
+    for (consumer, keys) in by_consumer {
+        if super::locks::try_lock_consumer(consumer, super::locks::Mode::Shared) {
+            settled += recheck_keys(client, consumer, keys);
+        }
+    }
+    settled
+}
+
 /// Settles a consumer's keys left for a recheck from inside a worker's own transaction
 /// (before it pulls), so that a key never waits for the next drain. It only settles rows it
-/// can lock at once and changes nothing else: a row of `key_rechecks` or a new key row
-/// that a worker's long transaction held would make a drain wait for it. Drains and
-/// background passes remove the rechecks.
+/// can lock at once and writes nothing else: a recheck row or a new key row that a
+/// worker's long transaction held would make a drain wait for it. Drains and background
+/// passes remove the rechecks.
 pub fn settle_rechecked(client: &SpiClient<'_>, consumer_id: i32) {
     let keys: Vec<String> =
         RECHECKS_OF.run(client, &[arg(consumer_id)]).filter_map(|r| column(&r, 1)).collect();
@@ -326,29 +413,4 @@ pub fn settle_rechecked(client: &SpiClient<'_>, consumer_id: i32) {
         .filter_map(|row| column(&row, 1))
         .collect();
     settle(client, consumer_id, locked);
-}
-
-static RECHECKED: Statement = Statement::new(
-    "DELETE FROM eventq_internal.key_rechecks WHERE consumer_id = $1 AND order_key = ANY ($2)",
-    &[INT, TEXT_ARRAY],
-);
-
-/// Settles keys left for a recheck (by the drain or a background pass that found their
-/// rows busy). Keys still busy stay for the next time. Returns how many were settled.
-pub fn recheck(client: &SpiClient<'_>, limit: i64) -> i64 {
-    let mut by_consumer: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-    for row in RECHECKS.run(client, &[arg(limit)]) {
-        if let (Some(consumer), Some(key)) = (column::<i32>(&row, 1), column::<String>(&row, 2)) {
-            by_consumer.entry(consumer).or_default().push(key);
-        }
-    }
-    let mut settled = 0;
-    for (consumer, keys) in by_consumer {
-        let done = settle_keys(client, consumer, Some(keys), Busy::Recheck);
-        settled += done.len() as i64;
-        if !done.is_empty() {
-            RECHECKED.run(client, &[arg(consumer), arg(done)]);
-        }
-    }
-    settled
 }

@@ -403,7 +403,7 @@ pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i6
     };
     let redriven_keys: Vec<String> = column(&row, 2).unwrap_or_default();
     if !redriven_keys.is_empty() {
-        keys::settle_keys(client, consumer_id, Some(redriven_keys), Busy::Wait);
+        keys::settle_keys(client, consumer_id, redriven_keys, Busy::Wait);
     }
     column(&row, 1).unwrap_or(0)
 }
