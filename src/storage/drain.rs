@@ -124,12 +124,14 @@ static MOVE: Statement = Statement::new(
     &[INT_ARRAY],
 );
 
-// What routing needs of the events just moved, read back in chunks.
+// What routing needs of the events just moved, read back a window of seq numbers at a
+// time ($2, $3]: whatever plan stale statistics lead to (right after a first burst they
+// say the log is empty), a window costs what it holds, not what the whole drain moved.
 static MOVED_EVENTS: Statement = Statement::new(
     "SELECT seq, subject, key, deliver_at, published_at FROM eventq_internal.events
      WHERE stream_id = $1 AND seq > $2 AND seq <= $3
-     ORDER BY seq LIMIT $4",
-    &[INT, BIGINT, BIGINT, BIGINT],
+     ORDER BY seq",
+    &[INT, BIGINT, BIGINT],
 );
 
 static ROUTES: Statement = Statement::new(
@@ -177,8 +179,11 @@ static FILL_GAPS: Statement = Statement::new(
                 CASE WHEN c.keyed THEN e.key END
          FROM c
          CROSS JOIN gaps g
-         JOIN eventq_internal.events e
-           ON e.stream_id = c.stream_id AND e.seq >= g.from_seq AND e.seq <= g.to_seq
+         CROSS JOIN LATERAL (
+             SELECT * FROM eventq_internal.events e
+             WHERE e.stream_id = c.stream_id AND e.seq >= g.from_seq AND e.seq <= g.to_seq
+             ORDER BY e.stream_id, e.seq
+         ) e
          WHERE (c.include_re IS NULL OR e.subject ~ c.include_re)
            AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
            AND (c.start_at IS NULL OR e.published_at >= c.start_at)
@@ -474,8 +479,9 @@ impl FanOut {
             return;
         }
         let mut after = first - 1;
-        loop {
-            let mut rows = MOVED_EVENTS.run(client, &[arg(stream_id), arg(after), arg(last), arg(chunk)]);
+        while after < last {
+            let until = last.min(after.saturating_add(chunk));
+            let mut rows = MOVED_EVENTS.run(client, &[arg(stream_id), arg(after), arg(until)]);
             let events: Vec<MovedEvent> = rows
                 .by_ref()
                 .filter_map(|row| {
@@ -490,9 +496,10 @@ impl FanOut {
                 .collect();
             // A drain over a large backlog must not keep every chunk until it ends.
             rows.free();
-            let Some(last_read) = events.last().map(|e| e.seq) else { break };
-            after = last_read;
-            self.chunk(client, stream_id, events);
+            after = until;
+            if !events.is_empty() {
+                self.chunk(client, stream_id, events);
+            }
         }
     }
 

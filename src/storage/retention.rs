@@ -14,8 +14,11 @@ use pgrx::spi::SpiClient;
 
 /// Rows per round.
 const ROUND: i64 = 10_000;
-/// Rounds per stream or consumer and call, so that one call stays short.
+/// Rounds per stream and call, so that one call stays short.
 const MAX_ROUNDS: usize = 20;
+/// Rounds of the walk over a consumer's tasks per call: the walk goes on from there at the
+/// next call, so every task is looked at within a few calls.
+const CLEANUP_ROUNDS: usize = 5;
 
 static STREAMS_WITH_RETENTION: Statement = Statement::new(
     "SELECT id, (extract(epoch FROM retention) * 1000000)::bigint
@@ -108,14 +111,14 @@ static CONSUMERS_WITH_TASKS: Statement = Statement::new(
     &[],
 );
 
-// A consumer's tasks after $4 in seq order, a window at a time: those finished long enough
+// A consumer's tasks in a window of seq numbers ($4, $4 + $3]: those finished long enough
 // ago go. Walking every task (not only the oldest finished ones) finds finished tasks
-// wherever they are, e.g. behind older tasks that were redriven and finished again later.
+// wherever they are, e.g. behind older tasks that were redriven and finished again later;
+// windows of seq numbers cost what they hold whatever plan stale statistics lead to.
 static REMOVE_FINISHED: Statement = Statement::new(
     "WITH scanned AS (
          SELECT ctid, seq, state, finished_at FROM eventq_internal.tasks
-         WHERE consumer_id = $1 AND seq > $4
-         ORDER BY seq LIMIT $3
+         WHERE consumer_id = $1 AND seq > $4 AND seq <= $4 + $3
      ), doomed AS (
          SELECT t.ctid FROM eventq_internal.tasks t
          WHERE t.ctid = ANY (ARRAY (
@@ -131,8 +134,7 @@ static REMOVE_FINISHED: Statement = Statement::new(
          DELETE FROM eventq_internal.attempts a USING gone g
          WHERE a.consumer_id = $1 AND a.task_id = g.seq
      )
-     SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM scanned),
-            (SELECT max(seq) FROM scanned)",
+     SELECT (SELECT count(*) FROM gone)",
     &[INT, BIGINT, BIGINT, BIGINT],
 );
 
@@ -250,6 +252,11 @@ pub fn expire_stream(client: &SpiClient<'_>, stream_id: i32, retention_us: i64) 
     cleaned
 }
 
+static TASK_SPAN: Statement = Statement::new(
+    "SELECT min(seq), max(seq) FROM eventq_internal.tasks WHERE consumer_id = $1",
+    &[INT],
+);
+
 /// Removes one consumer's tasks finished more than `keep_seconds` ago, continuing where the
 /// last call stopped.
 pub fn remove_finished(
@@ -261,23 +268,23 @@ pub fn remove_finished(
     if !locks::try_lock_consumer(consumer_id, locks::Mode::Shared) {
         return 0;
     }
+    let Some(span) = TASK_SPAN.first_row(client, &[arg(consumer_id)]) else { return 0 };
+    let (Some(lowest), Some(highest)) = (column::<i64>(&span, 1), column::<i64>(&span, 2)) else {
+        return 0;
+    };
     let mut removed = 0;
-    let mut position = start_after;
-    for _ in 0..MAX_ROUNDS {
-        let Some(row) = REMOVE_FINISHED.first_row(
-            client,
-            &[arg(consumer_id), arg(keep_seconds), arg(ROUND), arg(position)],
-        ) else {
-            break;
-        };
-        removed += column::<i64>(&row, 1).unwrap_or(0);
-        let scanned: i64 = column(&row, 2).unwrap_or(0);
-        if scanned < ROUND {
+    let mut position = start_after.max(lowest - 1);
+    for _ in 0..CLEANUP_ROUNDS {
+        if position >= highest {
             // the end: the next call starts from the beginning
             position = 0;
             break;
         }
-        position = column(&row, 3).unwrap_or(0);
+        removed += REMOVE_FINISHED
+            .first_row(client, &[arg(consumer_id), arg(keep_seconds), arg(ROUND), arg(position)])
+            .and_then(|row| column::<i64>(&row, 1))
+            .unwrap_or(0);
+        position += ROUND;
     }
     if position != start_after {
         SET_CLEANUP_SEQ.run(client, &[arg(consumer_id), arg(position)]);
