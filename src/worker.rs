@@ -79,6 +79,9 @@ fn session_settings() {
     set(c"statement_timeout", c"0");
     set(c"idle_in_transaction_session_timeout", c"0");
     set(c"lock_timeout", c"10s");
+    // A drain numbers its events in one sort; a catch-up over a large backlog should not
+    // spill it to disk.
+    set(c"work_mem", c"64MB");
     set(c"search_path", c"pg_catalog, pg_temp");
 }
 
