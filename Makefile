@@ -25,6 +25,9 @@ build: deps
 	cargo build --features pg15
 
 # Builds and installs the extension into the Postgres that $(PG_CONFIG) describes.
+# `cargo pgrx install` removes the old library before writing the new one, so a running
+# server keeps the file it has mapped (every install path of this Makefile goes through it
+# or through .ci/bin/sudo, never rewriting the library in place).
 install: deps
 	cargo pgrx install --pg-config $(PG_CONFIG)
 
@@ -35,9 +38,11 @@ unit: deps
 # Everything: pure-logic #[test]s, #[pg_test]s inside Postgres, then the integration tests
 # in tests/ against their own throwaway clusters. One test at a time: the machine is small
 # and the integration tests run several connections each.
+# pgrx's test runner installs with `sudo cp`, which would rewrite the library a running
+# server has mapped: .ci/bin/sudo replaces it by rename instead (see there).
 test: deps
 	@mkdir -p $(PGTEST_DIR) && chmod 777 $(PGTEST_DIR)
-	RUST_TEST_THREADS=1 cargo pgrx test pg15 $(RUNAS) --pgdata $(PGTEST_DIR)/data
+	PATH="$(CURDIR)/.ci/bin:$$PATH" RUST_TEST_THREADS=1 cargo pgrx test pg15 $(RUNAS) --pgdata $(PGTEST_DIR)/data
 
 # A longer seeded chaos run (tests/chaos.rs): make chaos SEED=7 MINUTES=10
 SEED ?= 20261127
