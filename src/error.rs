@@ -102,6 +102,22 @@ impl<T> OrRaise<T> for Result<T, SpiError> {
     }
 }
 
+/// 55000: the extension's SQL in this database is of another version than the library.
+pub fn version_mismatch(installed: &str, library: &str) -> ! {
+    raise_with_hint(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("eventq's SQL in this database is version {installed}, but its library is version {library}"),
+        "Run ALTER EXTENSION eventq UPDATE in this database (the worker resumes by itself).",
+    )
+}
+
+fn raise_with_hint(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(code, message, "eventq")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
+}
+
 /// XX000 for an installation whose tables are not what this version of eventq created.
 pub fn damaged_installation(detail: &str) -> ! {
     ereport!(

@@ -39,10 +39,28 @@ pub fn register() {
         .load();
 }
 
-static EXTENSION_CREATED: Statement = Statement::new(
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'eventq')",
+static INSTALLED_VERSION: Statement = Statement::new(
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
     &[],
 );
+
+/// Whether this database has eventq's SQL, and of this library's version. With another
+/// one (a new build installed, the server restarted, ALTER EXTENSION UPDATE not run yet)
+/// the process does nothing and says so, at most once a minute.
+#[derive(Debug)]
+enum Installed {
+    Current,
+    Older(String),
+    Missing,
+}
+
+fn installed(client: &pgrx::spi::SpiClient<'_>) -> Installed {
+    match crate::storage::scalar::<String>(&INSTALLED_VERSION, client, &[]) {
+        Some(v) if v == crate::api::LIBRARY_VERSION => Installed::Current,
+        Some(v) => Installed::Older(v),
+        None => Installed::Missing,
+    }
+}
 
 // Postgres' own signal handlers, called by the kernel: no Rust wrapper may stand between.
 unsafe extern "C-unwind" {
@@ -168,10 +186,8 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
         }
         wakeup::attach();
         let drained = in_transaction("draining", &mut warnings, || {
-            Spi::connect(|client| {
-                let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
-                    .unwrap_or(false);
-                created.then(|| {
+            Spi::connect(|client| match installed(client) {
+                Installed::Current => {
                     let drained = drain::drain(
                         client,
                         drain::Options {
@@ -185,19 +201,30 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
                     if let Some(d) = &drained {
                         drain::notify(client, d.received.clone());
                     }
-                    drained
-                })
+                    Ok(drained)
+                }
+                other => Err(other),
             })
         });
         let drained = match drained {
-            Some(None) => {
+            Some(Err(installed)) => {
+                if let Installed::Older(version) = installed {
+                    warnings.report(
+                        "waiting for ALTER EXTENSION eventq UPDATE",
+                        &format!(
+                            "this database has eventq {version}, the library is {}; run ALTER EXTENSION eventq UPDATE",
+                            crate::api::LIBRARY_VERSION
+                        ),
+                    );
+                }
                 wakeup::set_serving(false);
                 wait = IDLE_RECHECK;
                 continue;
             }
-            Some(Some(drained)) => drained,
+            Some(Ok(drained)) => Some(drained),
             None => None,
         };
+        let drained = drained.flatten();
         wakeup::set_serving(true);
         let more_to_do = drained.is_some_and(|d| d.gaps_left > 0);
         let now = Instant::now();
@@ -358,11 +385,8 @@ pub extern "C-unwind" fn eventq_helper_main(arg: pg_sys::Datum) {
     match job {
         Job::Maintain => {
             let report = in_transaction("maintaining", &mut warnings, || {
-                Spi::connect(|client| {
-                    crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
-                        .unwrap_or(false)
-                })
-                .then(|| crate::api::maintenance::pass_report().0)
+                matches!(Spi::connect(installed), Installed::Current)
+                    .then(|| crate::api::maintenance::pass_report().0)
             });
             let text = serde_json::to_vec(&report.flatten().unwrap_or_default()).unwrap_or_default();
             let handle = arg.value() as u32;
@@ -382,9 +406,7 @@ pub extern "C-unwind" fn eventq_helper_main(arg: pg_sys::Datum) {
         Job::Drain => {
             let drained = in_transaction("draining", &mut warnings, || {
                 Spi::connect(|client| {
-                    let created = crate::storage::scalar::<bool>(&EXTENSION_CREATED, client, &[])
-                        .unwrap_or(false);
-                    if !created {
+                    if !matches!(installed(client), Installed::Current) {
                         return None;
                     }
                     drain::drain(

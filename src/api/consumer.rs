@@ -85,6 +85,7 @@ fn create_consumer(
     lease: default!(Option<Interval>, "'30 seconds'"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) {
+    super::check_installed_version();
     let name = required(name, "name");
     let stream = required(stream, "stream");
     validate_name(Kind::Consumer, name).or_raise();
@@ -157,6 +158,7 @@ fn alter_consumer(
     lease: default!(Option<Interval>, "NULL"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) {
+    super::check_installed_version();
     let name = required(name, "name");
     let mode = mode.map(|m| Mode::parse(m).or_raise());
     let ordering = ordering.map(|o| KeyOrdering::parse(o).or_raise());
@@ -233,11 +235,13 @@ fn alter_consumer(
 /// While paused, pull and fetch return nothing; tasks keep accumulating.
 #[pg_extern]
 fn pause_consumer(name: Option<&str>) {
+    super::check_installed_version();
     set_paused(name, true)
 }
 
 #[pg_extern]
 fn resume_consumer(name: Option<&str>) {
+    super::check_installed_version();
     set_paused(name, false)
 }
 
@@ -255,6 +259,7 @@ fn set_paused(name: Option<&str>, paused: bool) {
 /// Drops a consumer with its tasks and their history.
 #[pg_extern]
 fn drop_consumer(name: Option<&str>) {
+    super::check_installed_version();
     let name = required(name, "name");
     retrying(|| {
         Spi::connect(|client| {

@@ -32,6 +32,7 @@ fn fetch(
         name!(published_at, TimestampWithTimeZone),
     ),
 > {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(100), MAX_FETCH).or_raise();
     let nested = super::called_from_a_function();
@@ -65,6 +66,7 @@ fn check_position(client: &SpiClient<'_>, seq: i64) {
 /// cursor leaves it unchanged; a position beyond the last drained event is refused.
 #[pg_extern]
 fn commit(consumer: Option<&str>, seq: Option<i64>) {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let seq = required(seq, "seq");
     Spi::connect(|client| {
@@ -77,6 +79,7 @@ fn commit(consumer: Option<&str>, seq: Option<i64>) {
 /// Moves the cursor anywhere: the next fetch returns events after `seq`.
 #[pg_extern(name = "seek")]
 fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let seq = required(seq, "seq");
     Spi::connect(|client| {
@@ -90,6 +93,7 @@ fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
 /// (and possibly some published earlier that committed later: none is skipped).
 #[pg_extern(name = "seek")]
 fn seek_to_time(consumer: Option<&str>, at: Option<TimestampWithTimeZone>) {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let at = required(at, "at");
     Spi::connect(|client| {

@@ -24,6 +24,7 @@ use serde_json::json;
 /// applications' own transactions fail.
 #[pg_extern]
 fn run_maintenance() -> JsonB {
+    super::check_installed_version();
     unsafe {
         pg_sys::PreventCommandIfReadOnly(c"run_maintenance()".as_ptr());
         if pg_sys::IsTransactionBlock() {

@@ -15,6 +15,35 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+/// The version of this library; the installed SQL must match it.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+thread_local! {
+    static VERSION_CHECKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Every call starts here: the SQL installed in this database must be of this library's
+/// version. After a new build is installed and the server restarted, a database whose
+/// extension has not been updated yet gets a clear error naming the command to run, never
+/// a call into code written for another schema. Checked once per session once it holds
+/// (extension versions only move forward, to the library's).
+pub fn check_installed_version() {
+    if VERSION_CHECKED.with(std::cell::Cell::get) {
+        return;
+    }
+    let installed = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
+    )
+    .ok()
+    .flatten();
+    match installed {
+        Some(v) if v == LIBRARY_VERSION => VERSION_CHECKED.with(|c| c.set(true)),
+        Some(v) => crate::error::version_mismatch(&v, LIBRARY_VERSION),
+        // not created (yet): nothing to check against
+        None => {}
+    }
+}
+
 /// A required argument; SQL NULL is refused with 22023.
 pub fn required<T>(value: Option<T>, what: &str) -> T {
     value.unwrap_or_else(|| error::invalid_argument(format!("{what} must not be NULL")))

@@ -65,6 +65,7 @@ fn publish(
     deliver_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     dedup_key: default!(Option<&str>, "NULL"),
 ) -> Uuid {
+    super::check_installed_version();
     check_writable(c"publish()");
     let stream = required(stream, "stream");
     let subject = required(subject, "subject");
@@ -111,6 +112,7 @@ fn publish_batch(
     keys: default!(Option<TextArray>, "NULL"),
     headers: default!(Option<JsonbArray>, "NULL"),
 ) -> SetOfIterator<'static, Uuid> {
+    super::check_installed_version();
     check_writable(c"publish_batch()");
     let stream = required(stream, "stream");
     let subjects = required(subjects, "subjects");

@@ -18,6 +18,7 @@ fn create_stream(
     retention: default!(Option<Interval>, "'7 days'"),
     if_not_exists: default!(Option<bool>, false),
 ) {
+    super::check_installed_version();
     let name = required(name, "name");
     validate_name(Kind::Stream, name).or_raise();
     check_retention(retention);
@@ -31,6 +32,7 @@ fn create_stream(
 /// Changes how long a stream keeps its events (NULL: forever).
 #[pg_extern]
 fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
+    super::check_installed_version();
     let name = required(name, "name");
     check_retention(retention);
     Spi::connect(|client| {
@@ -44,6 +46,7 @@ fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
 /// drops those consumers and their tasks too.
 #[pg_extern]
 fn drop_stream(name: Option<&str>, force: default!(Option<bool>, false)) {
+    super::check_installed_version();
     let name = required(name, "name");
     Spi::connect(|client| {
         let id = streams::find(client, name).unwrap_or_else(|| error::unknown_stream(name));

@@ -38,6 +38,7 @@ fn pull(
         name!(published_at, TimestampWithTimeZone),
     ),
 > {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
     let lease = super::duration_micros(lease, "lease");
@@ -78,12 +79,13 @@ fn pull(
 /// running -> completed. Returns how many tasks changed; ids of tasks that are not running
 /// (any more) are not counted. `attempts`, parallel to `task_ids`, is the lease guard: a
 /// task is completed only while it still runs the attempt its worker pulled.
-#[pg_extern]
-fn ack(
+#[pg_extern(name = "ack")]
+fn ack_with_attempts(
     consumer: Option<&str>,
     task_ids: Option<Vec<Option<i64>>>,
     attempts: default!(Option<Vec<Option<i32>>>, "NULL"),
 ) -> i32 {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let ids = required(task_ids, "task_ids");
     if let Some(attempts) = &attempts {
@@ -109,14 +111,15 @@ fn ack(
 /// The attempt failed. The task becomes `retryable` after `delay` (default: the consumer's
 /// backoff), or `discarded` when it has used up max_attempts. Returns the new state, or
 /// NULL if the task was not running.
-#[pg_extern]
-fn retry(
+#[pg_extern(name = "retry")]
+fn retry_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
     error: default!(Option<&str>, "NULL"),
     delay: default!(Option<Interval>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> Option<String> {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     let delay = non_negative_micros(delay, "delay");
@@ -142,13 +145,14 @@ fn retry(
 }
 
 /// running -> discarded. `false` if the task was not running (the attempt given).
-#[pg_extern]
-fn discard(
+#[pg_extern(name = "discard")]
+fn discard_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
     reason: default!(Option<&str>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> bool {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     retrying(|| {
@@ -161,13 +165,14 @@ fn discard(
 
 /// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
 /// the new expiry, or NULL if the task was not running.
-#[pg_extern]
-fn extend_lease(
+#[pg_extern(name = "extend_lease")]
+fn extend_lease_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
     lease: default!(Option<Interval>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> Option<TimestampWithTimeZone> {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     let lease = super::duration_micros(lease, "lease");
@@ -183,6 +188,7 @@ fn extend_lease(
 /// Returns how many tasks changed.
 #[pg_extern]
 fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
+    super::check_installed_version();
     let name = required(consumer, "consumer");
     let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
     let count = retrying(|| {
@@ -196,4 +202,39 @@ fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, 
     });
     crate::wakeup::published_in_this_transaction();
     count
+}
+
+// The entry points the SQL of version 0.1.0 calls, by these symbol names and with these
+// arguments, for as long as a database still has that SQL installed: a call then reaches
+// `check_installed_version`, which asks for ALTER EXTENSION eventq UPDATE. (The functions
+// gained the lease guard's argument since; a C function called with fewer arguments than
+// it reads would read past them.)
+
+#[pg_extern(sql = false)]
+fn ack(consumer: Option<&str>, task_ids: Option<Vec<Option<i64>>>) -> i32 {
+    ack_with_attempts(consumer, task_ids, None)
+}
+
+#[pg_extern(sql = false)]
+fn retry(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    error: Option<&str>,
+    delay: Option<Interval>,
+) -> Option<String> {
+    retry_with_attempt(consumer, task_id, error, delay, None)
+}
+
+#[pg_extern(sql = false)]
+fn discard(consumer: Option<&str>, task_id: Option<i64>, reason: Option<&str>) -> bool {
+    discard_with_attempt(consumer, task_id, reason, None)
+}
+
+#[pg_extern(sql = false)]
+fn extend_lease(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    lease: Option<Interval>,
+) -> Option<TimestampWithTimeZone> {
+    extend_lease_with_attempt(consumer, task_id, lease, None)
 }
