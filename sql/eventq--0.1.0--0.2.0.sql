@@ -234,3 +234,22 @@ CREATE FUNCTION eventq."extend_lease"(
 ) RETURNS timestamp with time zone
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'extend_lease_with_attempt_wrapper';
+
+-- Worker health.
+CREATE FUNCTION eventq."worker_health"() RETURNS TABLE (
+	"database" TEXT,
+	"pid" INT,
+	"started_at" timestamp with time zone,
+	"last_drain_at" timestamp with time zone,
+	"drained" bigint,
+	"last_error" TEXT,
+	"last_error_at" timestamp with time zone
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'worker_health_wrapper';
+
+-- The background workers, one per database with eventq (with eventq preloaded): is draining
+-- alive? `last_error` is what failed last, when. Empty without preloading.
+CREATE VIEW eventq.workers AS
+SELECT * FROM eventq.worker_health();

@@ -117,3 +117,8 @@ SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
 FROM eventq_internal.tasks t
 JOIN eventq_internal.consumers c ON c.id = t.consumer_id
 WHERE t.state = 'completed';
+
+-- The background workers, one per database with eventq (with eventq preloaded): is draining
+-- alive? `last_error` is what failed last, when. Empty without preloading.
+CREATE VIEW eventq.workers AS
+SELECT * FROM eventq.worker_health();

@@ -3,8 +3,8 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
-static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DRAIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static MAINTENANCE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
@@ -14,15 +14,25 @@ static KEEP_FINISHED_TASKS_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
 pub fn register() {
     GucRegistry::define_string_guc(
         c"eventq.database",
-        c"Database the eventq background worker serves.",
-        c"The worker restarts in the new database after a configuration reload.",
+        c"Databases the eventq launcher starts workers for (comma-separated; empty: every database with eventq).",
+        c"A reload applies a new list: workers of databases no longer listed stop.",
         &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventq.max_workers",
+        c"How many eventq background workers (one per database) may run at once.",
+        c"Each takes a slot of max_worker_processes. Databases beyond it drain when read, as without preloading.",
+        &MAX_WORKERS,
+        1,
+        crate::wakeup::SLOTS as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"eventq.worker_enabled",
-        c"Whether the eventq background worker runs (needs shared_preload_libraries).",
+        c"Whether eventq's background workers run (needs shared_preload_libraries).",
         c"When off, schedule eventq.run_maintenance() instead; pull and fetch drain by themselves.",
         &WORKER_ENABLED,
         GucContext::Sighup,
@@ -70,8 +80,20 @@ pub fn register() {
     );
 }
 
-pub fn database() -> String {
-    DATABASE.get().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+/// The databases `eventq.database` lists; empty for every database.
+pub fn databases() -> Vec<String> {
+    DATABASE
+        .get()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .split(',')
+        .map(|name| name.trim().trim_matches('"').to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().max(1) as usize
 }
 
 pub fn worker_enabled() -> bool {

@@ -7,8 +7,9 @@
 //! - `datum`   jsonb and array values passed through as Postgres datums
 //! - `error`   every SQLSTATE eventq raises
 //! - `gucs`    settings under `eventq.`
-//! - `worker`  the background worker and the drain helper; `wakeup` what backends share
-//!   through shared memory: the worker's latch, and what has been published and drained
+//! - `launcher` starts a background worker per database with eventq; `worker` that worker
+//!   and the drain helper; `wakeup` what backends share through shared memory: workers'
+//!   latches and health, and what has been published and drained
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -17,6 +18,7 @@ mod core;
 mod datum;
 mod error;
 mod gucs;
+mod launcher;
 mod storage;
 mod wakeup;
 mod worker;
@@ -36,8 +38,8 @@ pub extern "C-unwind" fn _PG_init() {
     // The worker and its wake-up slot exist only when the library is preloaded.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
-        wakeup::install_hooks();
-        worker::register();
+        launcher::install_hooks();
+        launcher::register();
     }
 }
 

@@ -1,5 +1,7 @@
 //! What backends tell each other through shared memory (only with eventq in
 //! `shared_preload_libraries`): a slot per database, holding
+//! - what the launcher knows of the database (a worker runs, the extension is absent, a
+//!   command needs the database free), and the worker's health for `eventq.workers`;
 //! - the background worker's latch, which a publishing commit sets, so the worker drains
 //!   within milliseconds instead of on a poll;
 //! - two counters that give readers "read after commit" cheaply. `published` counts the
@@ -16,7 +18,9 @@
 use pgrx::pg_sys;
 use pgrx::{pg_guard, pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 /// Databases that can have a slot. Databases beyond it work as without preloading.
 pub const SLOTS: usize = 32;
@@ -34,12 +38,53 @@ pub struct DatabaseSlot {
     heartbeat: AtomicI64,
     published: AtomicU64,
     drained: AtomicU64,
+    /// What the launcher knows (`State`), and since when (Postgres timestamp).
+    state: AtomicU8,
+    state_since: AtomicI64,
+    started_at: AtomicI64,
+    last_drain_at: AtomicI64,
+    drained_events: AtomicU64,
+    /// The worker's last error: `error_len` bytes in `error`, written under `error_lock`.
+    error_lock: AtomicBool,
+    error_at: AtomicI64,
+    error_len: AtomicUsize,
+    error: [AtomicU64; ERROR_WORDS],
+}
+
+const ERROR_WORDS: usize = 32;
+
+/// What the launcher knows of a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// To look at: start a worker, which finds out whether the extension is there.
+    Unknown = 0,
+    /// A worker was started for it.
+    Running = 1,
+    /// The worker found no eventq there; looked at again after a while, or at once when
+    /// a CREATE EXTENSION commits there.
+    Absent = 2,
+    /// A command (DROP DATABASE, CREATE DATABASE from it as template, ALTER DATABASE that
+    /// moves or renames it) needs the database without connections: no worker until done.
+    Suspended = 3,
+}
+
+impl State {
+    fn from(v: u8) -> State {
+        match v {
+            1 => State::Running,
+            2 => State::Absent,
+            3 => State::Suspended,
+            _ => State::Unknown,
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Slots {
     /// Held while a slot is being claimed, so that a database never gets two.
     claiming: AtomicBool,
+    launcher_latch: AtomicUsize,
     slots: [DatabaseSlot; SLOTS],
 }
 
@@ -76,9 +121,26 @@ fn slot() -> Option<&'static DatabaseSlot> {
     }
     let shared = SHARED.get();
     if let Some(i) = MY_SLOT.with(Cell::get) {
-        return Some(&shared.slots[i]);
+        if shared.slots[i].database.load(Ordering::Acquire) == my_database() {
+            return Some(&shared.slots[i]);
+        }
     }
-    let database = my_database();
+    let index = claim(my_database())?;
+    MY_SLOT.with(|s| s.set(Some(index)));
+    Some(&shared.slots[index])
+}
+
+/// The slot of a database, if it has one.
+fn slot_of(database: u32) -> Option<&'static DatabaseSlot> {
+    if !preloaded() || database == 0 {
+        return None;
+    }
+    SHARED.get().slots.iter().find(|s| s.database.load(Ordering::Acquire) == database)
+}
+
+/// The index of the database's slot, claimed if it has none; `None` when all are taken.
+fn claim(database: u32) -> Option<usize> {
+    let shared = SHARED.get();
     let found = shared.slots.iter().position(|s| s.database.load(Ordering::Acquire) == database);
     let index = match found {
         Some(i) => i,
@@ -100,7 +162,14 @@ fn slot() -> Option<&'static DatabaseSlot> {
                 s.published.store(1, Ordering::SeqCst);
                 s.drained.store(0, Ordering::SeqCst);
                 s.latch.store(0, Ordering::SeqCst);
+                s.worker_pid.store(0, Ordering::SeqCst);
                 s.serving.store(false, Ordering::SeqCst);
+                s.state.store(State::Unknown as u8, Ordering::SeqCst);
+                s.started_at.store(0, Ordering::SeqCst);
+                s.last_drain_at.store(0, Ordering::SeqCst);
+                s.drained_events.store(0, Ordering::SeqCst);
+                s.error_at.store(0, Ordering::SeqCst);
+                s.error_len.store(0, Ordering::SeqCst);
                 s.database.store(database, Ordering::Release);
                 Some(free)
             });
@@ -108,8 +177,192 @@ fn slot() -> Option<&'static DatabaseSlot> {
             claimed?
         }
     };
-    MY_SLOT.with(|s| s.set(Some(index)));
-    Some(&shared.slots[index])
+    Some(index)
+}
+
+fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Launcher side: the database's state, claiming a slot for it (`None` when all are taken).
+pub fn state_of(database: u32) -> Option<(State, i64)> {
+    let slot = &SHARED.get().slots[claim(database)?];
+    Some((State::from(slot.state.load(Ordering::Acquire)), slot.state_since.load(Ordering::Acquire)))
+}
+
+pub fn set_state(database: u32, state: State) {
+    if let Some(slot) = slot_of(database) {
+        slot.state.store(state as u8, Ordering::Release);
+        slot.state_since.store(now(), Ordering::Release);
+    }
+}
+
+/// Worker side: its database has no eventq. Only if the launcher still counts on a worker
+/// there: a CREATE EXTENSION that committed meanwhile has asked for a new look.
+pub fn mark_absent(database: u32) {
+    if let Some(slot) = slot_of(database) {
+        if slot
+            .state
+            .compare_exchange(
+                State::Running as u8,
+                State::Absent as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            slot.state_since.store(now(), Ordering::Release);
+        }
+    }
+}
+
+/// Launcher side: a database that is gone gives its slot back.
+pub fn release(database: u32) {
+    if let Some(slot) = slot_of(database) {
+        slot.database.store(0, Ordering::Release);
+    }
+}
+
+pub fn register_launcher() {
+    SHARED.get().launcher_latch.store(unsafe { pg_sys::MyLatch } as usize, Ordering::Release);
+}
+
+pub fn wake_launcher() {
+    if !preloaded() {
+        return;
+    }
+    let latch = SHARED.get().launcher_latch.load(Ordering::Acquire);
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// Worker side: what the launcher says of this database.
+pub fn my_state() -> Option<State> {
+    slot().map(|s| State::from(s.state.load(Ordering::Acquire)))
+}
+
+/// Worker side, at start.
+pub fn worker_started() {
+    if let Some(slot) = slot() {
+        slot.started_at.store(now(), Ordering::Relaxed);
+        slot.drained_events.store(0, Ordering::Relaxed);
+        slot.error_len.store(0, Ordering::Relaxed);
+        slot.error_at.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Worker side: a drain committed.
+pub fn worker_drained(events: i64) {
+    if let Some(slot) = slot() {
+        slot.last_drain_at.store(now(), Ordering::Relaxed);
+        slot.drained_events.fetch_add(events.max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+fn lock_error(slot: &DatabaseSlot) {
+    while slot
+        .error_lock
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+}
+
+/// Worker side: what failed last.
+pub fn worker_failed(message: &str) {
+    let Some(slot) = slot() else { return };
+    let bytes = message.as_bytes();
+    let len = bytes.len().min(ERROR_WORDS * 8);
+    lock_error(slot);
+    for (i, word) in slot.error.iter().enumerate() {
+        let mut chunk = [0u8; 8];
+        for (j, b) in chunk.iter_mut().enumerate() {
+            if let Some(&byte) = bytes.get(i * 8 + j).filter(|_| i * 8 + j < len) {
+                *b = byte;
+            }
+        }
+        word.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+    }
+    slot.error_len.store(len, Ordering::Relaxed);
+    slot.error_at.store(now(), Ordering::Relaxed);
+    slot.error_lock.store(false, Ordering::Release);
+}
+
+/// A worker as `eventq.workers` shows it.
+pub struct WorkerHealth {
+    pub database: u32,
+    pub pid: i32,
+    pub started_at: i64,
+    pub last_drain_at: i64,
+    pub drained: i64,
+    pub last_error: Option<String>,
+    pub last_error_at: i64,
+}
+
+/// Every running worker's health.
+pub fn workers() -> Vec<WorkerHealth> {
+    if !preloaded() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for slot in SHARED.get().slots.iter() {
+        let database = slot.database.load(Ordering::Acquire);
+        let pid = slot.worker_pid.load(Ordering::Acquire);
+        if database == 0 || pid == 0 {
+            continue;
+        }
+        lock_error(slot);
+        let len = slot.error_len.load(Ordering::Relaxed);
+        let bytes: Vec<u8> = slot
+            .error
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take(len)
+            .collect();
+        let error_at = slot.error_at.load(Ordering::Relaxed);
+        slot.error_lock.store(false, Ordering::Release);
+        out.push(WorkerHealth {
+            database,
+            pid,
+            started_at: slot.started_at.load(Ordering::Relaxed),
+            last_drain_at: slot.last_drain_at.load(Ordering::Relaxed),
+            drained: slot.drained_events.load(Ordering::Relaxed) as i64,
+            last_error: (len > 0).then(|| String::from_utf8_lossy(&bytes).into_owned()),
+            last_error_at: error_at,
+        });
+    }
+    out
+}
+
+/// A command needs the database without connections (see `State::Suspended`): the
+/// launcher starts no worker for it, and its worker is asked to leave. Waits (up to ten
+/// seconds) until it has.
+pub fn suspend(database: u32) {
+    let Some(slot) = slot_of(database) else { return };
+    slot.state.store(State::Suspended as u8, Ordering::Release);
+    slot.state_since.store(now(), Ordering::Release);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pid = slot.worker_pid.load(Ordering::Acquire);
+        if pid == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        unsafe { libc_kill(pid, pg_sys::SIGTERM as i32) };
+        nap();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// After the command: the launcher looks at the database again.
+pub fn resume(database: u32) {
+    set_state(database, State::Unknown);
+    wake_launcher();
 }
 
 /// Worker side, while enabled: publishers in this database wake this process, even while
@@ -196,6 +449,8 @@ pub fn nap() {
 }
 
 thread_local! {
+    /// This transaction created the extension: at commit, the launcher starts a worker.
+    static CREATED_EXTENSION: Cell<bool> = const { Cell::new(false) };
     static PUBLISHED: Cell<bool> = const { Cell::new(false) };
     /// A drain of this transaction read `published` = n before its snapshot, at
     /// (sub)transaction nesting level l: (n, l).
@@ -256,6 +511,14 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
     }
 }
 
+/// This transaction creates the extension: once it commits, the launcher starts a worker.
+pub fn creating_extension() {
+    if slot().is_some() {
+        CREATED_EXTENSION.with(|c| c.set(true));
+        register_callback();
+    }
+}
+
 /// A prepared transaction that published commits in COMMIT PREPARED, possibly in another
 /// session, where no callback of the publishing backend runs: counted by `commit_prepared`.
 pub fn commit_prepared() {
@@ -275,6 +538,9 @@ unsafe extern "C-unwind" fn at_transaction_end(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            if CREATED_EXTENSION.with(|c| c.replace(false)) {
+                resume(my_database());
+            }
             let published = PUBLISHED.with(|p| p.replace(false));
             let drained = DRAINED.with(|d| d.take());
             let Some(slot) = slot() else { return };
@@ -288,60 +554,10 @@ unsafe extern "C-unwind" fn at_transaction_end(
         }
         // A prepared transaction commits later, maybe elsewhere: see `commit_prepared`.
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            CREATED_EXTENSION.with(|c| c.set(false));
             PUBLISHED.with(|p| p.set(false));
             DRAINED.with(|d| d.set(None));
         }
         _ => {}
-    }
-}
-
-static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-/// Installs the hook that counts COMMIT PREPARED (see `commit_prepared`); from `_PG_init`
-/// while preloading.
-pub fn install_hooks() {
-    unsafe {
-        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
-}
-
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    unsafe {
-        match PREVIOUS_PROCESS_UTILITY {
-            Some(previous) => {
-                previous(pstmt, query, read_only_tree, context, params, env, dest, qc)
-            }
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query,
-                read_only_tree,
-                context,
-                params,
-                env,
-                dest,
-                qc,
-            ),
-        }
-        // COMMIT PREPARED has made the prepared transaction's events visible by now. It
-        // may not have published; counting it anyway only costs readers a drain.
-        let statement = (*pstmt).utilityStmt;
-        if !statement.is_null() && (*statement).type_ == pg_sys::NodeTag::T_TransactionStmt {
-            let stmt = statement as *mut pg_sys::TransactionStmt;
-            if (*stmt).kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED {
-                commit_prepared();
-            }
-        }
     }
 }

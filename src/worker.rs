@@ -1,15 +1,16 @@
 //! Background processes: the worker (with `shared_preload_libraries = 'eventq'`), one
-//! process serving the database named by `eventq.database`, and the helper, a short-lived
-//! process started by a session that needs a drain (or a maintenance pass) but must not
-//! run one in its own transaction (see `api::drain_before_reading` and
-//! `run_maintenance()`).
+//! process per database where eventq is created, started by the launcher
+//! (src/launcher.rs), and the helper, a short-lived process started by a session that
+//! needs a drain (or a maintenance pass) but must not run one in its own transaction (see
+//! `api::drain_before_reading` and `run_maintenance()`).
 //!
 //! The worker drains whenever a publishing commit sets its latch (see `wakeup`), rescues
 //! expired leases and makes due tasks available every `eventq.maintenance_interval`, and
 //! applies retention and removes old finished tasks every `eventq.cleanup_interval`. Each
 //! piece of work is its own transaction; an error is logged (once a minute at most for a
-//! repeating one) and the loop goes on. It idles while the extension is not created in its
-//! database, and restarts in another database when `eventq.database` changes.
+//! repeating one) and the loop goes on. It exits when its database has no eventq (the
+//! launcher looks again later), when the launcher stops it, or when a command needs its
+//! database free. Its health is in shared memory, for `eventq.workers`.
 //!
 //! Both run their transactions in READ COMMITTED, read-write, whatever the database's
 //! defaults say, with a lock timeout as a backstop (nothing they do should wait for a
@@ -23,21 +24,10 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-/// How often an idle worker (extension not created, or worker disabled) looks again.
+/// How often a worker waiting for ALTER EXTENSION eventq UPDATE looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// A repeating failure is logged at most this often.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
-
-pub fn register() {
-    BackgroundWorkerBuilder::new("eventq worker")
-        .set_type("eventq worker")
-        .set_library("eventq")
-        .set_function("eventq_worker_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
 
 static INSTALLED_VERSION: Statement = Statement::new(
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
@@ -70,7 +60,7 @@ unsafe extern "C-unwind" {
 
 /// Signals as a Postgres backend has them: SIGTERM ends the process through
 /// CHECK_FOR_INTERRUPTS, also while a statement waits for a lock; SIGHUP asks for a reload.
-fn prepare_process() {
+pub fn prepare_process() {
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
         pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
@@ -103,7 +93,7 @@ fn session_settings() {
     set(c"search_path", c"pg_catalog, pg_temp");
 }
 
-fn check_for_interrupts() {
+pub fn check_for_interrupts() {
     unsafe {
         if pg_sys::InterruptPending != 0 {
             pg_sys::ProcessInterrupts();
@@ -131,7 +121,7 @@ impl Warnings {
                 } else {
                     String::new()
                 };
-                warning!("eventq worker: error while {what}: {message}{again}");
+                warning!("eventq: error while {what}: {message}{again}");
                 self.last.insert(what, (now, 0));
             }
         }
@@ -140,18 +130,20 @@ impl Warnings {
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn eventq_worker_main(arg: pg_sys::Datum) {
     prepare_process();
-    let database = gucs::database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     session_settings();
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
-    log!("eventq worker serving database \"{database}\"");
+    wakeup::attach();
+    wakeup::worker_started();
 
     let mut warnings = Warnings::default();
     let mut next_timers = Instant::now();
     let mut next_cleanup = Instant::now();
     let mut wait = Duration::ZERO;
+    let mut announced = false;
     loop {
         unsafe {
             pg_sys::WaitLatch(
@@ -169,20 +161,12 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             session_settings();
-            if gucs::database() != database {
-                log!("eventq worker restarting to serve database \"{}\"", gucs::database());
-                unsafe { pg_sys::proc_exit(1) };
-            }
             // New intervals apply from now, not from the old deadlines.
             next_timers = next_timers.min(Instant::now() + gucs::maintenance_interval());
             next_cleanup = next_cleanup.min(Instant::now() + gucs::cleanup_interval());
         }
-        if !gucs::worker_enabled() {
-            // Stop being woken too: every publishing commit would otherwise wake this
-            // process for nothing.
-            wakeup::detach();
-            wait = IDLE_RECHECK;
-            continue;
+        if !gucs::worker_enabled() || wakeup::my_state() == Some(wakeup::State::Suspended) {
+            break;
         }
         wakeup::attach();
         let drained = in_transaction("draining", &mut warnings, || {
@@ -207,25 +191,36 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             })
         });
         let drained = match drained {
-            Some(Err(installed)) => {
-                if let Installed::Older(version) = installed {
-                    warnings.report(
-                        "waiting for ALTER EXTENSION eventq UPDATE",
-                        &format!(
-                            "this database has eventq {version}, the library is {}; run ALTER EXTENSION eventq UPDATE",
-                            crate::api::LIBRARY_VERSION
-                        ),
-                    );
-                }
+            Some(Err(Installed::Older(version))) => {
+                warnings.report(
+                    "waiting for ALTER EXTENSION eventq UPDATE",
+                    &format!(
+                        "this database has eventq {version}, the library is {}; run ALTER EXTENSION eventq UPDATE",
+                        crate::api::LIBRARY_VERSION
+                    ),
+                );
                 wakeup::set_serving(false);
                 wait = IDLE_RECHECK;
                 continue;
             }
-            Some(Ok(drained)) => Some(drained),
+            Some(Err(_)) => {
+                // No eventq here (any more): the launcher looks again later.
+                wakeup::mark_absent(unsafe { pg_sys::MyDatabaseId }.to_u32());
+                break;
+            }
+            Some(Ok(drained)) => drained,
             None => None,
         };
-        let drained = drained.flatten();
+        if !announced {
+            // (a catalog lookup: inside a transaction)
+            let name = in_transaction("starting", &mut warnings, database_name).unwrap_or_default();
+            log!("eventq worker serving database \"{name}\"");
+            announced = true;
+        }
         wakeup::set_serving(true);
+        if let Some(d) = &drained {
+            wakeup::worker_drained(d.events);
+        }
         let more_to_do = drained.is_some_and(|d| d.gaps_left > 0);
         let now = Instant::now();
         if now >= next_timers {
@@ -260,11 +255,25 @@ pub extern "C-unwind" fn eventq_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::pgstat_report_stat(true) };
         }
     }
+    unsafe { pg_sys::pgstat_report_stat(true) };
+}
+
+/// The name of this database; needs a transaction.
+fn database_name() -> String {
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     wakeup::detach();
+    wakeup::wake_launcher();
 }
 
 /// Runs `work` in its own transaction. An error is logged and the transaction rolled back,
@@ -301,6 +310,7 @@ fn in_transaction<R>(
     match result {
         Ok(value) => Some(value),
         Err(message) => {
+            wakeup::worker_failed(&format!("{what}: {message}"));
             warnings.report(what, &message);
             None
         }

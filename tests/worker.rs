@@ -39,12 +39,15 @@ fn worker_pid(db: &mut Client) -> Option<i32> {
 fn the_worker_drains_and_notifies_without_anyone_asking() {
     let cluster = Cluster::start_without_extension("worker-drain", &[PRELOAD]);
     let mut db = cluster.connect();
-    let pid = wait_for("the worker to start", Duration::from_secs(10), || {
-        worker_pid(&mut db).ok_or_else(|| "no eventq worker in pg_stat_activity".to_string())
+    wait_for("the launcher to start", Duration::from_secs(10), || {
+        match count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq launcher'") {
+            1 => Ok(()),
+            n => Err(format!("{n} launchers")),
+        }
     });
-    // Without the extension the worker idles quietly.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(worker_pid(&mut db), Some(pid));
+    // Without the extension no worker stays, quietly.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(worker_pid(&mut db), None);
     assert!(!cluster.log().contains("WARNING"), "{}", cluster.log());
 
     db.batch_execute(
@@ -243,7 +246,7 @@ fn the_worker_applies_retention_and_removes_finished_tasks() {
 }
 
 #[test]
-fn the_worker_moves_to_another_database_on_reload() {
+fn eventq_database_restricts_the_databases_served() {
     let cluster = Cluster::start("worker-database", &[PRELOAD]);
     let mut db = cluster.connect();
     db.batch_execute("CREATE DATABASE other").unwrap();
@@ -256,15 +259,18 @@ fn the_worker_moves_to_another_database_on_reload() {
              SELECT eventq.publish('o', 'a');",
         )
         .unwrap();
+    let workers = "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker'";
+    wait_for_count(&mut db, "a worker in each database", workers, 2, Duration::from_secs(20));
     db.batch_execute("ALTER SYSTEM SET eventq.database = 'other'").unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_for_count(
         &mut db,
-        "the worker in database other",
-        "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker' AND datname = 'other'",
-        1,
+        "the worker of postgres to stop",
+        "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker' AND datname = 'postgres'",
+        0,
         Duration::from_secs(20),
     );
+    wait_for_count(&mut db, "the worker of other alone", workers, 1, Duration::from_secs(20));
     wait_for_count(
         &mut other,
         "the event drained in other",

@@ -5,6 +5,7 @@ use crate::error::OrRaise;
 use crate::gucs;
 use crate::storage::isolation::retrying;
 use crate::storage::{drain, maintenance};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
@@ -88,6 +89,40 @@ pub fn pass_report() -> JsonB {
         "removed_finished_tasks": pass.cleaned.removed_tasks,
         "errors": errors,
     }))
+}
+
+/// The background workers (one per database with eventq, with eventq preloaded): when each
+/// started, drained last, how many events it drained, and what failed last. Empty without
+/// preloading. Behind the view `eventq.workers`.
+// pgrx needs the row type written out in the signature.
+#[allow(clippy::type_complexity)]
+#[pg_extern]
+fn worker_health() -> TableIterator<
+    'static,
+    (
+        name!(database, Option<String>),
+        name!(pid, i32),
+        name!(started_at, Option<TimestampWithTimeZone>),
+        name!(last_drain_at, Option<TimestampWithTimeZone>),
+        name!(drained, i64),
+        name!(last_error, Option<String>),
+        name!(last_error_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let time = |t: i64| -> Option<TimestampWithTimeZone> {
+        (t != 0).then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }).flatten()
+    };
+    let rows: Vec<_> = crate::wakeup::workers()
+        .into_iter()
+        .map(|w| {
+            let name = unsafe {
+                let name = pg_sys::get_database_name(pg_sys::Oid::from(w.database));
+                (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+            };
+            (name, w.pid, time(w.started_at), time(w.last_drain_at), w.drained, w.last_error, time(w.last_error_at))
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// Whether a NATS-style pattern (`*` one token, `>` one or more trailing tokens) matches a
