@@ -18,6 +18,11 @@ use pgrx::spi::SpiClient;
 /// The version of this library; the installed SQL must match it.
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+static INSTALLED_VERSION: crate::storage::Statement = crate::storage::Statement::new(
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
+    &[],
+);
+
 thread_local! {
     static VERSION_CHECKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -31,11 +36,11 @@ pub fn check_installed_version() {
     if VERSION_CHECKED.with(std::cell::Cell::get) {
         return;
     }
-    let installed = Spi::get_one::<String>(
-        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
-    )
-    .ok()
-    .flatten();
+    // (through storage's statements: pgrx's own helpers would force a transaction id,
+    // which a standby cannot give)
+    let installed = Spi::connect(|client| {
+        crate::storage::scalar::<String>(&INSTALLED_VERSION, client, &[])
+    });
     match installed {
         Some(v) if v == LIBRARY_VERSION => VERSION_CHECKED.with(|c| c.set(true)),
         Some(v) => crate::error::version_mismatch(&v, LIBRARY_VERSION),
