@@ -7,7 +7,12 @@
 --   idle keys keep their row; expired counts become insert-only rows;
 --   consumers get start_at, a cleanup position and a check of their patterns;
 --   the views no longer read staging;
---   ack, retry, discard and extend_lease take the lease guard's attempt.
+--   ack, retry, discard and extend_lease take the lease guard's attempt;
+--   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
+--   but the extension's owner; functions with a pinned search_path; views that show each
+--   role its own part; payloads limited in size;
+--   backups: every table registered for pg_dump, staged events marked with their cluster,
+--   drains and maintenance wait while a dump is restored.
 
 -- Staged rows from before the update sort first: they were published before it.
 ALTER TABLE eventq_internal.staged ADD COLUMN xid xid8 NOT NULL DEFAULT '0';
@@ -69,130 +74,10 @@ ALTER TABLE eventq_internal.attempts DROP CONSTRAINT attempts_outcome_check;
 ALTER TABLE eventq_internal.attempts ADD CONSTRAINT attempts_outcome_check
     CHECK (outcome IN ('completed', 'failed', 'lost', 'discarded'));
 
--- The views, as of 0.2.0.
+-- The views of 0.1.0 go (they are created again, as of 0.2.0, at the end).
 DROP VIEW eventq.streams, eventq.consumers, eventq.events, eventq.tasks, eventq.attempts;
 
 ALTER TABLE eventq_internal.consumers DROP COLUMN expired;
-
--- Views for people and dashboards. They count and join on every read: fine for a console
--- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
--- transaction would otherwise keep staging from being truncated.
-
-CREATE VIEW eventq.streams AS
-SELECT s.name,
-       s.retention,
-       (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
-       (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
-       (SELECT min(e.published_at) FROM eventq_internal.events e
-         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
-       (SELECT max(e.published_at) FROM eventq_internal.events e
-         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
-       s.created_at
-FROM eventq_internal.streams s;
-
--- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
--- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
--- been due, or how old the first unread event of a log consumer is.
-CREATE VIEW eventq.consumers AS
-SELECT c.name,
-       s.name AS stream,
-       c.mode,
-       c.paused,
-       coalesce(t.available, 0) AS available,
-       coalesce(t.waiting, 0) AS waiting,
-       coalesce(t.running, 0) AS running,
-       coalesce(t.retryable, 0) AS retryable,
-       coalesce(t.completed, 0) AS completed,
-       coalesce(t.discarded, 0) AS discarded,
-       coalesce((SELECT sum(x.tasks) FROM eventq_internal.expirations x
-                 WHERE x.consumer_id = c.id), 0)::bigint AS expired,
-       CASE c.mode
-         WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
-         ELSE (SELECT count(*) FROM eventq_internal.events e
-               WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                 AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                 AND (c.start_at IS NULL OR e.published_at >= c.start_at))
-       END AS lag,
-       CASE c.mode
-         WHEN 'task' THEN CASE WHEN isfinite(t.oldest_due) THEN now() - t.oldest_due END
-         ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
-                       WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                         AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                         AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                         AND (c.start_at IS NULL OR e.published_at >= c.start_at)
-                       ORDER BY e.seq LIMIT 1)
-       END AS oldest_due_age,
-       CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
-       c.subjects,
-       c.exclude,
-       c.ordering,
-       c.max_attempts,
-       c.backoff,
-       c.backoff_base,
-       c.backoff_max,
-       c.lease,
-       c.start_at,
-       c.created_at
-FROM eventq_internal.consumers c
-JOIN eventq_internal.streams s ON s.id = c.stream_id
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
-           count(*) FILTER (WHERE tk.state = 'waiting') AS waiting,
-           count(*) FILTER (WHERE tk.state = 'running') AS running,
-           count(*) FILTER (WHERE tk.state = 'retryable') AS retryable,
-           count(*) FILTER (WHERE tk.state = 'completed') AS completed,
-           count(*) FILTER (WHERE tk.state = 'discarded') AS discarded,
-           min(tk.run_at) FILTER (WHERE tk.state IN ('available', 'scheduled', 'retryable')
-                                    AND tk.run_at <= now()) AS oldest_due
-    FROM eventq_internal.tasks tk
-    WHERE tk.consumer_id = c.id
-) t ON c.mode = 'task';
-
-CREATE VIEW eventq.events AS
-SELECT s.name AS stream,
-       e.seq,
-       e.id AS event_id,
-       e.subject,
-       e.key,
-       e.payload,
-       e.headers,
-       e.published_at,
-       e.deliver_at
-FROM eventq_internal.events e
-JOIN eventq_internal.streams s ON s.id = e.stream_id;
-
--- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
-CREATE VIEW eventq.tasks AS
-SELECT c.name AS consumer,
-       t.seq AS task_id,
-       e.id AS event_id,
-       t.seq,
-       e.subject,
-       e.key,
-       CASE t.state WHEN 'scheduled' THEN 'available' ELSE t.state::text END AS state,
-       t.attempt,
-       t.run_at,
-       t.lease_until,
-       t.last_error,
-       t.created_at,
-       t.started_at,
-       t.finished_at
-FROM eventq_internal.tasks t
-JOIN eventq_internal.consumers c ON c.id = t.consumer_id
-LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
-
--- Attempts that failed, were lost or were discarded are recorded as they end; a completed
--- attempt is the completed task itself.
-CREATE VIEW eventq.attempts AS
-SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
-FROM eventq_internal.attempts a
-JOIN eventq_internal.consumers c ON c.id = a.consumer_id
-UNION ALL
-SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
-FROM eventq_internal.tasks t
-JOIN eventq_internal.consumers c ON c.id = t.consumer_id
-WHERE t.state = 'completed';
 
 -- The lease guard.
 DROP FUNCTION eventq.ack(text, bigint[]);
@@ -249,7 +134,329 @@ STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'worker_health_wrapper';
 
+-- Privileges.
+REVOKE ALL ON SCHEMA eventq_internal FROM PUBLIC;
+
+DO $create_admin_role$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'eventq_admin') THEN
+        CREATE ROLE eventq_admin NOLOGIN;
+        COMMENT ON ROLE eventq_admin IS 'administers eventq: streams, consumers, grants';
+    END IF;
+END
+$create_admin_role$;
+
+-- No foreign keys in storage (see sql/schema.sql).
+ALTER TABLE eventq_internal.consumers DROP CONSTRAINT consumers_stream_id_fkey;
+
+-- Existing consumers belong to the extension's owner: administrators, and roles granted
+-- manage on their stream, work them.
+ALTER TABLE eventq_internal.consumers ADD COLUMN owner regrole;
+UPDATE eventq_internal.consumers
+SET owner = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal');
+ALTER TABLE eventq_internal.consumers ALTER COLUMN owner SET NOT NULL;
+
+CREATE TABLE eventq_internal.grants (
+    stream_id   integer NOT NULL,
+    grantee     regrole NOT NULL,
+    privilege   text NOT NULL CHECK (privilege IN ('publish', 'consume', 'manage')),
+    subjects    text[] CHECK (subjects IS NULL
+                              OR (cardinality(subjects) BETWEEN 1 AND 100
+                                  AND eventq_internal.valid_patterns(subjects))),
+    subjects_re text,
+    granted_by  regrole NOT NULL,
+    granted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, grantee, privilege)
+);
+
+-- 0.1.0 had no privileges of its own: applications were given rights on its tables. Roles
+-- that could stage events may publish to every stream; roles that could change tasks or
+-- consumers may manage every stream. Their rights on the tables stay (revoke them: the API
+-- no longer needs them), and a warning names them.
+INSERT INTO eventq_internal.grants (stream_id, grantee, privilege, granted_by)
+SELECT DISTINCT s.id, r.oid::regrole, p.privilege,
+       (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal')::regrole
+FROM eventq_internal.streams s
+CROSS JOIN pg_catalog.pg_roles r
+CROSS JOIN (VALUES ('publish', 'eventq_internal.staged', 'INSERT'),
+                   ('manage', 'eventq_internal.tasks', 'UPDATE'),
+                   ('manage', 'eventq_internal.consumers', 'UPDATE')) AS p (privilege, relation, action)
+WHERE NOT r.rolsuper
+  AND r.rolname !~ '^pg_'
+  AND r.oid <> (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal')
+  AND pg_catalog.has_table_privilege(r.oid, p.relation, p.action)
+ON CONFLICT DO NOTHING;
+
+DO $name_table_grantees$
+DECLARE
+    holders text;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT g.grantee, ', ') INTO holders
+    FROM information_schema.role_table_grants g
+    WHERE g.table_schema = 'eventq_internal' AND g.grantee NOT IN ('PUBLIC')
+      AND g.grantee <> (SELECT r.rolname FROM pg_catalog.pg_roles r
+                        JOIN pg_catalog.pg_namespace n ON n.nspowner = r.oid
+                        WHERE n.nspname = 'eventq_internal');
+    IF holders IS NOT NULL THEN
+        RAISE WARNING 'eventq: roles % still hold privileges on eventq''s tables', holders
+            USING HINT = 'eventq 0.2.0 checks privileges itself (eventq.grant); revoke them: REVOKE ALL ON ALL TABLES IN SCHEMA eventq_internal FROM ...';
+    END IF;
+END
+$name_table_grantees$;
+
+-- Staged events from before the update were published in this cluster.
+DO $mark_origin$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'ALTER TABLE eventq_internal.staged ADD COLUMN origin bigint NOT NULL DEFAULT %s',
+        (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c));
+END
+$mark_origin$;
+ALTER TABLE eventq_internal.staged ALTER COLUMN origin DROP DEFAULT;
+
+CREATE TABLE eventq_internal.restoring (
+    pid           integer NOT NULL,
+    backend_start timestamptz
+);
+
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.event_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_0', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_1', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_2', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_3', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.drains', 'WHERE last_seq <> 0');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.events', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dedup', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.tasks', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_heads', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.routing_gaps', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.routing_gaps_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.expirations', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.expirations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.attempts_id_seq', '');
+
+CREATE FUNCTION eventq."grant"(
+	"privilege" TEXT,
+	"stream" TEXT,
+	"role" TEXT,
+	"subjects" TEXT[] DEFAULT NULL
+) RETURNS void
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'grant_wrapper';
+
+CREATE FUNCTION eventq."revoke"(
+	"privilege" TEXT,
+	"stream" TEXT,
+	"role" TEXT
+) RETURNS void
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'revoke_wrapper';
+
+-- Every function that works on storage runs with a search path of pg_catalog only.
+ALTER FUNCTION eventq.create_stream(text, interval, boolean) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.alter_stream(text, interval) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.drop_stream(text, boolean) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.publish(text, text, jsonb, text, jsonb, timestamptz, text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.publish_batch(text, text[], jsonb[], text[], jsonb[]) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.create_consumer(text, text, text[], text[], text, text, integer, text, interval, interval, interval, timestamptz) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.alter_consumer(text, text[], text[], text, text, integer, text, interval, interval, interval, timestamptz) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.pause_consumer(text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.resume_consumer(text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.drop_consumer(text) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.pull(text, integer, interval) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.ack(text, bigint[], integer[]) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.retry(text, bigint, text, interval, integer) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.discard(text, bigint, text, integer) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.extend_lease(text, bigint, interval, integer) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.redrive(text, bigint[]) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.fetch(text, integer) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.commit(text, bigint) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.seek(text, bigint) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.seek(text, timestamptz) SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.run_maintenance() SET search_path TO pg_catalog, pg_temp;
+ALTER FUNCTION eventq.worker_health() SET search_path TO pg_catalog, pg_temp;
+
+-- The views, as of 0.2.0 (as sql/views.sql creates them).
+-- Views for people and dashboards. They count and join on every read: fine for a console
+-- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
+-- transaction would otherwise keep staging from being truncated.
+--
+-- Everyone may select from them, and each role sees only what it holds a privilege on:
+-- administrators everything; other roles the streams they have a grant on or a consumer
+-- of, the consumers they own (as members of the owning role) or manage, and the events of
+-- streams they consume (within the subjects of their grant) or manage. The views read
+-- storage as their owner; CURRENT_USER inside them is the role that reads.
+
+-- Whether the role reading administers eventq: a superuser, the owner of eventq's storage,
+-- or a member of eventq_admin (as api::access decides for the functions).
+CREATE FUNCTION eventq_internal.caller_is_admin() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.pg_has_role(CURRENT_USER,
+           (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal'),
+           'USAGE')
+    OR coalesce(pg_catalog.pg_has_role(CURRENT_USER, pg_catalog.to_regrole('eventq_admin'), 'USAGE'),
+                false);
+
+-- The grants the role reading holds, directly or through the roles it belongs to.
+CREATE VIEW eventq_internal.caller_grants AS
+SELECT g.stream_id, g.privilege, g.subjects_re
+FROM eventq_internal.grants g
+WHERE pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
+
+-- The consumers the role reading may see.
+CREATE VIEW eventq_internal.caller_consumers AS
+SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c.exclude_re,
+       c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
+       c.cursor_seq, c.start_at, c.created_at, c.owner
+FROM eventq_internal.consumers c
+WHERE eventq_internal.caller_is_admin()
+   OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
+              WHERE g.stream_id = c.stream_id AND g.privilege = 'manage');
+
+CREATE VIEW eventq.streams AS
+SELECT s.name,
+       s.retention,
+       (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
+       (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
+       (SELECT min(e.published_at) FROM eventq_internal.events e
+         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
+       (SELECT max(e.published_at) FROM eventq_internal.events e
+         WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
+       s.created_at
+FROM eventq_internal.streams s
+WHERE eventq_internal.caller_is_admin()
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
+
+-- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
+-- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
+-- been due, or how old the first unread event of a log consumer is.
+CREATE VIEW eventq.consumers AS
+SELECT c.name,
+       s.name AS stream,
+       c.mode,
+       c.paused,
+       coalesce(t.available, 0) AS available,
+       coalesce(t.waiting, 0) AS waiting,
+       coalesce(t.running, 0) AS running,
+       coalesce(t.retryable, 0) AS retryable,
+       coalesce(t.completed, 0) AS completed,
+       coalesce(t.discarded, 0) AS discarded,
+       coalesce((SELECT sum(x.tasks) FROM eventq_internal.expirations x
+                 WHERE x.consumer_id = c.id), 0)::bigint AS expired,
+       CASE c.mode
+         WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
+         ELSE (SELECT count(*) FROM eventq_internal.events e
+               WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
+                 AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+                 AND (c.start_at IS NULL OR e.published_at >= c.start_at))
+       END AS lag,
+       CASE c.mode
+         WHEN 'task' THEN CASE WHEN isfinite(t.oldest_due) THEN now() - t.oldest_due END
+         ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
+                       WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
+                         AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+                         AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+                         AND (c.start_at IS NULL OR e.published_at >= c.start_at)
+                       ORDER BY e.seq LIMIT 1)
+       END AS oldest_due_age,
+       CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
+       c.subjects,
+       c.exclude,
+       c.ordering,
+       c.max_attempts,
+       c.backoff,
+       c.backoff_base,
+       c.backoff_max,
+       c.lease,
+       c.start_at,
+       c.created_at,
+       c.owner::text AS owner
+FROM eventq_internal.caller_consumers c
+JOIN eventq_internal.streams s ON s.id = c.stream_id
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
+           count(*) FILTER (WHERE tk.state = 'waiting') AS waiting,
+           count(*) FILTER (WHERE tk.state = 'running') AS running,
+           count(*) FILTER (WHERE tk.state = 'retryable') AS retryable,
+           count(*) FILTER (WHERE tk.state = 'completed') AS completed,
+           count(*) FILTER (WHERE tk.state = 'discarded') AS discarded,
+           min(tk.run_at) FILTER (WHERE tk.state IN ('available', 'scheduled', 'retryable')
+                                    AND tk.run_at <= now()) AS oldest_due
+    FROM eventq_internal.tasks tk
+    WHERE tk.consumer_id = c.id
+) t ON c.mode = 'task';
+
+CREATE VIEW eventq.events AS
+SELECT s.name AS stream,
+       e.seq,
+       e.id AS event_id,
+       e.subject,
+       e.key,
+       e.payload,
+       e.headers,
+       e.published_at,
+       e.deliver_at
+FROM eventq_internal.events e
+JOIN eventq_internal.streams s ON s.id = e.stream_id
+WHERE eventq_internal.caller_is_admin()
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
+              WHERE g.stream_id = e.stream_id
+                AND (g.privilege = 'manage'
+                     OR (g.privilege = 'consume'
+                         AND (g.subjects_re IS NULL OR e.subject ~ g.subjects_re))));
+
+-- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
+CREATE VIEW eventq.tasks AS
+SELECT c.name AS consumer,
+       t.seq AS task_id,
+       e.id AS event_id,
+       t.seq,
+       e.subject,
+       e.key,
+       CASE t.state WHEN 'scheduled' THEN 'available' ELSE t.state::text END AS state,
+       t.attempt,
+       t.run_at,
+       t.lease_until,
+       t.last_error,
+       t.created_at,
+       t.started_at,
+       t.finished_at
+FROM eventq_internal.tasks t
+JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
+LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
+
+-- Attempts that failed, were lost or were discarded are recorded as they end; a completed
+-- attempt is the completed task itself.
+CREATE VIEW eventq.attempts AS
+SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
+FROM eventq_internal.attempts a
+JOIN eventq_internal.caller_consumers c ON c.id = a.consumer_id
+UNION ALL
+SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
+FROM eventq_internal.tasks t
+JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
+WHERE t.state = 'completed';
+
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
--- alive? `last_error` is what failed last, when. Empty without preloading.
+-- alive? `last_error` is what failed last, when. Empty without preloading, and for roles
+-- that do not administer eventq (the condition is checked before the function is called).
 CREATE VIEW eventq.workers AS
-SELECT * FROM eventq.worker_health();
+SELECT * FROM eventq.worker_health() WHERE eventq_internal.caller_is_admin();
+
+-- The API is for everyone: each function checks the caller's privileges itself.
+GRANT USAGE ON SCHEMA eventq TO PUBLIC;
+GRANT SELECT ON eventq.streams, eventq.consumers, eventq.events, eventq.tasks, eventq.attempts,
+    eventq.workers TO PUBLIC;

@@ -15,6 +15,22 @@
 
 CREATE SCHEMA eventq_internal;
 COMMENT ON SCHEMA eventq_internal IS 'eventq storage; use the functions and views in schema eventq';
+-- Nobody but the extension's owner touches storage. The functions in schema eventq check
+-- the caller's privileges (eventq.grant) and then work as that owner (src/api/access.rs).
+REVOKE ALL ON SCHEMA eventq_internal FROM PUBLIC;
+
+-- The group role that administers eventq in every database of the cluster: members create,
+-- change and drop streams and consumers, and grant and revoke. Roles belong to the
+-- cluster, so it may exist already (another database has eventq); it stays when the
+-- extension is dropped.
+DO $create_admin_role$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'eventq_admin') THEN
+        CREATE ROLE eventq_admin NOLOGIN;
+        COMMENT ON ROLE eventq_admin IS 'administers eventq: streams, consumers, grants';
+    END IF;
+END
+$create_admin_role$;
 
 -- Names are ASCII ([a-z0-9_]) and collate as "C": publish looks streams up through this
 -- index directly, with a C-collation scan key, as Postgres does for its catalogs.
@@ -52,7 +68,11 @@ CREATE TABLE eventq_internal.staged (
     payload      jsonb NOT NULL,
     headers      jsonb,
     deliver_at   timestamptz,
-    published_at timestamptz NOT NULL DEFAULT now()
+    published_at timestamptz NOT NULL DEFAULT now(),
+    -- the system identifier of the cluster the event was published in. A dump restored
+    -- into another cluster brings staged events whose xids mean nothing there; the drain
+    -- numbers them before every event published here (all of which happened after them).
+    origin       bigint NOT NULL
 ) PARTITION BY LIST (slot);
 CREATE TABLE eventq_internal.staged_0 PARTITION OF eventq_internal.staged FOR VALUES IN (0);
 CREATE TABLE eventq_internal.staged_1 PARTITION OF eventq_internal.staged FOR VALUES IN (1);
@@ -121,10 +141,13 @@ RETURN (SELECT coalesce(bool_and(p IS NOT NULL
                                  AND p ~ '^((\*|[A-Za-z0-9_-]+)\.)*(\*|>|[A-Za-z0-9_-]+)$'), true)
         FROM unnest(patterns) AS p);
 
+-- No foreign keys here or anywhere in storage: pg_restore -j loads the rows of an
+-- extension's tables in any order and would trip over them. Instead, creating a consumer
+-- or a grant holds its stream's lock, as dropping the stream does (storage::streams).
 CREATE TABLE eventq_internal.consumers (
     id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name         text COLLATE "C" NOT NULL UNIQUE,
-    stream_id    integer NOT NULL REFERENCES eventq_internal.streams (id),
+    stream_id    integer NOT NULL,
     mode         text NOT NULL CHECK (mode IN ('task', 'log')),
     subjects     text[] NOT NULL,
     exclude      text[] NOT NULL,
@@ -146,10 +169,29 @@ CREATE TABLE eventq_internal.consumers (
     -- cleanup of finished tasks resumes after this seq
     cleanup_seq  bigint NOT NULL DEFAULT 0,
     created_at   timestamptz NOT NULL DEFAULT now(),
+    -- the role that created it (its members may work it, given `consume` on the stream)
+    owner        regrole NOT NULL,
     CONSTRAINT consumers_patterns_check
         CHECK (eventq_internal.valid_patterns(subjects) AND eventq_internal.valid_patterns(exclude))
 );
 CREATE INDEX consumers_by_stream ON eventq_internal.consumers (stream_id);
+
+-- Privileges on streams (eventq.grant). `subjects` limits a grant to those patterns (NULL:
+-- every subject); `subjects_re` is the same as an anchored regular expression, for the
+-- views. Roles are stored as regrole, so that a dump names them and a restore finds them
+-- again; a grant to a role that has since been dropped is ignored (and removed by cleanup).
+CREATE TABLE eventq_internal.grants (
+    stream_id   integer NOT NULL,
+    grantee     regrole NOT NULL,
+    privilege   text NOT NULL CHECK (privilege IN ('publish', 'consume', 'manage')),
+    subjects    text[] CHECK (subjects IS NULL
+                              OR (cardinality(subjects) BETWEEN 1 AND 100
+                                  AND eventq_internal.valid_patterns(subjects))),
+    subjects_re text,
+    granted_by  regrole NOT NULL,
+    granted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, grantee, privilege)
+);
 
 -- `scheduled` is a task that is available but not before `run_at` (deliver_at in the
 -- future); the views show it as `available`. Keeping it out of the `available` index
@@ -241,3 +283,47 @@ CREATE TABLE eventq_internal.attempts (
     finished_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id);
+
+-- A dump restored into a new database creates the extension first and loads the rows of
+-- each table afterwards, in any order (in parallel with pg_restore -j). A drain or a
+-- retention pass in between would number, route or expire a half-loaded log. So while
+-- the session that created the extension for a restore is still connected, drains and
+-- maintenance wait (src/storage/maintenance.rs). pg_dump's scripts and pg_restore set
+-- row_security = off, which a session that creates the extension otherwise hardly has.
+-- Not dumped itself.
+CREATE TABLE eventq_internal.restoring (
+    pid           integer NOT NULL,
+    backend_start timestamptz
+);
+INSERT INTO eventq_internal.restoring (pid, backend_start)
+SELECT a.pid, a.backend_start
+FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
+WHERE pg_catalog.current_setting('row_security') = 'off';
+
+-- Backups: pg_dump dumps the rows of these tables and the values of these sequences, so a
+-- restored database keeps its streams, consumers, cursors, grants, events and tasks, and
+-- numbers new events above the restored ones. The drains row the script itself inserts is
+-- left out, as restoring it would collide with the new database's own.
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.event_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_0', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_1', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_2', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_3', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.drains', 'WHERE last_seq <> 0');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.events', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dedup', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.tasks', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_heads', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.routing_gaps', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.routing_gaps_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.expirations', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.expirations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.attempts_id_seq', '');

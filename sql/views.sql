@@ -1,6 +1,39 @@
 -- Views for people and dashboards. They count and join on every read: fine for a console
 -- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
 -- transaction would otherwise keep staging from being truncated.
+--
+-- Everyone may select from them, and each role sees only what it holds a privilege on:
+-- administrators everything; other roles the streams they have a grant on or a consumer
+-- of, the consumers they own (as members of the owning role) or manage, and the events of
+-- streams they consume (within the subjects of their grant) or manage. The views read
+-- storage as their owner; CURRENT_USER inside them is the role that reads.
+
+-- Whether the role reading administers eventq: a superuser, the owner of eventq's storage,
+-- or a member of eventq_admin (as api::access decides for the functions).
+CREATE FUNCTION eventq_internal.caller_is_admin() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.pg_has_role(CURRENT_USER,
+           (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal'),
+           'USAGE')
+    OR coalesce(pg_catalog.pg_has_role(CURRENT_USER, pg_catalog.to_regrole('eventq_admin'), 'USAGE'),
+                false);
+
+-- The grants the role reading holds, directly or through the roles it belongs to.
+CREATE VIEW eventq_internal.caller_grants AS
+SELECT g.stream_id, g.privilege, g.subjects_re
+FROM eventq_internal.grants g
+WHERE pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
+
+-- The consumers the role reading may see.
+CREATE VIEW eventq_internal.caller_consumers AS
+SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c.exclude_re,
+       c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
+       c.cursor_seq, c.start_at, c.created_at, c.owner
+FROM eventq_internal.consumers c
+WHERE eventq_internal.caller_is_admin()
+   OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
+              WHERE g.stream_id = c.stream_id AND g.privilege = 'manage');
 
 CREATE VIEW eventq.streams AS
 SELECT s.name,
@@ -12,7 +45,10 @@ SELECT s.name,
        (SELECT max(e.published_at) FROM eventq_internal.events e
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
        s.created_at
-FROM eventq_internal.streams s;
+FROM eventq_internal.streams s
+WHERE eventq_internal.caller_is_admin()
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
 -- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
 -- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
@@ -57,8 +93,9 @@ SELECT c.name,
        c.backoff_max,
        c.lease,
        c.start_at,
-       c.created_at
-FROM eventq_internal.consumers c
+       c.created_at,
+       c.owner::text AS owner
+FROM eventq_internal.caller_consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
@@ -84,7 +121,13 @@ SELECT s.name AS stream,
        e.published_at,
        e.deliver_at
 FROM eventq_internal.events e
-JOIN eventq_internal.streams s ON s.id = e.stream_id;
+JOIN eventq_internal.streams s ON s.id = e.stream_id
+WHERE eventq_internal.caller_is_admin()
+   OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
+              WHERE g.stream_id = e.stream_id
+                AND (g.privilege = 'manage'
+                     OR (g.privilege = 'consume'
+                         AND (g.subjects_re IS NULL OR e.subject ~ g.subjects_re))));
 
 -- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
 CREATE VIEW eventq.tasks AS
@@ -103,7 +146,7 @@ SELECT c.name AS consumer,
        t.started_at,
        t.finished_at
 FROM eventq_internal.tasks t
-JOIN eventq_internal.consumers c ON c.id = t.consumer_id
+JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
 LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
 
 -- Attempts that failed, were lost or were discarded are recorded as they end; a completed
@@ -111,14 +154,20 @@ LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.se
 CREATE VIEW eventq.attempts AS
 SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
 FROM eventq_internal.attempts a
-JOIN eventq_internal.consumers c ON c.id = a.consumer_id
+JOIN eventq_internal.caller_consumers c ON c.id = a.consumer_id
 UNION ALL
 SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
 FROM eventq_internal.tasks t
-JOIN eventq_internal.consumers c ON c.id = t.consumer_id
+JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
 WHERE t.state = 'completed';
 
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
--- alive? `last_error` is what failed last, when. Empty without preloading.
+-- alive? `last_error` is what failed last, when. Empty without preloading, and for roles
+-- that do not administer eventq (the condition is checked before the function is called).
 CREATE VIEW eventq.workers AS
-SELECT * FROM eventq.worker_health();
+SELECT * FROM eventq.worker_health() WHERE eventq_internal.caller_is_admin();
+
+-- The API is for everyone: each function checks the caller's privileges itself.
+GRANT USAGE ON SCHEMA eventq TO PUBLIC;
+GRANT SELECT ON eventq.streams, eventq.consumers, eventq.events, eventq.tasks, eventq.attempts,
+    eventq.workers TO PUBLIC;

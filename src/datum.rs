@@ -103,6 +103,11 @@ raw_datum!(
 );
 
 impl Jsonb {
+    /// The value's size uncompressed, without detoasting it.
+    pub fn raw_size(self) -> usize {
+        unsafe { pg_sys::toast_raw_datum_size(self.0) }
+    }
+
     /// Whether the value is a JSON object (`{...}`), read from the container header without
     /// parsing the document.
     pub fn is_object(self) -> bool {

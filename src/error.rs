@@ -3,7 +3,7 @@
 //! A Rust panic reaches the user as XX000 (internal_error), which is always a bug; these
 //! helpers raise the SQLSTATE a client can act on and name the object involved.
 
-use crate::core::Invalid;
+use crate::core::{shown, Invalid};
 use pgrx::prelude::*;
 use pgrx::spi::SpiError;
 
@@ -21,7 +21,7 @@ pub fn unknown_stream(name: &str) -> ! {
     ereport!(
         ERROR,
         PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-        format!("stream \"{name}\" does not exist")
+        format!("stream \"{}\" does not exist", shown(name))
     );
 }
 
@@ -30,7 +30,7 @@ pub fn unknown_consumer(name: &str) -> ! {
     ereport!(
         ERROR,
         PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-        format!("consumer \"{name}\" does not exist")
+        format!("consumer \"{}\" does not exist", shown(name))
     );
 }
 
@@ -39,7 +39,7 @@ pub fn duplicate(kind: &str, name: &str) -> ! {
     ereport!(
         ERROR,
         PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-        format!("{kind} \"{name}\" already exists")
+        format!("{kind} \"{}\" already exists", shown(name))
     );
 }
 
@@ -100,6 +100,21 @@ impl<T> OrRaise<T> for Result<T, SpiError> {
     fn or_raise(self) -> T {
         self.unwrap_or_else(|e| spi_failure("SPI", e))
     }
+}
+
+/// 42501: the caller may not do this; the message names the object, the hint the
+/// privilege that would allow it.
+pub fn permission_denied(message: String, hint: &str) -> ! {
+    raise_with_hint(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, hint)
+}
+
+/// 42704
+pub fn unknown_role(name: &str) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("role \"{}\" does not exist", shown(name))
+    );
 }
 
 /// 55000: the extension's SQL in this database is of another version than the library.

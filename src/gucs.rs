@@ -10,6 +10,7 @@ static DRAIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static MAINTENANCE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static CLEANUP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static KEEP_FINISHED_TASKS_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+static MAX_PAYLOAD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -78,6 +79,21 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"eventq.max_payload_size",
+        c"The largest payload and headers (together, uncompressed) one event may have.",
+        c"A larger publish is refused. Superusers set it, for the server, a database or a role.",
+        &MAX_PAYLOAD_KB,
+        1,
+        256 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+}
+
+/// The largest payload and headers of one event, in bytes.
+pub fn max_payload_bytes() -> usize {
+    MAX_PAYLOAD_KB.get().max(1) as usize * 1024
 }
 
 /// The databases `eventq.database` lists; empty for every database.

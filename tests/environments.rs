@@ -162,7 +162,9 @@ fn a_hot_standby_reads_the_replicated_log() {
     assert!(!standby.log().contains("PANIC"), "{}", standby.log());
 }
 
-/// A trigger a DBA adds to staging fires for every publish: the fast path steps aside.
+/// A trigger a DBA adds to staging fires for every publish: the fast path steps aside. It
+/// runs inside eventq's functions, with their search_path (pg_catalog only): it names its
+/// own objects with their schema, as any code run by a SECURITY DEFINER function must.
 #[test]
 fn triggers_on_staging_fire() {
     let cluster = Cluster::start("env-trigger", &[]);
@@ -170,7 +172,7 @@ fn triggers_on_staging_fire() {
     db.batch_execute(
         "CREATE TABLE audit (subject text);
          CREATE FUNCTION audit_staged() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN INSERT INTO audit VALUES (NEW.subject); RETURN NEW; END $$;
+           $$ BEGIN INSERT INTO public.audit VALUES (NEW.subject); RETURN NEW; END $$;
          CREATE TRIGGER audit AFTER INSERT ON eventq_internal.staged
            FOR EACH ROW EXECUTE FUNCTION audit_staged();
          SELECT eventq.create_stream('s');

@@ -66,6 +66,12 @@ fn populate_0_1_0(db: &mut Client) {
         -- published, not drained yet
         INSERT INTO eventq_internal.staged (slot, id, stream_id, subject, key, payload)
         VALUES (0, gen_random_uuid(), 1, 'order.staged', 'k', '{}');
+        -- an application role, given rights as 0.1.0's README said
+        CREATE ROLE legacy_app LOGIN;
+        GRANT USAGE ON SCHEMA eventq, eventq_internal TO legacy_app;
+        GRANT SELECT ON ALL TABLES IN SCHEMA eventq TO legacy_app;
+        GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA eventq_internal TO legacy_app;
+        GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA eventq_internal TO legacy_app;
         "#,
     )
     .unwrap();
@@ -100,7 +106,23 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
     });
     assert_eq!(count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker'"), 1);
 
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut db = {
+        let warnings = warnings.clone();
+        cluster.connect_with_notices(move |notice| warnings.lock().unwrap().push(notice.message().to_string()))
+    };
     db.batch_execute("ALTER EXTENSION eventq UPDATE").unwrap();
+    // 0.1.0's applications got their rights on the tables; now they hold grants instead,
+    // and are told to drop the table rights
+    assert!(
+        warnings.lock().unwrap().iter().any(|w| w.contains("legacy_app") && w.contains("privileges on eventq's tables")),
+        "{:?}",
+        warnings.lock().unwrap()
+    );
+    assert_eq!(
+        column(&mut db, "SELECT privilege FROM eventq_internal.grants WHERE grantee = 'legacy_app'::regrole ORDER BY 1"),
+        ["manage", "publish"]
+    );
     let version: String =
         db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'eventq'", &[]).unwrap().get(0);
     assert_ne!(version, OLDEST);
@@ -144,6 +166,12 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
     let again: String =
         db.query_one("SELECT eventq.publish('orders', 'order.x', dedup_key => 'once')::text", &[]).unwrap().get(0);
     assert_eq!(again, first);
+    // the application role goes on publishing and working the consumers it used
+    db.batch_execute("SET ROLE legacy_app").unwrap();
+    db.batch_execute("SELECT eventq.publish('orders', 'order.by-app')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap_err();
+    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('mailer', 10)"), ["order.by-app"]);
+    db.batch_execute("RESET ROLE").unwrap();
     assert!(!cluster.log().contains("terminated by signal"), "{}", cluster.log());
 }
 
@@ -176,6 +204,20 @@ fn describe(db: &mut Client) -> Vec<String> {
          SELECT 'identity ' || c.oid::regclass || ' ' || c.relreplident::text
          FROM pg_class c WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
            AND c.relkind IN ('r', 'p')
+         UNION ALL
+         SELECT 'privileges ' || c.oid::regclass || ' ' || coalesce(c.relacl::text, 'default')
+         FROM pg_class c WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
+         UNION ALL
+         SELECT 'privileges schema ' || nspname || ' ' || coalesce(nspacl::text, 'default')
+         FROM pg_namespace WHERE nspname IN ('eventq', 'eventq_internal')
+         UNION ALL
+         SELECT 'privileges ' || p.oid::regprocedure || ' ' || coalesce(p.proacl::text, 'default')
+         FROM pg_proc p WHERE p.pronamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
+         UNION ALL
+         SELECT 'dumped ' || t.relation::regclass || ' ' || coalesce(t.condition, '')
+         FROM pg_extension x,
+              unnest(x.extconfig, x.extcondition) AS t(relation, condition)
+         WHERE x.extname = 'eventq'
          UNION ALL
          SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
          FROM pg_depend WHERE refclassid = 'pg_extension'::regclass

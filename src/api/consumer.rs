@@ -70,6 +70,7 @@ fn start_from(client: &SpiClient<'_>, consumer: &Consumer, start_at: TimestampWi
 /// `'-infinity'`: every retained event and every later one; a time: the retained and later
 /// events published at or after it (also when that time is still to come).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn create_consumer(
     name: Option<&str>,
@@ -85,7 +86,7 @@ fn create_consumer(
     lease: default!(Option<Interval>, "'30 seconds'"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
     let stream = required(stream, "stream");
     validate_name(Kind::Consumer, name).or_raise();
@@ -105,6 +106,10 @@ fn create_consumer(
     retrying(|| Spi::connect(|client| {
         let stream_id =
             streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
+        call.require_new_consumer(stream_id, stream, name, &filter);
+        let stream_id = streams::find_and_hold(client, stream)
+            .filter(|&held| held == stream_id)
+            .unwrap_or_else(|| error::unknown_stream(stream));
         let created = consumers::insert(
             client,
             NewConsumer {
@@ -122,6 +127,7 @@ fn create_consumer(
                 backoff_max,
                 lease,
                 start_at: limit,
+                owner: call.caller(),
             },
         );
         if created.is_none() {
@@ -144,6 +150,7 @@ fn create_consumer(
 /// published at or after it reach the consumer. The mode cannot change. Drains route
 /// around the consumer until this transaction ends, then give it what they held back.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn alter_consumer(
     name: Option<&str>,
@@ -158,7 +165,7 @@ fn alter_consumer(
     lease: default!(Option<Interval>, "NULL"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
     let mode = mode.map(|m| Mode::parse(m).or_raise());
     let ordering = ordering.map(|o| KeyOrdering::parse(o).or_raise());
@@ -168,8 +175,28 @@ fn alter_consumer(
     let limit = start_at.map(start_limit);
 
     retrying(|| Spi::connect(|client| {
+        let new_filter = |id: i32| {
+            if subjects.is_none() && exclude.is_none() {
+                return None;
+            }
+            let (old_subjects, old_exclude) = consumers::patterns(client, id);
+            Some(
+                Filter::parse(
+                    subjects.as_ref().unwrap_or(&old_subjects),
+                    exclude.as_ref().unwrap_or(&old_exclude),
+                )
+                .or_raise(),
+            )
+        };
+        // Privileges first: a role that may not change it must not take its lock either.
+        let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+        call.require_consumer(client, &seen, name, new_filter(seen.id).as_ref());
         let current = consumers::find_for_change(client, name)
             .unwrap_or_else(|| error::unknown_consumer(name));
+        let new_filter = new_filter(current.id);
+        if current.id != seen.id {
+            call.require_consumer(client, &current, name, new_filter.as_ref());
+        }
         if mode.is_some_and(|m| m != current.mode) {
             error::invalid_argument(format!(
                 "the mode of consumer \"{name}\" cannot change; drop it and create a {} consumer",
@@ -185,17 +212,7 @@ fn alter_consumer(
             lease: lease.map(micros).unwrap_or(p.lease),
         };
         merged.validate().or_raise();
-        let regexes = if subjects.is_some() || exclude.is_some() {
-            let (old_subjects, old_exclude) = consumers::patterns(client, current.id);
-            let filter = Filter::parse(
-                subjects.as_ref().unwrap_or(&old_subjects),
-                exclude.as_ref().unwrap_or(&old_exclude),
-            )
-            .or_raise();
-            Some((filter.include_regex(), filter.exclude_regex()))
-        } else {
-            None
-        };
+        let regexes = new_filter.as_ref().map(|f| (f.include_regex(), f.exclude_regex()));
         consumers::update(
             client,
             current.id,
@@ -234,23 +251,29 @@ fn alter_consumer(
 
 /// While paused, pull and fetch return nothing; tasks keep accumulating.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn pause_consumer(name: Option<&str>) {
-    super::check_installed_version();
     set_paused(name, true)
 }
 
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn resume_consumer(name: Option<&str>) {
-    super::check_installed_version();
     set_paused(name, false)
 }
 
 fn set_paused(name: Option<&str>, paused: bool) {
+    let call = super::access::enter();
     let name = required(name, "name");
     retrying(|| {
         Spi::connect(|client| {
-            consumers::find_for_change(client, name)
+            let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            call.require_consumer(client, &seen, name, None);
+            let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| error::unknown_consumer(name));
+            if c.id != seen.id {
+                call.require_consumer(client, &c, name, None);
+            }
             consumers::set_paused(client, name, paused);
         })
     })
@@ -258,13 +281,19 @@ fn set_paused(name: Option<&str>, paused: bool) {
 
 /// Drops a consumer with its tasks and their history.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn drop_consumer(name: Option<&str>) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
     retrying(|| {
         Spi::connect(|client| {
+            let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            call.require_consumer(client, &seen, name, None);
             let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| error::unknown_consumer(name));
+            if c.id != seen.id {
+                call.require_consumer(client, &c, name, None);
+            }
             consumers::delete(client, c.id);
         })
     })

@@ -17,6 +17,7 @@ const MAX_FETCH: i32 = 100_000;
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn fetch(
     consumer: Option<&str>,
     max: default!(Option<i32>, 100),
@@ -32,13 +33,13 @@ fn fetch(
         name!(published_at, TimestampWithTimeZone),
     ),
 > {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(100), MAX_FETCH).or_raise();
     let nested = super::called_from_a_function();
     let events = retrying(|| {
         Spi::connect(|client| {
-            let c = consumer_for(client, name, Mode::Log, "fetch");
+            let c = consumer_for(&call, client, name, Mode::Log, "fetch");
             if c.paused {
                 return Vec::new();
             }
@@ -65,12 +66,13 @@ fn check_position(client: &SpiClient<'_>, seq: i64) {
 /// Moves the cursor forward to `seq` (the last event processed). A position behind the
 /// cursor leaves it unchanged; a position beyond the last drained event is refused.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn commit(consumer: Option<&str>, seq: Option<i64>) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let seq = required(seq, "seq");
     Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Log, "commit");
+        let c = consumer_for(&call, client, name, Mode::Log, "commit");
         check_position(client, seq);
         log::commit(client, c.id, seq);
     })
@@ -78,12 +80,13 @@ fn commit(consumer: Option<&str>, seq: Option<i64>) {
 
 /// Moves the cursor anywhere: the next fetch returns events after `seq`.
 #[pg_extern(name = "seek")]
+#[search_path(pg_catalog, pg_temp)]
 fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let seq = required(seq, "seq");
     Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Log, "seek");
+        let c = consumer_for(&call, client, name, Mode::Log, "seek");
         check_position(client, seq);
         consumers::set_cursor(client, c.id, seq);
     })
@@ -92,12 +95,13 @@ fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
 /// Moves the cursor so that the next fetch returns the events published at or after `at`
 /// (and possibly some published earlier that committed later: none is skipped).
 #[pg_extern(name = "seek")]
+#[search_path(pg_catalog, pg_temp)]
 fn seek_to_time(consumer: Option<&str>, at: Option<TimestampWithTimeZone>) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let at = required(at, "at");
     Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Log, "seek");
+        let c = consumer_for(&call, client, name, Mode::Log, "seek");
         let position = consumers::position_at(client, c.stream_id, at);
         consumers::set_cursor(client, c.id, position);
     })

@@ -24,8 +24,10 @@ use serde_json::json;
 /// otherwise take part in serializable conflict detection and could make the
 /// applications' own transactions fail.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn run_maintenance() -> JsonB {
-    super::check_installed_version();
+    let call = super::access::enter();
+    call.require_admin("run maintenance");
     unsafe {
         pg_sys::PreventCommandIfReadOnly(c"run_maintenance()".as_ptr());
         if pg_sys::IsTransactionBlock() {
@@ -97,6 +99,7 @@ pub fn pass_report() -> JsonB {
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn worker_health() -> TableIterator<
     'static,
     (
@@ -109,6 +112,8 @@ fn worker_health() -> TableIterator<
         name!(last_error_at, Option<TimestampWithTimeZone>),
     ),
 > {
+    let call = super::access::enter();
+    call.require_admin("see eventq's workers");
     let time = |t: i64| -> Option<TimestampWithTimeZone> {
         (t != 0).then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }).flatten()
     };

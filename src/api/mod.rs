@@ -1,9 +1,14 @@
-//! The SQL API: thin `#[pg_extern]` functions, one file per part of the API. Each validates
-//! its arguments (core), calls storage, and turns "not found" into the right error.
+//! The SQL API: thin `#[pg_extern]` functions, one file per part of the API. Each starts
+//! with `access::enter` (version check, caller noted, work as the storage's owner),
+//! validates its arguments (core), checks the caller's privileges (`access`), calls
+//! storage, and turns "not found" into the right error. Every one runs with
+//! `search_path = pg_catalog, pg_temp` (its `#[search_path]`).
 
+pub mod access;
 pub mod consumer;
 pub mod log;
 pub mod maintenance;
+pub mod privileges;
 pub mod publish;
 pub mod stream;
 pub mod task;
@@ -79,9 +84,17 @@ pub fn non_negative_micros(interval: Option<Interval>, what: &str) -> Option<i64
     })
 }
 
-/// The named consumer, which must be in `mode` for `call`.
-pub fn consumer_for(client: &SpiClient<'_>, name: &str, mode: Mode, call: &str) -> Consumer {
+/// The named consumer, which the caller must be allowed to work, and which must be in
+/// `mode` for `call`.
+pub fn consumer_for(
+    caller: &access::Call,
+    client: &SpiClient<'_>,
+    name: &str,
+    mode: Mode,
+    call: &str,
+) -> Consumer {
     let consumer = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+    caller.require_consumer(client, &consumer, name, None);
     if consumer.mode != mode {
         error::wrong_mode(name, consumer.mode.as_str(), call, mode.as_str());
     }

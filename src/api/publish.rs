@@ -46,6 +46,29 @@ fn check_deliver_at(deliver_at: Option<TimestampWithTimeZone>) {
     }
 }
 
+/// Payload and headers together must fit `eventq.max_payload_size`: one huge event must
+/// not take the drain's and every worker's memory with it. Measured uncompressed, as
+/// Postgres would have to hold it.
+fn check_size(payload: Jsonb, headers: Option<Jsonb>, what: &str) {
+    let limit = crate::gucs::max_payload_bytes();
+    let size = payload.raw_size() + headers.map_or(0, Jsonb::raw_size);
+    if size > limit {
+        error::invalid_argument(format!(
+            "{what} is {}, more than eventq.max_payload_size ({}): payload and headers together must fit",
+            human_bytes(size),
+            human_bytes(limit)
+        ));
+    }
+}
+
+fn human_bytes(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} kB", b as f64 / (1 << 10) as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
 fn check_headers(headers: Option<Jsonb>, what: &str) {
     if headers.is_some_and(|h| !h.is_object()) {
         error::invalid_argument(format!("{what} must be a JSON object or NULL"));
@@ -56,6 +79,7 @@ fn check_headers(headers: Option<Jsonb>, what: &str) {
 /// transaction commits. With `dedup_key`, publishing a key the stream still retains returns
 /// the first event's id and adds nothing.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn publish(
     stream: Option<&str>,
     subject: Option<&str>,
@@ -65,22 +89,25 @@ fn publish(
     deliver_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     dedup_key: default!(Option<&str>, "NULL"),
 ) -> Uuid {
-    super::check_installed_version();
+    let call = super::access::enter();
     check_writable(c"publish()");
     let stream = required(stream, "stream");
     let subject = required(subject, "subject");
     validate_subject(subject).or_raise();
     let payload = required(payload, "payload");
     check_headers(headers, "headers");
+    check_size(payload, headers, "the event");
     check_key(key, "key");
     check_key(dedup_key, "dedup_key");
     check_deliver_at(deliver_at);
+    let stream_id = append::stream_id(stream).unwrap_or_else(|| error::unknown_stream(stream));
+    call.require_publish(stream_id, stream, [subject]);
     let id = next_ids(1)[0];
-    let published = match dedup_key {
-        None => append::stream_id(stream).map(|stream_id| {
+    let id = match dedup_key {
+        None => {
             append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at });
             id
-        }),
+        }
         Some(dedup_key) => retrying(|| Spi::connect(|client| {
             let event = Event {
                 id,
@@ -90,14 +117,12 @@ fn publish(
                 headers,
                 deliver_at,
             };
-            match publish::insert_dedup(client, stream, event, dedup_key) {
-                Deduplicated::NoStream => None,
-                Deduplicated::Published => Some(id),
-                Deduplicated::AlreadyPublished(first) => Some(first),
+            match publish::insert_dedup(client, stream_id, event, dedup_key) {
+                Deduplicated::Published => id,
+                Deduplicated::AlreadyPublished(first) => first,
             }
         })),
     };
-    let id = published.unwrap_or_else(|| error::unknown_stream(stream));
     wakeup::published_in_this_transaction();
     id
 }
@@ -105,6 +130,7 @@ fn publish(
 /// Publishes `subjects[i]` with `payloads[i]` (and `keys[i]`, `headers[i]` when given) for
 /// every i; returns the ids in input order.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn publish_batch(
     stream: Option<&str>,
     subjects: Option<TextArray>,
@@ -112,7 +138,7 @@ fn publish_batch(
     keys: default!(Option<TextArray>, "NULL"),
     headers: default!(Option<JsonbArray>, "NULL"),
 ) -> SetOfIterator<'static, Uuid> {
-    super::check_installed_version();
+    let call = super::access::enter();
     check_writable(c"publish_batch()");
     let stream = required(stream, "stream");
     let subjects = required(subjects, "subjects");
@@ -137,30 +163,37 @@ fn publish_batch(
             ));
         }
     }
-    for (i, subject) in subjects.elements().into_iter().enumerate() {
-        let subject = subject
-            .unwrap_or_else(|| error::invalid_argument(format!("subjects[{}] is NULL", i + 1)));
-        validate_subject(&subject).or_raise();
+    let subject_texts: Vec<String> = subjects
+        .elements()
+        .into_iter()
+        .enumerate()
+        .map(|(i, subject)| {
+            let subject = subject
+                .unwrap_or_else(|| error::invalid_argument(format!("subjects[{}] is NULL", i + 1)));
+            validate_subject(&subject).or_raise();
+            subject
+        })
+        .collect();
+    let header_values = headers.map(JsonbArray::elements).unwrap_or_else(|| vec![None; n]);
+    for (i, h) in header_values.iter().enumerate() {
+        check_headers(*h, &format!("headers[{}]", i + 1));
     }
-    if let Some(i) = payloads.elements().iter().position(Option::is_none) {
-        error::invalid_argument(format!("payloads[{}] is NULL", i + 1));
-    }
-    if let Some(headers) = headers {
-        for (i, h) in headers.elements().into_iter().enumerate() {
-            check_headers(h, &format!("headers[{}]", i + 1));
-        }
+    for (i, (payload, headers)) in payloads.elements().into_iter().zip(&header_values).enumerate() {
+        let payload = payload
+            .unwrap_or_else(|| error::invalid_argument(format!("payloads[{}] is NULL", i + 1)));
+        check_size(payload, *headers, &format!("event {} of the batch", i + 1));
     }
     if let Some(keys) = keys {
         for (i, k) in keys.elements().into_iter().enumerate() {
             check_key(k.as_deref(), &format!("keys[{}]", i + 1));
         }
     }
+    let stream_id = append::stream_id(stream).unwrap_or_else(|| error::unknown_stream(stream));
+    call.require_publish(stream_id, stream, subject_texts.iter().map(String::as_str));
 
     let ids = next_ids(n);
     let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers };
-    if !Spi::connect(|client| publish::insert_batch(client, stream, batch)) {
-        error::unknown_stream(stream);
-    }
+    Spi::connect(|client| publish::insert_batch(client, stream_id, batch));
     if n > 0 {
         wakeup::published_in_this_transaction();
     }

@@ -13,15 +13,17 @@ fn check_retention(retention: Option<Interval>) {
 
 /// Creates a stream. `retention` NULL keeps events forever.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn create_stream(
     name: Option<&str>,
     retention: default!(Option<Interval>, "'7 days'"),
     if_not_exists: default!(Option<bool>, false),
 ) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
     validate_name(Kind::Stream, name).or_raise();
     check_retention(retention);
+    call.require_admin("create streams");
     Spi::connect(|client| {
         if streams::insert(client, name, retention).is_none() && !if_not_exists.unwrap_or(false) {
             error::duplicate("stream", name);
@@ -31,10 +33,12 @@ fn create_stream(
 
 /// Changes how long a stream keeps its events (NULL: forever).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
     check_retention(retention);
+    call.require_admin("alter streams");
     Spi::connect(|client| {
         if !streams::set_retention(client, name, retention) {
             error::unknown_stream(name);
@@ -45,9 +49,11 @@ fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
 /// Drops a stream with its events. Refused while consumers read it, unless `force`, which
 /// drops those consumers and their tasks too.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn drop_stream(name: Option<&str>, force: default!(Option<bool>, false)) {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(name, "name");
+    call.require_admin("drop streams");
     Spi::connect(|client| {
         let id = streams::find(client, name).unwrap_or_else(|| error::unknown_stream(name));
         let consumers = streams::consumers(client, id);
@@ -56,5 +62,6 @@ fn drop_stream(name: Option<&str>, force: default!(Option<bool>, false)) {
             error::stream_has_consumers(name, &names);
         }
         streams::delete(client, id, &consumers);
-    })
+    });
+    super::access::grants_changed();
 }

@@ -20,6 +20,7 @@ const MAX_PULL: i32 = 10_000;
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn pull(
     consumer: Option<&str>,
     max: default!(Option<i32>, 1),
@@ -38,14 +39,14 @@ fn pull(
         name!(published_at, TimestampWithTimeZone),
     ),
 > {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let max = batch_size("max", max.unwrap_or(1), MAX_PULL).or_raise();
     let lease = super::duration_micros(lease, "lease");
     let nested = super::called_from_a_function();
     let leased = retrying(|| {
         Spi::connect(|client| {
-            let c = consumer_for(client, name, Mode::Task, "pull");
+            let c = consumer_for(&call, client, name, Mode::Task, "pull");
             if c.paused {
                 return Vec::new();
             }
@@ -80,12 +81,13 @@ fn pull(
 /// (any more) are not counted. `attempts`, parallel to `task_ids`, is the lease guard: a
 /// task is completed only while it still runs the attempt its worker pulled.
 #[pg_extern(name = "ack")]
+#[search_path(pg_catalog, pg_temp)]
 fn ack_with_attempts(
     consumer: Option<&str>,
     task_ids: Option<Vec<Option<i64>>>,
     attempts: default!(Option<Vec<Option<i32>>>, "NULL"),
 ) -> i32 {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let ids = required(task_ids, "task_ids");
     if let Some(attempts) = &attempts {
@@ -99,7 +101,7 @@ fn ack_with_attempts(
     }
     retrying(|| {
         Spi::connect(|client| {
-            let c = consumer_for(client, name, Mode::Task, "ack");
+            let c = consumer_for(&call, client, name, Mode::Task, "ack");
             if ids.iter().all(Option::is_none) {
                 return 0;
             }
@@ -112,6 +114,7 @@ fn ack_with_attempts(
 /// backoff), or `discarded` when it has used up max_attempts. Returns the new state, or
 /// NULL if the task was not running.
 #[pg_extern(name = "retry")]
+#[search_path(pg_catalog, pg_temp)]
 fn retry_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
@@ -119,13 +122,13 @@ fn retry_with_attempt(
     delay: default!(Option<Interval>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> Option<String> {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     let delay = non_negative_micros(delay, "delay");
     let guard = attempt;
     retrying(|| Spi::connect(|client| {
-        let c = consumer_for(client, name, Mode::Task, "retry");
+        let c = consumer_for(&call, client, name, Mode::Task, "retry");
         let attempt = tasks::running_attempt(client, c.id, task_id, guard)?;
         let (outcome, state) = if attempt >= c.policy.max_attempts {
             (Outcome::FailAndDiscard, "discarded")
@@ -146,18 +149,19 @@ fn retry_with_attempt(
 
 /// running -> discarded. `false` if the task was not running (the attempt given).
 #[pg_extern(name = "discard")]
+#[search_path(pg_catalog, pg_temp)]
 fn discard_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
     reason: default!(Option<&str>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> bool {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     retrying(|| {
         Spi::connect(|client| {
-            let c = consumer_for(client, name, Mode::Task, "discard");
+            let c = consumer_for(&call, client, name, Mode::Task, "discard");
             tasks::end_attempt(client, c.id, task_id, Outcome::Discard, reason, attempt)
         })
     })
@@ -166,19 +170,20 @@ fn discard_with_attempt(
 /// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
 /// the new expiry, or NULL if the task was not running.
 #[pg_extern(name = "extend_lease")]
+#[search_path(pg_catalog, pg_temp)]
 fn extend_lease_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
     lease: default!(Option<Interval>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> Option<TimestampWithTimeZone> {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let task_id = required(task_id, "task_id");
     let lease = super::duration_micros(lease, "lease");
     retrying(|| {
         Spi::connect(|client| {
-            let c = consumer_for(client, name, Mode::Task, "extend_lease");
+            let c = consumer_for(&call, client, name, Mode::Task, "extend_lease");
             tasks::extend_lease(client, c.id, task_id, lease.unwrap_or(c.policy.lease), attempt)
         })
     })
@@ -187,13 +192,14 @@ fn extend_lease_with_attempt(
 /// discarded -> available with a fresh attempt budget (NULL: every discarded task).
 /// Returns how many tasks changed.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
-    super::check_installed_version();
+    let call = super::access::enter();
     let name = required(consumer, "consumer");
     let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
     let count = retrying(|| {
         Spi::connect(|client| {
-            consumer_for(client, name, Mode::Task, "redrive");
+            consumer_for(&call, client, name, Mode::Task, "redrive");
             // Keys may get rows again: drains must route around the consumer meanwhile.
             let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| crate::error::unknown_consumer(name));

@@ -42,7 +42,7 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), Invalid> {
         Err(Invalid(format!(
             "invalid {} name \"{}\": names are 1 to {} characters of a-z, 0-9 and _, starting with a letter",
             kind.as_str(),
-            name,
+            super::shown(name),
             MAX_NAME_LEN
         )))
     }

@@ -14,7 +14,7 @@ macro_rules! text_enum {
                     $($text => Ok($name::$variant),)+
                     other => Err(Invalid(format!(
                         concat!("invalid ", $what, " \"{}\": expected one of {}"),
-                        other,
+                        super::shown(other),
                         [$(concat!("'", $text, "'")),+].join(", ")
                     ))),
                 }
@@ -30,6 +30,7 @@ macro_rules! text_enum {
 text_enum!(Mode, "mode", { Task => "task", Log => "log" });
 text_enum!(KeyOrdering, "ordering", { None => "none", Key => "key" });
 text_enum!(BackoffKind, "backoff", { Fixed => "fixed", Exponential => "exponential" });
+text_enum!(Privilege, "privilege", { Publish => "publish", Consume => "consume", Manage => "manage" });
 
 /// The retry policy of a task consumer, with intervals in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,8 @@ fn is_literal_token(token: &str) -> bool {
 fn check_length(what: &str, text: &str) -> Result<(), Invalid> {
     if text.is_empty() || text.len() > MAX_SUBJECT_LEN {
         return Err(Invalid(format!(
-            "invalid {what} \"{text}\": must be 1 to {MAX_SUBJECT_LEN} characters"
+            "invalid {what} \"{}\": must be 1 to {MAX_SUBJECT_LEN} characters",
+            super::shown(text)
         )));
     }
     Ok(())
@@ -39,7 +40,8 @@ pub fn validate_subject(subject: &str) -> Result<(), Invalid> {
         Ok(())
     } else {
         Err(Invalid(format!(
-            "invalid subject \"{subject}\": expected tokens of A-Z, a-z, 0-9, _ and - separated by single dots"
+            "invalid subject \"{}\": expected tokens of A-Z, a-z, 0-9, _ and - separated by single dots",
+            super::shown(subject)
         )))
     }
 }
@@ -70,19 +72,51 @@ impl Pattern {
                 ">" if i + 1 == parts.len() => Token::Rest,
                 ">" => {
                     return Err(Invalid(format!(
-                        "invalid subject pattern \"{text}\": \">\" may only be the last token"
+                        "invalid subject pattern \"{}\": \">\" may only be the last token",
+                        super::shown(text)
                     )))
                 }
                 literal if is_literal_token(literal) => Token::Literal(literal.to_string()),
                 _ => {
                     return Err(Invalid(format!(
-                        "invalid subject pattern \"{text}\": expected tokens of A-Z, a-z, 0-9, _ and -, \"*\" or a final \">\", separated by single dots"
+                        "invalid subject pattern \"{}\": expected tokens of A-Z, a-z, 0-9, _ and -, \"*\" or a final \">\", separated by single dots",
+                        super::shown(text)
                     )))
                 }
             };
             tokens.push(token);
         }
         Ok(Pattern { text: text.to_string(), tokens })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether every subject `inner` matches, this pattern matches too.
+    ///
+    /// Token by token: a literal is within itself and within `*`; `*` only within `*`. A
+    /// trailing `>` here takes whatever `inner` has from there on, as long as it has at
+    /// least one more token (its own `>` counts as one); without a trailing `>` here,
+    /// `inner` must have the same number of tokens and no `>`. Exact, not approximate: when
+    /// it says no, there is a subject `inner` matches and this pattern does not (the tests
+    /// build one).
+    pub fn contains(&self, inner: &Pattern) -> bool {
+        let token_within = |inner: &Token, outer: &Token| match (inner, outer) {
+            (_, Token::One) => !matches!(inner, Token::Rest),
+            (Token::Literal(a), Token::Literal(b)) => a == b,
+            _ => false,
+        };
+        match self.tokens.split_last() {
+            Some((Token::Rest, prefix)) => {
+                inner.tokens.len() > prefix.len()
+                    && prefix.iter().zip(&inner.tokens).all(|(o, i)| token_within(i, o))
+            }
+            _ => {
+                inner.tokens.len() == self.tokens.len()
+                    && self.tokens.iter().zip(&inner.tokens).all(|(o, i)| token_within(i, o))
+            }
+        }
     }
 
     /// Whether this pattern matches every valid subject (`>`).
@@ -450,5 +484,198 @@ mod tests {
         let mut out = Vec::new();
         router.route("order.created", &mut out);
         assert_eq!(out, vec![0]);
+    }
+
+    #[test]
+    fn containment_follows_the_tokens() {
+        let within = |outer: &str, inner: &str| {
+            Pattern::parse(outer).unwrap().contains(&Pattern::parse(inner).unwrap())
+        };
+        assert!(within(">", "a"));
+        assert!(within(">", "*.>"));
+        assert!(within("a.>", "a.b.>"));
+        assert!(within("a.>", "a.*"));
+        assert!(within("a.*", "a.b"));
+        assert!(within("*.*", "a.*"));
+        assert!(within("a.*.>", "a.b.c"));
+        assert!(!within("a.>", "a"));
+        assert!(!within("a.>", ">"));
+        assert!(!within("a.*", "a.>"));
+        assert!(!within("a.b", "a.*"));
+        assert!(!within("a.*", "a.b.c"));
+        assert!(!within("*", ">"));
+        assert!(!within("a.b.>", "a.>"));
+    }
+
+    /// Subjects `inner` matches, built so that if `outer` does not contain `inner`, one of
+    /// them is outside `outer`: `*` and `>` become a token no pattern here uses, `>` in
+    /// every length up to one past `outer`'s.
+    fn witnesses(inner: &Pattern, outer: &Pattern) -> Vec<String> {
+        const FRESH: &str = "zz";
+        let (rest, fixed) = match inner.tokens.split_last() {
+            Some((Token::Rest, fixed)) => (true, fixed),
+            _ => (false, &inner.tokens[..]),
+        };
+        let prefix: Vec<&str> = fixed
+            .iter()
+            .map(|t| match t {
+                Token::Literal(l) => l.as_str(),
+                _ => FRESH,
+            })
+            .collect();
+        if !rest {
+            return vec![prefix.join(".")];
+        }
+        (1..=outer.tokens.len() + 1)
+            .map(|extra| {
+                let mut tokens = prefix.clone();
+                tokens.extend(std::iter::repeat_n(FRESH, extra));
+                tokens.join(".")
+            })
+            .collect()
+    }
+
+    /// Inputs that have broken parsers elsewhere, kept so every run tries them again
+    /// (one per line; `\n`, `\t`, `\0` and `\\` are unescaped, a line `<long:N:text>` is
+    /// text repeated N times).
+    const HOSTILE_INPUTS: &str = include_str!("hostile_inputs.txt");
+
+    fn hostile_inputs() -> Vec<String> {
+        HOSTILE_INPUTS
+            .lines()
+            .map(|line| {
+                if let Some(spec) = line.strip_prefix("<long:").and_then(|l| l.strip_suffix('>')) {
+                    let (n, text) = spec.split_once(':').unwrap();
+                    return text.repeat(n.parse().unwrap());
+                }
+                line.replace("\\n", "\n")
+                    .replace("\\t", "\t")
+                    .replace("\\0", "\0")
+                    .replace("\\\\", "\\")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hostile_inputs_are_refused_or_understood_never_a_panic() {
+        let inputs = hostile_inputs();
+        assert!(inputs.len() > 30);
+        let mut patterns = Vec::new();
+        for input in &inputs {
+            let subject_ok = validate_subject(input).is_ok();
+            let name_ok = crate::core::names::is_valid_name(input);
+            if let Ok(p) = Pattern::parse(input) {
+                assert_eq!(p.as_str(), input);
+                patterns.push(p);
+            }
+            if let Err(e) = validate_subject(input) {
+                assert!(e.0.len() < 400, "an error quotes at most a prefix: {} bytes", e.0.len());
+            }
+            // a subject is also a pattern (of itself), and names are subjects
+            if subject_ok {
+                assert!(Pattern::parse(input).unwrap().matches(input));
+            }
+            if name_ok {
+                assert!(subject_ok);
+            }
+            let _ = subject_matches(input, input);
+            let _ = crate::core::scope::Scope::parse(&[input]);
+        }
+        for outer in &patterns {
+            for inner in &patterns {
+                let contained = outer.contains(inner);
+                for w in witnesses(inner, outer) {
+                    assert!(inner.matches(&w), "{w} from {}", inner.as_str());
+                    if contained {
+                        assert!(outer.matches(&w), "{} contains {}, not {w}", outer.as_str(), inner.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = &'static str> {
+            prop_oneof![Just("a"), Just("b"), Just("c-d"), Just("*")]
+        }
+
+        /// Patterns over a tiny alphabet, so that containment is often true and often false.
+        fn pattern() -> impl Strategy<Value = Pattern> {
+            (prop::collection::vec(token(), 1..5), any::<bool>()).prop_map(|(mut tokens, rest)| {
+                if rest {
+                    *tokens.last_mut().unwrap() = ">";
+                }
+                Pattern::parse(&tokens.join(".")).unwrap()
+            })
+        }
+
+        fn subject() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c-d"), Just("zz")], 1..7)
+                .prop_map(|tokens| tokens.join("."))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn parsers_never_panic(text in "\\PC{0,300}") {
+                let _ = validate_subject(&text);
+                let _ = Pattern::parse(&text);
+                let _ = crate::core::names::validate_name(crate::core::names::Kind::Stream, &text);
+                let _ = crate::core::scope::Scope::parse(&[&text]);
+            }
+
+            #[test]
+            fn parsers_never_panic_on_almost_valid_text(text in "[ab*>._\\- ]{0,40}") {
+                match Pattern::parse(&text) {
+                    Ok(p) => {
+                        prop_assert_eq!(p.as_str(), text.as_str());
+                        prop_assert!(p.tokens.iter().rev().skip(1).all(|t| *t != Token::Rest));
+                    }
+                    Err(e) => prop_assert!(e.0.contains("invalid subject pattern")),
+                }
+                if validate_subject(&text).is_ok() {
+                    prop_assert!(Pattern::parse(&text).unwrap().matches(&text));
+                }
+            }
+
+            /// What an inner pattern matches, a containing pattern matches too.
+            #[test]
+            fn containment_is_sound(outer in pattern(), inner in pattern(), s in subject()) {
+                if outer.contains(&inner) && inner.matches(&s) {
+                    prop_assert!(outer.matches(&s), "{} contains {} but not {}", outer.as_str(), inner.as_str(), s);
+                }
+            }
+
+            /// When containment says no, there is a subject that proves it.
+            #[test]
+            fn containment_is_complete(outer in pattern(), inner in pattern()) {
+                let ws = witnesses(&inner, &outer);
+                prop_assert!(ws.iter().all(|w| inner.matches(w)));
+                let escapes = ws.iter().any(|w| !outer.matches(w));
+                prop_assert_eq!(outer.contains(&inner), !escapes, "{} vs {}", outer.as_str(), inner.as_str());
+            }
+
+            #[test]
+            fn containment_is_a_preorder(a in pattern(), b in pattern(), c in pattern()) {
+                prop_assert!(a.contains(&a));
+                if a.contains(&b) && b.contains(&c) {
+                    prop_assert!(a.contains(&c));
+                }
+            }
+
+            #[test]
+            fn the_router_agrees_with_the_matcher(p in pattern(), s in subject()) {
+                let filter = Filter { include: vec![p.clone()], exclude: vec![] };
+                let mut router = Router::default();
+                router.add(&filter);
+                let mut hits = Vec::new();
+                router.route(&s, &mut hits);
+                prop_assert_eq!(!hits.is_empty(), p.matches(&s));
+            }
+        }
     }
 }

@@ -188,38 +188,56 @@ mod tests {
     }
 
     #[pg_test]
-    fn publishing_needs_the_privileges_an_insert_would() {
+    fn publishing_needs_a_publish_grant_not_rights_on_storage() {
         run("SELECT eventq.create_stream('pb_acl')");
         run("CREATE ROLE eventq_test_publisher");
-        run("GRANT USAGE ON SCHEMA eventq TO eventq_test_publisher");
-        run("SET LOCAL ROLE eventq_test_publisher");
-        assert_error(
-            "SELECT eventq.publish('pb_acl', 'a')",
-            "42501",
-            "permission denied for schema eventq_internal",
-        );
-        run("RESET ROLE");
+        // rights on storage alone are not enough (nor needed)
         run("GRANT USAGE ON SCHEMA eventq_internal TO eventq_test_publisher");
+        run("GRANT ALL ON ALL TABLES IN SCHEMA eventq_internal TO eventq_test_publisher");
         run("SET LOCAL ROLE eventq_test_publisher");
         assert_error(
             "SELECT eventq.publish('pb_acl', 'a')",
             "42501",
-            "permission denied for table streams",
+            "permission denied to publish to stream \"pb_acl\"",
         );
         run("RESET ROLE");
-        run("GRANT SELECT ON eventq_internal.streams TO eventq_test_publisher");
-        run("SET LOCAL ROLE eventq_test_publisher");
-        assert_error(
-            "SELECT eventq.publish('pb_acl', 'a')",
-            "42501",
-            "permission denied for table staged",
-        );
-        run("RESET ROLE");
-        run("GRANT INSERT ON eventq_internal.staged TO eventq_test_publisher");
+        run("REVOKE ALL ON ALL TABLES IN SCHEMA eventq_internal FROM eventq_test_publisher");
+        run("REVOKE ALL ON SCHEMA eventq_internal FROM eventq_test_publisher");
+        run("SELECT eventq.grant('publish', 'pb_acl', 'eventq_test_publisher')");
         run("SET LOCAL ROLE eventq_test_publisher");
         run("SELECT eventq.publish('pb_acl', 'a')");
+        run("SELECT eventq.publish_batch('pb_acl', '{b}', ARRAY['{}']::jsonb[])");
+        run("SELECT eventq.publish('pb_acl', 'c', dedup_key => 'once')");
         run("RESET ROLE");
-        assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 1);
+        assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 3);
+    }
+
+    #[pg_test]
+    fn payloads_larger_than_the_limit_are_refused() {
+        run("SELECT eventq.create_stream('pb_limit')");
+        run("SET LOCAL eventq.max_payload_size = '2kB'");
+        run("SELECT eventq.publish('pb_limit', 'fits', jsonb_build_object('b', repeat('x', 1500)))");
+        assert_error(
+            "SELECT eventq.publish('pb_limit', 'big', jsonb_build_object('b', repeat('x', 3000)))",
+            "22023",
+            "more than eventq.max_payload_size (2.0 kB)",
+        );
+        assert_error(
+            "SELECT eventq.publish('pb_limit', 'big', '{}', headers => jsonb_build_object('b', repeat('x', 3000)))",
+            "22023",
+            "the event is ",
+        );
+        assert_error(
+            "SELECT eventq.publish_batch('pb_limit', '{a,b}', ARRAY['{}', jsonb_build_object('b', repeat('x', 3000))])",
+            "22023",
+            "event 2 of the batch",
+        );
+        // compressible or not, the limit is on the size uncompressed
+        assert_error(
+            "SELECT eventq.publish('pb_limit', 'big', jsonb_build_object('b', repeat('x', 100000)))",
+            "22023",
+            "max_payload_size",
+        );
     }
 
     #[pg_test]

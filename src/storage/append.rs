@@ -4,15 +4,16 @@
 //! This is equivalent to an INSERT only while the staging slot table has no index, trigger,
 //! rule, row-level security or constraint beyond NOT NULL, as eventq creates it. A DBA may
 //! add any of those; `append` then takes the slow path, a plain INSERT, which honours them.
-//! Privileges are checked as an INSERT into `eventq_internal.staged` reading
-//! `eventq_internal.streams` would check them. The heap insert toasts large values, writes
+//! Table privileges are checked as an INSERT into `eventq_internal.staged` reading
+//! `eventq_internal.streams` would check them (for the storage's owner, as whom the API
+//! works; the caller's own privileges are `api::access`'s business). The heap insert toasts large values, writes
 //! WAL (logical decoding included) and counts statistics as any insert does.
 //!
 //! Measured by `make bench`: the SPI form of the same insert (INSERT .. SELECT FROM streams,
 //! routed through the partitioned parent) made a single-event publish about 0.8x a plain
 //! INSERT; this path is the difference.
 
-use super::{arg, isolation, Statement, INT, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID};
+use super::{arg, isolation, Statement, BIGINT, INT, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID};
 use crate::core::staging;
 use crate::datum::Jsonb;
 use pgrx::datum::{IntoDatum, TimestampWithTimeZone, Uuid};
@@ -123,6 +124,12 @@ pub fn stream_id(name: &str) -> Option<i32> {
     }
 }
 
+/// This cluster's system identifier, stored with each staged event (see the `origin`
+/// column in sql/schema.sql).
+pub fn origin() -> i64 {
+    unsafe { pg_sys::GetSystemIdentifier() as i64 }
+}
+
 /// The staging slot of this transaction (see core::staging).
 pub fn current_slot() -> i64 {
     let start = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
@@ -133,9 +140,9 @@ pub fn current_slot() -> i64 {
 // constraints to.
 static INSERT: Statement = Statement::new(
     "INSERT INTO eventq_internal.staged
-         (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at)
-     VALUES ($1, pg_current_xact_id(), $2, $3, $4, $5, $6, $7, $8)",
-    &[SMALLINT, UUID, INT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ],
+         (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin)
+     VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, $6, $7, $8, $9)",
+    &[SMALLINT, UUID, INT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, BIGINT],
 );
 
 /// Whether an INSERT into the relation would do more than store the row.
@@ -191,6 +198,7 @@ pub fn append(event: Staged<'_>) {
                 b"headers" => event.headers.and_then(|h| h.into_datum()),
                 b"deliver_at" => event.deliver_at.and_then(|d| d.into_datum()),
                 b"published_at" => Some(pg_sys::Datum::from(published_at)),
+                b"origin" => origin().into_datum(),
                 other => crate::error::damaged_installation(&format!(
                     "unexpected column {} in the staging table",
                     String::from_utf8_lossy(other)
@@ -221,6 +229,7 @@ fn append_with_insert(slot: i64, e: Staged<'_>) {
                 arg(e.payload),
                 arg(e.headers),
                 arg(e.deliver_at),
+                arg(origin()),
             ],
         );
     });

@@ -8,9 +8,10 @@
 //! drains that ran while it was being created are filled in the same way.
 
 use super::{
-    arg, column, keys, locks, log, scalar, Statement, BIGINT, BOOL, INT, INTERVAL, TEXT,
+    arg, column, keys, locks, log, scalar, Statement, BIGINT, BOOL, INT, INTERVAL, OID, TEXT,
     TEXT_ARRAY, TIMESTAMPTZ,
 };
+use pgrx::pg_sys;
 use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
@@ -27,6 +28,8 @@ pub struct Consumer {
     pub exclude_re: Option<String>,
     pub cursor_seq: i64,
     pub start_at: Option<TimestampWithTimeZone>,
+    /// The role that created it.
+    pub owner: pg_sys::Oid,
 }
 
 static FIND: Statement = Statement::new(
@@ -34,7 +37,7 @@ static FIND: Statement = Statement::new(
             (extract(epoch FROM backoff_base) * 1000000)::bigint,
             (extract(epoch FROM backoff_max) * 1000000)::bigint,
             (extract(epoch FROM lease) * 1000000)::bigint,
-            include_re, exclude_re, cursor_seq, start_at
+            include_re, exclude_re, cursor_seq, start_at, owner::oid
      FROM eventq_internal.consumers WHERE name = $1",
     &[TEXT],
 );
@@ -60,6 +63,7 @@ pub fn find(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
         exclude_re: column(&row, 12),
         cursor_seq: column(&row, 13).unwrap_or(0),
         start_at: column(&row, 14),
+        owner: column(&row, 15).unwrap_or(pg_sys::InvalidOid),
     })
 }
 
@@ -88,6 +92,7 @@ pub struct NewConsumer<'a> {
     pub backoff_max: Interval,
     pub lease: Interval,
     pub start_at: Option<TimestampWithTimeZone>,
+    pub owner: pg_sys::Oid,
 }
 
 // A task consumer gets an open gap from the head on: drains that run before this
@@ -96,8 +101,9 @@ static INSERT: Statement = Statement::new(
     "WITH created AS (
          INSERT INTO eventq_internal.consumers
              (name, stream_id, mode, subjects, exclude, include_re, exclude_re, ordering,
-              max_attempts, backoff, backoff_base, backoff_max, lease, start_at, cursor_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+              max_attempts, backoff, backoff_base, backoff_max, lease, start_at, cursor_seq,
+              owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::regrole)
          ON CONFLICT (name) DO NOTHING RETURNING id, mode
      ), gap AS (
          INSERT INTO eventq_internal.routing_gaps (consumer_id, from_seq)
@@ -106,7 +112,7 @@ static INSERT: Statement = Statement::new(
      SELECT id FROM created",
     &[
         TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL, TIMESTAMPTZ, BIGINT,
+        INTERVAL, TIMESTAMPTZ, BIGINT, OID,
     ],
 );
 
@@ -132,6 +138,7 @@ pub fn insert(client: &SpiClient<'_>, c: NewConsumer<'_>) -> Option<i32> {
             arg(c.lease),
             arg(c.start_at),
             arg(head),
+            arg(c.owner),
         ],
     )
 }
@@ -269,10 +276,10 @@ static REPLAY: Statement = Statement::new(
          SELECT $1, w.seq,
                 CASE
                   WHEN w.order_key IS NOT NULL THEN 'waiting'
-                  WHEN w.deliver_at > now() THEN 'scheduled'
+                  WHEN w.deliver_at > pg_catalog.now() THEN 'scheduled'
                   ELSE 'available'
                 END::eventq_internal.task_state,
-                greatest(coalesce(w.deliver_at, now()), now()),
+                greatest(coalesce(w.deliver_at, pg_catalog.now()), pg_catalog.now()),
                 w.order_key
          FROM wanted w
          ON CONFLICT (consumer_id, seq) DO UPDATE
@@ -282,7 +289,7 @@ static REPLAY: Statement = Statement::new(
              WHERE eventq_internal.tasks.state IN ('completed', 'discarded')
          RETURNING order_key
      )
-     SELECT count(*), array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
+     SELECT pg_catalog.count(*), pg_catalog.array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
      FROM replayed",
     &[INT, TIMESTAMPTZ],
 );
@@ -303,7 +310,7 @@ pub fn replay(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone
 // order and publish time differ, so a few events published earlier may follow; none
 // published later is skipped.
 static POSITION_AT: Statement = Statement::new(
-    "SELECT min(seq) - 1 FROM eventq_internal.events
+    "SELECT pg_catalog.min(seq) - 1 FROM eventq_internal.events
      WHERE stream_id = $1 AND published_at > '-infinity' AND published_at >= $2",
     &[INT, TIMESTAMPTZ],
 );
@@ -376,7 +383,7 @@ static FORGET_KEY_ORDER: Statement = Statement::new(
      )
      UPDATE eventq_internal.tasks
      SET state = CASE WHEN state <> 'waiting' THEN state
-                      WHEN run_at > now() THEN 'scheduled'
+                      WHEN run_at > pg_catalog.now() THEN 'scheduled'
                       ELSE 'available' END::eventq_internal.task_state,
          order_key = NULL
      WHERE consumer_id = $1 AND order_key IS NOT NULL

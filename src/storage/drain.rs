@@ -48,7 +48,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 static WORK_PENDING: Statement = Statement::new(
     "SELECT EXISTS (SELECT 1 FROM eventq_internal.staged),
             EXISTS (SELECT 1 FROM eventq_internal.routing_gaps),
-            EXISTS (SELECT 1 FROM eventq_internal.key_rechecks)",
+            EXISTS (SELECT 1 FROM eventq_internal.key_rechecks),
+            EXISTS (SELECT 1 FROM eventq_internal.restoring)",
     &[],
 );
 
@@ -58,9 +59,9 @@ static STREAM_IDS: Statement =
 // Of the idle staging slots (core::staging), those that still have pages: their rows are
 // drained, or dead, and the pages should go. Cheap: it reads relation sizes, not rows.
 static SLOTS_WITH_PAGES: Statement = Statement::new(
-    "SELECT s, format('eventq_internal.staged_%s', s)::regclass::oid
+    "SELECT s, pg_catalog.format('eventq_internal.staged_%s', s)::regclass::oid
      FROM unnest($1::int[]) s
-     WHERE pg_relation_size(format('eventq_internal.staged_%s', s)::regclass) > 0",
+     WHERE pg_catalog.pg_relation_size(pg_catalog.format('eventq_internal.staged_%s', s)::regclass) > 0",
     &[INT_ARRAY],
 );
 
@@ -85,10 +86,11 @@ static TRUNCATE: [Statement; 4] = [
 ];
 
 static SEQ_HEAD: Statement =
-    Statement::new("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[]);
+    Statement::new("SELECT pg_catalog.pg_sequence_last_value('eventq_internal.event_seq')", &[]);
 
 // Moves every visible staged event of the streams this drain holds ($1) into the log,
-// numbered in (transaction id, id) order; events of streams that no longer exist are
+// numbered in (transaction id, id) order, after events restored from another cluster
+// (origin <> $2, this cluster's), whose transaction ids mean nothing here; events of streams that no longer exist are
 // deleted without a trace. (A stream created since this drain looked waits for the next.) Numbers are reserved with one setval under the drain lock; an aborted
 // drain leaves a gap, never a reuse. Records the drain; returns, per stream, the range of
 // seq numbers given out.
@@ -97,16 +99,17 @@ static MOVE: Statement = Statement::new(
          DELETE FROM eventq_internal.staged s
          WHERE s.stream_id = ANY ($1::int[])
             OR NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)
-         RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at
+         RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at,
+                   origin
      ), kept AS (
-         SELECT m.*, row_number() OVER (ORDER BY m.xid, m.id) AS n
+         SELECT m.*, pg_catalog.row_number() OVER (ORDER BY m.origin = $2, m.xid, m.id) AS n
          FROM moved m
          WHERE EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = m.stream_id)
      ), numbers AS (
-         SELECT CASE WHEN count(*) > 0 THEN
-                    setval('eventq_internal.event_seq',
-                           pg_sequence_last_value('eventq_internal.event_seq') + count(*))
-                    - count(*)
+         SELECT CASE WHEN pg_catalog.count(*) > 0 THEN
+                    pg_catalog.setval('eventq_internal.event_seq',
+                           pg_catalog.pg_sequence_last_value('eventq_internal.event_seq') + pg_catalog.count(*))
+                    - pg_catalog.count(*)
                 END AS before_first
          FROM kept
      ), logged AS (
@@ -118,10 +121,10 @@ static MOVE: Statement = Statement::new(
          RETURNING stream_id, seq
      ), recorded AS (
          INSERT INTO eventq_internal.drains (last_seq, events)
-         SELECT max(seq), count(*) FROM logged HAVING count(*) > 0
+         SELECT pg_catalog.max(seq), pg_catalog.count(*) FROM logged HAVING pg_catalog.count(*) > 0
      )
-     SELECT stream_id, min(seq), max(seq), count(*) FROM logged GROUP BY stream_id",
-    &[INT_ARRAY],
+     SELECT stream_id, pg_catalog.min(seq), pg_catalog.max(seq), pg_catalog.count(*) FROM logged GROUP BY stream_id",
+    &[INT_ARRAY, BIGINT],
 );
 
 // What routing needs of the events just moved, read back a window of seq numbers at a
@@ -172,10 +175,10 @@ static FILL_GAPS: Statement = Statement::new(
          SELECT c.id, e.seq,
                 CASE
                   WHEN c.keyed AND e.key IS NOT NULL THEN 'waiting'
-                  WHEN e.deliver_at > now() THEN 'scheduled'
+                  WHEN e.deliver_at > pg_catalog.now() THEN 'scheduled'
                   ELSE 'available'
                 END::eventq_internal.task_state,
-                coalesce(e.deliver_at, now()),
+                coalesce(e.deliver_at, pg_catalog.now()),
                 CASE WHEN c.keyed THEN e.key END
          FROM c
          CROSS JOIN gaps g
@@ -190,7 +193,7 @@ static FILL_GAPS: Statement = Statement::new(
          ON CONFLICT (consumer_id, seq) DO NOTHING
          RETURNING order_key
      )
-     SELECT count(*), array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
+     SELECT pg_catalog.count(*), pg_catalog.array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
      FROM filled",
     &[INT, BIGINT],
 );
@@ -201,10 +204,10 @@ static INSERT_TASKS: Statement = Statement::new(
      SELECT u.consumer_id, u.seq,
             CASE
               WHEN u.order_key IS NOT NULL AND NOT u.heads_key THEN 'waiting'
-              WHEN u.deliver_at > now() THEN 'scheduled'
+              WHEN u.deliver_at > pg_catalog.now() THEN 'scheduled'
               ELSE 'available'
             END::eventq_internal.task_state,
-            coalesce(u.deliver_at, now()),
+            coalesce(u.deliver_at, pg_catalog.now()),
             u.order_key
      FROM unnest($1::int[], $2::bigint[], $3::text[], $4::timestamptz[], $5::bool[])
           AS u(consumer_id, seq, order_key, deliver_at, heads_key)",
@@ -215,9 +218,9 @@ static INSERT_TASKS: Statement = Statement::new(
 // reading holds it): a full queue makes the commit of whatever notifies fail, and a drain
 // must never fail for a listener's sake. Workers poll besides listening.
 static NOTIFY: Statement = Statement::new(
-    "SELECT pg_notify('eventq_' || u.name, u.n::text)
+    "SELECT pg_catalog.pg_notify('eventq_' || u.name, u.n::text)
      FROM unnest($1::text[], $2::bigint[]) AS u(name, n)
-     WHERE pg_notification_queue_usage() < 0.5",
+     WHERE pg_catalog.pg_notification_queue_usage() < 0.5",
     &[TEXT_ARRAY, BIGINT_ARRAY],
 );
 
@@ -266,15 +269,19 @@ pub fn drain(client: &SpiClient<'_>, options: Options) -> Option<Drained> {
     } else {
         Vec::new()
     };
-    let (staged, gaps, rechecks) = match WORK_PENDING.first_row(client, &[]) {
+    let (staged, gaps, rechecks, restoring) = match WORK_PENDING.first_row(client, &[]) {
         Some(row) => (
             column(&row, 1).unwrap_or(true),
             column(&row, 2).unwrap_or(true),
             column(&row, 3).unwrap_or(true),
+            column(&row, 4).unwrap_or(false),
         ),
-        None => (true, true, true),
+        None => (true, true, true, false),
     };
     let mut total = Drained::default();
+    if restoring && super::maintenance::restore_in_progress(client) {
+        return Some(total);
+    }
     if !staged && !gaps && !rechecks && idle.is_empty() {
         return Some(total);
     }
@@ -330,7 +337,7 @@ pub fn notify(client: &SpiClient<'_>, received: BTreeMap<String, i64>) {
 fn move_all(client: &SpiClient<'_>, chunk: i64, streams: &[i32], total: &mut Drained) {
     let head_before: i64 = scalar(&SEQ_HEAD, client, &[]).unwrap_or(0);
     let moved: Vec<(i32, i64, i64, i64)> = MOVE
-        .run(client, &[arg(streams.to_vec())])
+        .run(client, &[arg(streams.to_vec()), arg(super::append::origin())])
         .filter_map(|row| {
             Some((column(&row, 1)?, column(&row, 2)?, column(&row, 3)?, column(&row, 4)?))
         })

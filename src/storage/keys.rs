@@ -259,7 +259,7 @@ static SETTLE: Statement = Statement::new(
          ORDER BY t.order_key, t.seq
      ), promoted AS (
          UPDATE eventq_internal.tasks t
-         SET state = CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END
+         SET state = CASE WHEN t.run_at > pg_catalog.now() THEN 'scheduled' ELSE 'available' END
                      ::eventq_internal.task_state
          FROM next n
          WHERE t.consumer_id = $1 AND t.seq = n.seq AND t.state = 'waiting'

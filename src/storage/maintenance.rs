@@ -5,6 +5,7 @@
 //!
 //! `run` is all of it at once: what `run_maintenance()` does. Each stream and consumer is
 //! handled in a subtransaction of its own: one that fails is reported and the others go on.
+//! None of it runs while a dump is being restored into the database (`restore_in_progress`).
 
 use super::drain::{self, Drained};
 use super::isolation::contained;
@@ -20,6 +21,29 @@ static TASK_CONSUMERS: Statement = Statement::new(
      FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id",
     &[],
 );
+
+static RESTORING: Statement = Statement::new(
+    "SELECT EXISTS (
+         SELECT 1 FROM eventq_internal.restoring r
+         CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(r.pid) a
+         WHERE a.backend_start IS NOT DISTINCT FROM r.backend_start),
+            EXISTS (SELECT 1 FROM eventq_internal.restoring)",
+    &[],
+);
+
+static RESTORED: Statement = Statement::new("DELETE FROM eventq_internal.restoring", &[]);
+
+/// Whether a dump is still being restored into this database: the session that created
+/// the extension for it is still connected (see table `restoring` in sql/schema.sql).
+/// Once it has gone, forgets it (when this transaction may write).
+pub fn restore_in_progress(client: &SpiClient<'_>) -> bool {
+    let Some(row) = RESTORING.first_row(client, &[]) else { return false };
+    let (alive, marked) = (column(&row, 1).unwrap_or(false), column(&row, 2).unwrap_or(false));
+    if marked && !alive && unsafe { !pgrx::pg_sys::XactReadOnly } {
+        RESTORED.run(client, &[]);
+    }
+    alive
+}
 
 /// Rows of expired leases and due timers handled per consumer and pass.
 pub const RESCUE_LIMIT: i64 = 10_000;
@@ -50,6 +74,9 @@ pub fn run(client: &SpiClient<'_>, options: drain::Options, keep_finished_second
 pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
     let mut rescued = Rescued::default();
     let mut errors = Vec::new();
+    if restore_in_progress(client) {
+        return (rescued, errors);
+    }
     let consumers: Vec<(i32, i32, bool)> = TASK_CONSUMERS
         .run(client, &[])
         .map(|row| {
@@ -79,6 +106,9 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
 pub fn cleanup(client: &SpiClient<'_>, keep_finished_seconds: i64) -> (Cleaned, Vec<String>) {
     let mut cleaned = Cleaned::default();
     let mut errors = Vec::new();
+    if restore_in_progress(client) {
+        return (cleaned, errors);
+    }
     for (stream_id, retention_us) in retention::streams_with_retention(client) {
         match contained(|| retention::expire_stream(client, stream_id, retention_us)) {
             Ok(c) => cleaned += c,
@@ -93,8 +123,14 @@ pub fn cleanup(client: &SpiClient<'_>, keep_finished_seconds: i64) -> (Cleaned, 
             Err(e) => errors.push(format!("cleanup of consumer {consumer_id}: {e}")),
         }
     }
-    if let Err(e) = contained(|| retention::tidy(client)) {
-        errors.push(format!("bookkeeping: {e}"));
+    match contained(|| retention::tidy(client)) {
+        Ok(grants_changed) => {
+            if grants_changed {
+                super::grants::announce_change();
+            }
+            cleaned.grants_changed = grants_changed;
+        }
+        Err(e) => errors.push(format!("bookkeeping: {e}")),
     }
     (cleaned, errors)
 }

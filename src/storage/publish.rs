@@ -4,7 +4,7 @@
 //! dedup key (which need the dedup table's unique index) and batches.
 
 use super::{
-    append, arg, column, Statement, INT, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
+    append, arg, Statement, BIGINT, INT, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
     TIMESTAMPTZ, UUID, UUID_ARRAY,
 };
 use crate::datum::{Jsonb, JsonbArray, TextArray};
@@ -25,21 +25,20 @@ pub struct Event {
 // concurrent publisher of the same key makes ON CONFLICT wait for its transaction; if that
 // commits, nothing is claimed here and the caller looks the first id up with a new snapshot.
 static INSERT_DEDUP: Statement = Statement::new(
-    "WITH stream AS (
-         SELECT id FROM eventq_internal.streams WHERE name = $1
-     ), claimed AS (
+    "WITH claimed AS (
          INSERT INTO eventq_internal.dedup (stream_id, dedup_key, event_id)
-         SELECT id, $8, $2 FROM stream
+         VALUES ($1, $8, $2)
          ON CONFLICT (stream_id, dedup_key) DO NOTHING
          RETURNING stream_id
      ), staged AS (
          INSERT INTO eventq_internal.staged
-             (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at)
-         SELECT $9, pg_current_xact_id(), $2, stream_id, $3, $4, $5, $6, $7 FROM claimed
+             (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin)
+         SELECT $9, pg_catalog.pg_current_xact_id(), $2, stream_id, $3, $4, $5, $6, $7, $10
+         FROM claimed
          RETURNING stream_id
      )
-     SELECT (SELECT id FROM stream), EXISTS (SELECT 1 FROM staged)",
-    &[TEXT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT],
+     SELECT EXISTS (SELECT 1 FROM staged)",
+    &[INT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT, BIGINT],
 );
 
 static DEDUP_FIRST: Statement = Statement::new(
@@ -48,21 +47,16 @@ static DEDUP_FIRST: Statement = Statement::new(
 );
 
 pub enum Deduplicated {
-    NoStream,
     Published,
     AlreadyPublished(Uuid),
 }
 
-pub fn insert_dedup(
-    client: &SpiClient<'_>,
-    stream: &str,
-    e: Event,
-    dedup_key: &str,
-) -> Deduplicated {
-    let Some(row) = INSERT_DEDUP.first_row(
+pub fn insert_dedup(client: &SpiClient<'_>, stream_id: i32, e: Event, dedup_key: &str) -> Deduplicated {
+    let published = super::scalar::<bool>(
+        &INSERT_DEDUP,
         client,
         &[
-            arg(stream),
+            arg(stream_id),
             arg(e.id),
             arg(e.subject.clone()),
             arg(e.key.clone()),
@@ -71,21 +65,17 @@ pub fn insert_dedup(
             arg(e.deliver_at),
             arg(dedup_key),
             arg(append::current_slot() as i16),
+            arg(append::origin()),
         ],
-    ) else {
-        return Deduplicated::NoStream;
-    };
-    let Some(stream_id) = column::<i32>(&row, 1) else {
-        return Deduplicated::NoStream;
-    };
-    if column::<bool>(&row, 2).unwrap_or(false) {
+    );
+    if published.unwrap_or(false) {
         return Deduplicated::Published;
     }
     match super::scalar::<Uuid>(&DEDUP_FIRST, client, &[arg(stream_id), arg(dedup_key)]) {
         Some(first) => Deduplicated::AlreadyPublished(first),
         // The claim vanished between the two statements (its event expired and retention
         // removed it): the key is free again.
-        None => insert_dedup(client, stream, e, dedup_key),
+        None => insert_dedup(client, stream_id, e, dedup_key),
     }
 }
 
@@ -98,38 +88,31 @@ pub struct Batch {
 }
 
 static INSERT_BATCH: Statement = Statement::new(
-    "INSERT INTO eventq_internal.staged (slot, xid, id, stream_id, subject, key, payload, headers)
-     SELECT $7, pg_current_xact_id(), u.id, s.id, u.subject, u.key, u.payload, u.headers
-     FROM eventq_internal.streams s,
-          unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
-            AS u(id, subject, payload, key, headers)
-     WHERE s.name = $1
-     RETURNING stream_id",
-    &[TEXT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT],
+    "INSERT INTO eventq_internal.staged
+         (slot, xid, id, stream_id, subject, key, payload, headers, origin)
+     SELECT $7, pg_catalog.pg_current_xact_id(), u.id, $1, u.subject, u.key, u.payload,
+            u.headers, $8
+     FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
+            AS u(id, subject, payload, key, headers)",
+    &[INT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT, BIGINT],
 );
 
-static STREAM_EXISTS: Statement = Statement::new(
-    "SELECT EXISTS (SELECT 1 FROM eventq_internal.streams WHERE name = $1)",
-    &[TEXT],
-);
-
-/// `false` if the stream does not exist.
-pub fn insert_batch(client: &SpiClient<'_>, stream: &str, b: Batch) -> bool {
+/// Stages the batch's events (the stream exists: the caller looked it up).
+pub fn insert_batch(client: &SpiClient<'_>, stream_id: i32, b: Batch) {
     if b.ids.is_empty() {
-        return super::scalar::<bool>(&STREAM_EXISTS, client, &[arg(stream)]).unwrap_or(false);
+        return;
     }
-    !INSERT_BATCH
-        .run(
-            client,
-            &[
-                arg(stream),
-                arg(b.ids),
-                arg(b.subjects),
-                arg(b.payloads),
-                arg(b.keys),
-                arg(b.headers),
-                arg(append::current_slot() as i16),
-            ],
-        )
-        .is_empty()
+    INSERT_BATCH.run(
+        client,
+        &[
+            arg(stream_id),
+            arg(b.ids),
+            arg(b.subjects),
+            arg(b.payloads),
+            arg(b.keys),
+            arg(b.headers),
+            arg(append::current_slot() as i16),
+            arg(append::origin()),
+        ],
+    );
 }

@@ -40,7 +40,7 @@ static EXPIRE_EVENTS: Statement = Statement::new(
     "WITH doomed AS (
          SELECT ctid, seq FROM eventq_internal.events
          WHERE stream_id = $1 AND published_at > '-infinity'
-           AND published_at < now() - $2 * interval '1 microsecond'
+           AND published_at < pg_catalog.now() - $2 * interval '1 microsecond'
          ORDER BY published_at LIMIT $3
      ), candidates AS (
          SELECT task.ctid, task.consumer_id, task.seq
@@ -76,15 +76,15 @@ static EXPIRE_EVENTS: Statement = Statement::new(
          SELECT * FROM gone_tasks WHERE state NOT IN ('completed', 'discarded')
      ), counted AS (
          INSERT INTO eventq_internal.expirations (consumer_id, tasks)
-         SELECT consumer_id, count(*) FROM unfinished GROUP BY consumer_id
+         SELECT consumer_id, pg_catalog.count(*) FROM unfinished GROUP BY consumer_id
      )
-     SELECT (SELECT count(*) FROM gone),
-            (SELECT count(*) FROM unfinished),
-            (SELECT count(*) FROM held),
+     SELECT (SELECT pg_catalog.count(*) FROM gone),
+            (SELECT pg_catalog.count(*) FROM unfinished),
+            (SELECT pg_catalog.count(*) FROM held),
             h.consumers, h.keys, h.seqs
-     FROM (SELECT array_agg(consumer_id ORDER BY consumer_id, seq) AS consumers,
-                  array_agg(order_key ORDER BY consumer_id, seq) AS keys,
-                  array_agg(seq ORDER BY consumer_id, seq) AS seqs
+     FROM (SELECT pg_catalog.array_agg(consumer_id ORDER BY consumer_id, seq) AS consumers,
+                  pg_catalog.array_agg(order_key ORDER BY consumer_id, seq) AS keys,
+                  pg_catalog.array_agg(seq ORDER BY consumer_id, seq) AS seqs
            FROM unfinished WHERE order_key IS NOT NULL AND state <> 'waiting') h",
     &[INT, BIGINT, BIGINT],
 );
@@ -98,7 +98,7 @@ static EXPIRE_DEDUP: Statement = Statement::new(
      WHERE ctid = ANY (ARRAY (
          SELECT d.ctid FROM eventq_internal.dedup d
          WHERE d.stream_id = $1 AND d.published_at > '-infinity'
-           AND d.published_at < now() - $2 * interval '1 microsecond'
+           AND d.published_at < pg_catalog.now() - $2 * interval '1 microsecond'
            AND NOT EXISTS (SELECT 1 FROM eventq_internal.events e WHERE e.id = d.event_id)
            AND d.event_id NOT IN (SELECT s.id FROM eventq_internal.staged s)
          ORDER BY d.published_at LIMIT $3
@@ -124,7 +124,7 @@ static REMOVE_FINISHED: Statement = Statement::new(
          WHERE t.ctid = ANY (ARRAY (
                  SELECT ctid FROM scanned
                  WHERE state IN ('completed', 'discarded')
-                   AND finished_at < now() - $2 * interval '1 second'))
+                   AND finished_at < pg_catalog.now() - $2 * interval '1 second'))
          FOR UPDATE SKIP LOCKED
      ), gone AS (
          DELETE FROM eventq_internal.tasks t
@@ -134,7 +134,7 @@ static REMOVE_FINISHED: Statement = Statement::new(
          DELETE FROM eventq_internal.attempts a USING gone g
          WHERE a.consumer_id = $1 AND a.task_id = g.seq
      )
-     SELECT (SELECT count(*) FROM gone)",
+     SELECT (SELECT pg_catalog.count(*) FROM gone)",
     &[INT, BIGINT, BIGINT, BIGINT],
 );
 
@@ -160,8 +160,8 @@ static REMOVE_IDLE_KEYS: Statement = Statement::new(
 // The record of drains older than ten minutes; the newest always stays (it is the head).
 static TRIM_DRAINS: Statement = Statement::new(
     "DELETE FROM eventq_internal.drains
-     WHERE last_seq < (SELECT max(last_seq) FROM eventq_internal.drains)
-       AND drained_at < now() - interval '10 minutes'",
+     WHERE last_seq < (SELECT pg_catalog.max(last_seq) FROM eventq_internal.drains)
+       AND drained_at < pg_catalog.now() - interval '10 minutes'",
     &[],
 );
 
@@ -170,11 +170,11 @@ static FOLD_EXPIRATIONS: Statement = Statement::new(
     "WITH folded AS (
          DELETE FROM eventq_internal.expirations
          WHERE consumer_id IN (SELECT consumer_id FROM eventq_internal.expirations
-                               GROUP BY consumer_id HAVING count(*) > 1)
+                               GROUP BY consumer_id HAVING pg_catalog.count(*) > 1)
          RETURNING consumer_id, tasks
      )
      INSERT INTO eventq_internal.expirations (consumer_id, tasks)
-     SELECT consumer_id, sum(tasks) FROM folded
+     SELECT consumer_id, pg_catalog.sum(tasks) FROM folded
      WHERE consumer_id IN (SELECT id FROM eventq_internal.consumers)
      GROUP BY consumer_id",
     &[],
@@ -192,6 +192,8 @@ pub struct Cleaned {
     pub skipped_streams: i64,
     /// Completed and discarded tasks removed.
     pub removed_tasks: i64,
+    /// Grants of dropped roles removed.
+    pub grants_changed: bool,
 }
 
 impl std::ops::AddAssign for Cleaned {
@@ -201,6 +203,7 @@ impl std::ops::AddAssign for Cleaned {
         self.held_events += o.held_events;
         self.skipped_streams += o.skipped_streams;
         self.removed_tasks += o.removed_tasks;
+        self.grants_changed |= o.grants_changed;
     }
 }
 
@@ -253,7 +256,7 @@ pub fn expire_stream(client: &SpiClient<'_>, stream_id: i32, retention_us: i64) 
 }
 
 static TASK_SPAN: Statement = Statement::new(
-    "SELECT min(seq), max(seq) FROM eventq_internal.tasks WHERE consumer_id = $1",
+    "SELECT pg_catalog.min(seq), pg_catalog.max(seq) FROM eventq_internal.tasks WHERE consumer_id = $1",
     &[INT],
 );
 
@@ -300,12 +303,22 @@ pub fn consumers_with_tasks(client: &SpiClient<'_>) -> Vec<(i32, i64)> {
         .collect()
 }
 
+// Grants to roles that no longer exist (DROP ROLE cannot know about them). They grant
+// nothing already; gone, they cannot pass to a later role that gets the same oid.
+static FORGET_DROPPED_GRANTEES: Statement = Statement::new(
+    "DELETE FROM eventq_internal.grants g
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = g.grantee)",
+    &[],
+);
+
 /// Housekeeping of eventq's own bookkeeping: idle key rows (only while holding the drain
-/// lock; skipped otherwise), the record of old drains, expiration counts.
-pub fn tidy(client: &SpiClient<'_>) {
+/// lock; skipped otherwise), the record of old drains, expiration counts, grants of
+/// dropped roles. Returns whether grants changed.
+pub fn tidy(client: &SpiClient<'_>) -> bool {
     if locks::try_lock_drain() {
         REMOVE_IDLE_KEYS.run(client, &[arg(ROUND)]);
     }
     TRIM_DRAINS.run(client, &[]);
     FOLD_EXPIRATIONS.run(client, &[]);
+    !FORGET_DROPPED_GRANTEES.run(client, &[]).is_empty()
 }

@@ -43,6 +43,8 @@ static DELETE_ALL: Statement = Statement::new(
          DELETE FROM eventq_internal.routing_gaps WHERE consumer_id IN (SELECT id FROM gone_consumers)
      ), gone_dedup AS (
          DELETE FROM eventq_internal.dedup WHERE stream_id = $1
+     ), gone_grants AS (
+         DELETE FROM eventq_internal.grants WHERE stream_id = $1
      )
      DELETE FROM eventq_internal.streams WHERE id = $1",
     &[INT],
@@ -50,6 +52,15 @@ static DELETE_ALL: Statement = Statement::new(
 
 pub fn find(client: &SpiClient<'_>, name: &str) -> Option<i32> {
     scalar(&FIND, client, &[arg(name)])
+}
+
+/// The named stream, held (shared) until this transaction ends: it cannot be dropped
+/// meanwhile, so what is created for it (a consumer, a grant) never outlives it. Storage has
+/// no foreign keys (see sql/schema.sql); this lock is what keeps that promise.
+pub fn find_and_hold(client: &SpiClient<'_>, name: &str) -> Option<i32> {
+    let id = find(client, name)?;
+    locks::lock_stream(id, locks::Mode::Shared);
+    find(client, name).filter(|&again| again == id)
 }
 
 /// Creates the stream; `None` if the name is taken.

@@ -32,27 +32,27 @@ use pgrx::spi::SpiClient;
 static RESCUE_AND_PROMOTE: Statement = Statement::new(
     "WITH expired AS (
          SELECT t.seq FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state = 'running' AND t.lease_until < now()
+         WHERE t.consumer_id = $1 AND t.state = 'running' AND t.lease_until < pg_catalog.now()
          ORDER BY t.lease_until LIMIT $3
          FOR UPDATE SKIP LOCKED
      ), rescued AS (
          UPDATE eventq_internal.tasks t
          SET state = CASE WHEN t.attempt >= $2 THEN 'discarded' ELSE 'available' END
                          ::eventq_internal.task_state,
-             run_at = now(),
+             run_at = pg_catalog.now(),
              lease_until = NULL,
-             finished_at = CASE WHEN t.attempt >= $2 THEN clock_timestamp() END,
+             finished_at = CASE WHEN t.attempt >= $2 THEN pg_catalog.clock_timestamp() END,
              last_error = 'lease expired'
          FROM expired WHERE t.consumer_id = $1 AND t.seq = expired.seq
          RETURNING t.seq, t.attempt, t.started_at, t.lease_until AS expired_at, t.state, t.order_key
      ), lost AS (
          INSERT INTO eventq_internal.attempts
              (consumer_id, task_id, attempt, outcome, error, started_at, finished_at)
-         SELECT $1, seq, attempt, 'lost', 'lease expired', started_at, clock_timestamp()
+         SELECT $1, seq, attempt, 'lost', 'lease expired', started_at, pg_catalog.clock_timestamp()
          FROM rescued
      ), due AS (
          SELECT t.seq FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable') AND t.run_at <= now()
+         WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable') AND t.run_at <= pg_catalog.now()
          ORDER BY t.run_at LIMIT $3
          FOR UPDATE SKIP LOCKED
      ), promoted AS (
@@ -60,11 +60,11 @@ static RESCUE_AND_PROMOTE: Statement = Statement::new(
          FROM due WHERE t.consumer_id = $1 AND t.seq = due.seq
          RETURNING t.seq
      )
-     SELECT (SELECT count(*) FROM rescued WHERE state = 'available'),
-            (SELECT count(*) FROM rescued WHERE state = 'discarded'),
+     SELECT (SELECT pg_catalog.count(*) FROM rescued WHERE state = 'available'),
+            (SELECT pg_catalog.count(*) FROM rescued WHERE state = 'discarded'),
             d.keys, d.seqs,
-            (SELECT count(*) FROM promoted)
-     FROM (SELECT array_agg(order_key ORDER BY seq) AS keys, array_agg(seq ORDER BY seq) AS seqs
+            (SELECT pg_catalog.count(*) FROM promoted)
+     FROM (SELECT pg_catalog.array_agg(order_key ORDER BY seq) AS keys, pg_catalog.array_agg(seq ORDER BY seq) AS seqs
            FROM rescued WHERE state = 'discarded' AND order_key IS NOT NULL) d",
     &[INT, INT, BIGINT],
 );
@@ -125,7 +125,7 @@ static LEASE: Statement = Statement::new(
          UPDATE eventq_internal.tasks t
          SET state = 'running', attempt = t.attempt + 1, started_at = clock.now,
              lease_until = clock.now + $3 * interval '1 microsecond'
-         FROM (SELECT clock_timestamp() AS now) clock
+         FROM (SELECT pg_catalog.clock_timestamp() AS now) clock
          WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM picked))
          RETURNING t.seq, t.attempt
      )
@@ -148,9 +148,9 @@ static EXPIRE_ORPHANS: Statement = Statement::new(
          RETURNING seq, order_key
      ), counted AS (
          INSERT INTO eventq_internal.expirations (consumer_id, tasks)
-         SELECT $1, count(*) FROM gone HAVING count(*) > 0
+         SELECT $1, pg_catalog.count(*) FROM gone HAVING pg_catalog.count(*) > 0
      )
-     SELECT array_agg(order_key ORDER BY seq), array_agg(seq ORDER BY seq)
+     SELECT pg_catalog.array_agg(order_key ORDER BY seq), pg_catalog.array_agg(seq ORDER BY seq)
      FROM gone WHERE order_key IS NOT NULL",
     &[INT, BIGINT_ARRAY],
 );
@@ -212,7 +212,7 @@ pub fn lease(
 static ACK: Statement = Statement::new(
     "WITH done AS (
          UPDATE eventq_internal.tasks
-         SET state = 'completed', finished_at = clock_timestamp(), lease_until = NULL
+         SET state = 'completed', finished_at = pg_catalog.clock_timestamp(), lease_until = NULL
          WHERE ctid = ANY (ARRAY (
                  SELECT task.ctid
                  FROM unnest($2::bigint[], coalesce($3::int[], '{}')) AS id(seq, attempt)
@@ -226,9 +226,9 @@ static ACK: Statement = Statement::new(
            AND state::text = 'running'
          RETURNING seq, order_key
      )
-     SELECT count(*)::int,
-            array_agg(order_key ORDER BY seq) FILTER (WHERE order_key IS NOT NULL),
-            array_agg(seq ORDER BY seq) FILTER (WHERE order_key IS NOT NULL)
+     SELECT pg_catalog.count(*)::int,
+            pg_catalog.array_agg(order_key ORDER BY seq) FILTER (WHERE order_key IS NOT NULL),
+            pg_catalog.array_agg(seq ORDER BY seq) FILTER (WHERE order_key IS NOT NULL)
      FROM done",
     &[INT, BIGINT_ARRAY, INT_ARRAY],
 );
@@ -277,9 +277,9 @@ static END_ATTEMPT: Statement = Statement::new(
          UPDATE eventq_internal.tasks t
          SET state = $3::eventq_internal.task_state,
              run_at = CASE WHEN $3 = 'retryable'
-                           THEN clock_timestamp() + $4 * interval '1 microsecond'
+                           THEN pg_catalog.clock_timestamp() + $4 * interval '1 microsecond'
                            ELSE t.run_at END,
-             finished_at = CASE WHEN $3 = 'discarded' THEN clock_timestamp() END,
+             finished_at = CASE WHEN $3 = 'discarded' THEN pg_catalog.clock_timestamp() END,
              lease_until = NULL,
              last_error = $5
          WHERE t.consumer_id = $1 AND t.seq = $2 AND t.state::text = 'running'
@@ -288,7 +288,7 @@ static END_ATTEMPT: Statement = Statement::new(
      ), recorded AS (
          INSERT INTO eventq_internal.attempts
              (consumer_id, task_id, attempt, outcome, error, started_at, finished_at)
-         SELECT $1, seq, attempt, $6, $5, started_at, clock_timestamp() FROM ended
+         SELECT $1, seq, attempt, $6, $5, started_at, pg_catalog.clock_timestamp() FROM ended
      )
      SELECT order_key FROM ended",
     &[INT, BIGINT, TEXT, BIGINT, TEXT, TEXT, INT],
@@ -341,7 +341,7 @@ pub fn end_attempt(
 }
 
 static EXTEND_LEASE: Statement = Statement::new(
-    "UPDATE eventq_internal.tasks SET lease_until = clock_timestamp() + $3 * interval '1 microsecond'
+    "UPDATE eventq_internal.tasks SET lease_until = pg_catalog.clock_timestamp() + $3 * interval '1 microsecond'
      WHERE consumer_id = $1 AND seq = $2 AND state::text = 'running'
        AND ($4::int IS NULL OR attempt = $4)
      RETURNING lease_until",

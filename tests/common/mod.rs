@@ -136,6 +136,48 @@ impl Cluster {
         }
     }
 
+    /// Connects to `database` as `user` (trust authentication: any role that may log in).
+    pub fn connect_as(&self, database: &str, user: &str) -> Client {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .dbname(database)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect as {user}: {e}"))
+    }
+
+    /// Connects to database `postgres`, handing every notice and warning to `on_notice`.
+    pub fn connect_with_notices(
+        &self,
+        on_notice: impl Fn(postgres::error::DbError) + Send + Sync + 'static,
+    ) -> Client {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .notice_callback(on_notice)
+            .connect(NoTls)
+            .unwrap()
+    }
+
+    /// Runs one of the server's client programs (pg_dump, pg_restore, psql) against this
+    /// cluster, as the cluster's owner; returns its output, failing the test if it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let mut command = pg_command(&self.bindir, program);
+        command.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"]).args(args);
+        let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
