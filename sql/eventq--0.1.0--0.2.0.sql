@@ -171,8 +171,8 @@ CREATE TABLE eventq_internal.grants (
 
 -- 0.1.0 had no privileges of its own: applications were given rights on its tables. Roles
 -- that could stage events may publish to every stream; roles that could change tasks or
--- consumers may manage every stream. Their rights on the tables stay (revoke them: the API
--- no longer needs them), and a warning names them.
+-- consumers may manage every stream. Then their rights on storage go (with them, a role
+-- could write around every check), and a warning names them.
 INSERT INTO eventq_internal.grants (stream_id, grantee, privilege, granted_by)
 SELECT DISTINCT s.id, r.oid::regrole, p.privilege,
        (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'eventq_internal')::regrole
@@ -187,22 +187,33 @@ WHERE NOT r.rolsuper
   AND pg_catalog.has_table_privilege(r.oid, p.relation, p.action)
 ON CONFLICT DO NOTHING;
 
-DO $name_table_grantees$
+DO $revoke_storage_rights$
 DECLARE
-    holders text;
+    holder record;
+    holders text[] := '{}';
 BEGIN
-    SELECT pg_catalog.string_agg(DISTINCT g.grantee, ', ') INTO holders
-    FROM information_schema.role_table_grants g
-    WHERE g.table_schema = 'eventq_internal' AND g.grantee NOT IN ('PUBLIC')
-      AND g.grantee <> (SELECT r.rolname FROM pg_catalog.pg_roles r
-                        JOIN pg_catalog.pg_namespace n ON n.nspowner = r.oid
-                        WHERE n.nspname = 'eventq_internal');
-    IF holders IS NOT NULL THEN
-        RAISE WARNING 'eventq: roles % still hold privileges on eventq''s tables', holders
-            USING HINT = 'eventq 0.2.0 checks privileges itself (eventq.grant); revoke them: REVOKE ALL ON ALL TABLES IN SCHEMA eventq_internal FROM ...';
+    FOR holder IN
+        SELECT DISTINCT a.grantee
+        FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+        WHERE c.relnamespace = 'eventq_internal'::regnamespace AND a.grantee <> c.relowner
+        UNION
+        SELECT DISTINCT a.grantee
+        FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+        WHERE n.nspname = 'eventq_internal' AND a.grantee <> n.nspowner
+    LOOP
+        EXECUTE pg_catalog.format(
+            'REVOKE ALL ON ALL TABLES IN SCHEMA eventq_internal FROM %1$s;
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA eventq_internal FROM %1$s;
+             REVOKE ALL ON SCHEMA eventq_internal FROM %1$s',
+            CASE WHEN holder.grantee = 0 THEN 'PUBLIC' ELSE holder.grantee::regrole::text END);
+        holders := holders || CASE WHEN holder.grantee = 0 THEN 'PUBLIC' ELSE holder.grantee::regrole::text END;
+    END LOOP;
+    IF pg_catalog.cardinality(holders) > 0 THEN
+        RAISE WARNING 'eventq: revoked the privileges of % on eventq''s tables', pg_catalog.array_to_string(holders, ', ')
+            USING HINT = 'eventq 0.2.0 checks privileges itself: roles that could publish or change tasks now hold publish or manage grants (eventq.grant) on every stream.';
     END IF;
 END
-$name_table_grantees$;
+$revoke_storage_rights$;
 
 -- Staged events from before the update were published in this cluster.
 DO $mark_origin$
@@ -216,11 +227,21 @@ ALTER TABLE eventq_internal.staged ALTER COLUMN origin DROP DEFAULT;
 
 CREATE TABLE eventq_internal.restoring (
     pid           integer NOT NULL,
-    backend_start timestamptz
+    backend_start timestamptz,
+    seen_at       timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
+
+CREATE TABLE eventq_internal.dropped_streams (
+    id integer PRIMARY KEY
+);
+-- staged events left by streams 0.1.0 dropped
+INSERT INTO eventq_internal.dropped_streams (id)
+SELECT DISTINCT s.stream_id FROM eventq_internal.staged s
+WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id);
 
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dropped_streams', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.event_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_0', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_1', '');
@@ -231,7 +252,8 @@ SELECT pg_catalog.pg_extension_config_dump('eventq_internal.events', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dedup', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants',
+    'WHERE grantee::oid IN (SELECT r.oid FROM pg_catalog.pg_roles r)');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.tasks', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_heads', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks', '');

@@ -286,19 +286,36 @@ CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id)
 
 -- A dump restored into a new database creates the extension first and loads the rows of
 -- each table afterwards, in any order (in parallel with pg_restore -j). A drain or a
--- retention pass in between would number, route or expire a half-loaded log. So while
--- the session that created the extension for a restore is still connected, drains and
--- maintenance wait (src/storage/maintenance.rs). pg_dump's scripts and pg_restore set
--- row_security = off, which a session that creates the extension otherwise hardly has.
--- Not dumped itself.
+-- retention pass in between would number, route or expire a half-loaded log. So drains
+-- and maintenance wait while the restore goes on (src/storage/maintenance.rs): while the
+-- session that created the extension is connected, or any session of pg_restore is
+-- connected to this database, and for a few seconds after. pg_dump's scripts and
+-- pg_restore set row_security = off, which a session that creates the extension
+-- otherwise hardly has; it is told. Not dumped itself.
 CREATE TABLE eventq_internal.restoring (
     pid           integer NOT NULL,
-    backend_start timestamptz
+    backend_start timestamptz,
+    -- when a session of the restore was last seen
+    seen_at       timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 INSERT INTO eventq_internal.restoring (pid, backend_start)
 SELECT a.pid, a.backend_start
 FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS a
 WHERE pg_catalog.current_setting('row_security') = 'off';
+DO $tell_restore$
+BEGIN
+    IF EXISTS (SELECT 1 FROM eventq_internal.restoring) THEN
+        RAISE WARNING 'eventq: created with row_security = off, as a restore is: events are drained once this session and every pg_restore session in this database have ended';
+    END IF;
+END
+$tell_restore$;
+
+-- Streams that were dropped: the drain deletes their staged events (which it could not
+-- tell from those of a stream whose row a restore has not loaded yet). Kept, as stream
+-- ids are never used again.
+CREATE TABLE eventq_internal.dropped_streams (
+    id integer PRIMARY KEY
+);
 
 -- Backups: pg_dump dumps the rows of these tables and the values of these sequences, so a
 -- restored database keeps its streams, consumers, cursors, grants, events and tasks, and
@@ -306,6 +323,7 @@ WHERE pg_catalog.current_setting('row_security') = 'off';
 -- left out, as restoring it would collide with the new database's own.
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.streams_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dropped_streams', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.event_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_0', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.staged_1', '');
@@ -316,7 +334,10 @@ SELECT pg_catalog.pg_extension_config_dump('eventq_internal.events', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.dedup', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.consumers_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants', '');
+-- (not grants to roles dropped since: a restore would give them to whichever role has
+-- that oid there)
+SELECT pg_catalog.pg_extension_config_dump('eventq_internal.grants',
+    'WHERE grantee::oid IN (SELECT r.oid FROM pg_catalog.pg_roles r)');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.tasks', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_heads', '');
 SELECT pg_catalog.pg_extension_config_dump('eventq_internal.key_rechecks', '');

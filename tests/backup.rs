@@ -235,3 +235,74 @@ fn nothing_is_drained_while_a_restore_is_loading() {
     );
     assert_eq!(count(&mut other, "SELECT * FROM eventq_internal.restoring"), 0);
 }
+
+/// A parallel restore's first session creates the extension and leaves; its workers then
+/// load the rows, and it comes back at the end. The database waits throughout: for the
+/// sessions of pg_restore, and for a few seconds between them.
+#[test]
+fn a_parallel_restore_is_waited_for_too() {
+    let cluster = Cluster::start_without_extension(
+        "backup-parallel",
+        &[PRELOAD, "eventq.maintenance_interval = '50ms'"],
+    );
+    let connect = |application: &str| {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(cluster.port)
+            .user("postgres")
+            .dbname("postgres")
+            .application_name(application)
+            .connect(postgres::NoTls)
+            .unwrap()
+    };
+    let mut leader = connect("pg_restore");
+    leader.batch_execute("SET row_security = off; CREATE EXTENSION eventq").unwrap();
+    drop(leader);
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut loader = connect("pg_restore");
+    loader
+        .batch_execute(
+            "SET row_security = off;
+             INSERT INTO eventq_internal.streams (id, name) OVERRIDING SYSTEM VALUE VALUES (1, 'orders');
+             INSERT INTO eventq_internal.staged (slot, xid, id, stream_id, subject, payload, origin)
+             VALUES (1, '5000000', gen_random_uuid(), 1, 'restored.staged', '{}', 42)",
+        )
+        .unwrap();
+    let mut other = connect("app");
+    // past the few seconds of grace: only the loader's connection holds the drains off
+    std::thread::sleep(Duration::from_millis(6500));
+    assert_eq!(count(&mut other, "SELECT * FROM eventq_internal.staged"), 1, "drained while loading");
+    loader
+        .batch_execute(
+            "INSERT INTO eventq_internal.events (stream_id, seq, id, subject, payload, published_at)
+             VALUES (1, 7, gen_random_uuid(), 'restored.drained', '{}', now());
+             INSERT INTO eventq_internal.drains (last_seq, events) VALUES (7, 1);
+             SELECT setval('eventq_internal.event_seq', 7);
+             SELECT setval('eventq_internal.streams_id_seq', 1);",
+        )
+        .unwrap();
+    drop(loader);
+    wait_for("the drain after the restore", Duration::from_secs(20), || {
+        match count(&mut other, "SELECT * FROM eventq.events") {
+            2 => Ok(()),
+            n => Err(format!("{n} events")),
+        }
+    });
+    assert_eq!(
+        column(&mut other, "SELECT subject || ':' || seq FROM eventq.events ORDER BY seq"),
+        ["restored.drained:7", "restored.staged:8"]
+    );
+    // staged events of a stream nobody knows are left alone, never deleted as the events
+    // of a dropped stream; those of a dropped stream go
+    other
+        .batch_execute(
+            "INSERT INTO eventq_internal.staged (slot, xid, id, stream_id, subject, payload, origin)
+             VALUES (1, '1', gen_random_uuid(), 77, 'unknown', '{}', 42);
+             SELECT eventq.create_stream('gone');
+             SELECT eventq.publish('gone', 'x');
+             SELECT eventq.drop_stream('gone');",
+        )
+        .unwrap();
+    common::script(&mut other, "SELECT eventq.run_maintenance();");
+    assert_eq!(column(&mut other, "SELECT subject FROM eventq_internal.staged"), ["unknown"]);
+}

@@ -69,6 +69,24 @@ fn names_subjects_and_patterns_of_any_shape_are_refused_as_values() {
             assert!(message.len() < 400, "{sql}: a {} byte message", message.len());
         }
     }
+    // lists of patterns: at most 100, and the longest and most general of those still
+    // make regular expressions Postgres accepts, for the views and the log reader
+    let wide: Vec<String> = (0..100).map(|i| format!("{}t{i}.>", "*.".repeat(120))).collect();
+    let too_many: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
+    for sql in [
+        "SELECT eventq.create_consumer('n', 's', $1)",
+        "SELECT eventq.create_consumer('n', 's', exclude => $1)",
+        "SELECT eventq.alter_consumer('c', subjects => $1)",
+        "SELECT eventq.grant('consume', 's', 'postgres', $1)",
+    ] {
+        let error = db.execute(sql, &[&too_many]).unwrap_err();
+        assert_eq!(sqlstate(&error), "22023", "{sql}: {error}");
+    }
+    db.execute("SELECT eventq.create_consumer('wide', 's', $1, exclude => $1)", &[&wide]).unwrap();
+    db.execute("SELECT eventq.create_consumer('wide_log', 's', $1, exclude => $1, mode => 'log')", &[&wide]).unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'a.b')").unwrap();
+    db.batch_execute("SELECT * FROM eventq.consumers; SELECT * FROM eventq.fetch('wide_log'); SELECT * FROM eventq.pull('wide')").unwrap();
+
     // NULL where a value is needed, and NULL inside arrays
     for sql in [
         "SELECT eventq.create_stream(NULL)",

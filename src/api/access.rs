@@ -267,6 +267,9 @@ struct Cache {
     owner: Option<pg_sys::Oid>,
     grants_relid: Option<pg_sys::Oid>,
     grants: HashMap<i32, Rc<[Grant]>>,
+    /// Counts the invalidations seen: grants loaded while one arrived are not kept (their
+    /// snapshot may predate the change it announces).
+    generation: u64,
 }
 
 thread_local! {
@@ -297,6 +300,7 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
         if relid == pg_sys::InvalidOid || cache.grants_relid == Some(relid) {
             cache.grants.clear();
             cache.grants_relid = None;
+            cache.generation += 1;
         }
     });
 }
@@ -348,8 +352,9 @@ fn grants_relid() -> pg_sys::Oid {
 }
 
 fn grants_of(stream_id: i32) -> Rc<[Grant]> {
-    // Resolved first: a cache entry is only kept while the relid it belongs to is known.
+    // Resolved first: invalidations are recognised by the relid.
     grants_relid();
+    let generation = CACHE.with(|c| c.borrow().generation);
     if let Some(g) = CACHE.with(|c| c.borrow().grants.get(&stream_id).cloned()) {
         return g;
     }
@@ -357,7 +362,7 @@ fn grants_of(stream_id: i32) -> Rc<[Grant]> {
         pgrx::spi::Spi::connect(|client| grants::of_stream(client, stream_id)).into();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.grants_relid.is_some() {
+        if c.generation == generation && c.grants_relid.is_some() {
             c.grants.insert(stream_id, loaded.clone());
         }
     });

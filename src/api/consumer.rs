@@ -14,11 +14,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 fn patterns(list: Vec<Option<String>>, what: &str) -> Vec<String> {
-    list.into_iter()
-        .map(|p| {
-            p.unwrap_or_else(|| error::invalid_argument(format!("{what} must not contain NULL")))
-        })
-        .collect()
+    crate::core::subject::pattern_list(list, what).or_raise()
 }
 
 fn check_policy(

@@ -36,10 +36,7 @@ fn grant(
                 "subjects limit publish and consume grants; manage covers every consumer of the stream",
             );
         }
-        let list: Vec<String> = list
-            .into_iter()
-            .map(|p| p.unwrap_or_else(|| error::invalid_argument("subjects must not contain NULL")))
-            .collect();
+        let list = crate::core::subject::pattern_list(list, "subjects").or_raise();
         Scope::parse(&list).or_raise()
     });
     call.require_admin("grant privileges on streams");

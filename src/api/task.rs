@@ -199,10 +199,13 @@ fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, 
     let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
     let count = retrying(|| {
         Spi::connect(|client| {
-            consumer_for(&call, client, name, Mode::Task, "redrive");
+            let seen = consumer_for(&call, client, name, Mode::Task, "redrive");
             // Keys may get rows again: drains must route around the consumer meanwhile.
             let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| crate::error::unknown_consumer(name));
+            if c.id != seen.id {
+                consumer_for(&call, client, name, Mode::Task, "redrive");
+            }
             tasks::redrive(client, c.id, ids.clone())
         })
     });

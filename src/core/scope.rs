@@ -7,11 +7,8 @@
 //! scope's patterns ([`Pattern::contains`]). Exclude patterns are not credited: a filter
 //! that only subtracts its way into the scope is refused, which errs on the safe side.
 
-use super::subject::{Filter, Pattern};
+use super::subject::{Filter, Pattern, MAX_PATTERNS};
 use super::Invalid;
-
-/// How many patterns one grant may list.
-pub const MAX_PATTERNS: usize = 100;
 
 /// The subjects one or more grants cover; `None` where they cover everything.
 #[derive(Debug, Clone, PartialEq, Eq)]

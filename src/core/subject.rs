@@ -16,6 +16,21 @@ use super::Invalid;
 
 pub const MAX_SUBJECT_LEN: usize = 255;
 
+/// How many patterns one list (a consumer's subjects or excludes, a grant's subjects) may
+/// have. Log readers and the views match subjects against a regular expression built
+/// from a list, and Postgres refuses one that grows too complex.
+pub const MAX_PATTERNS: usize = 100;
+
+/// A list of patterns as a caller gave it: no NULL, at most [`MAX_PATTERNS`].
+pub fn pattern_list(list: Vec<Option<String>>, what: &str) -> Result<Vec<String>, Invalid> {
+    if list.len() > MAX_PATTERNS {
+        return Err(Invalid(format!("{what} may list at most {MAX_PATTERNS} patterns")));
+    }
+    list.into_iter()
+        .map(|p| p.ok_or_else(|| Invalid(format!("{what} must not contain NULL"))))
+        .collect()
+}
+
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }

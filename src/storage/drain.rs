@@ -90,15 +90,17 @@ static SEQ_HEAD: Statement =
 
 // Moves every visible staged event of the streams this drain holds ($1) into the log,
 // numbered in (transaction id, id) order, after events restored from another cluster
-// (origin <> $2, this cluster's), whose transaction ids mean nothing here; events of streams that no longer exist are
-// deleted without a trace. (A stream created since this drain looked waits for the next.) Numbers are reserved with one setval under the drain lock; an aborted
-// drain leaves a gap, never a reuse. Records the drain; returns, per stream, the range of
-// seq numbers given out.
+// (origin <> $2, this cluster's), whose transaction ids mean nothing here. Events of
+// dropped streams are deleted without a trace; those of a stream not known at all (which
+// only a restore still loading could leave) stay, as do those of a stream created since
+// this drain looked (the next drain takes them). Numbers are reserved with one setval
+// under the drain lock; an aborted drain leaves a gap, never a reuse. Records the drain;
+// returns, per stream, the range of seq numbers given out.
 static MOVE: Statement = Statement::new(
     "WITH moved AS (
          DELETE FROM eventq_internal.staged s
          WHERE s.stream_id = ANY ($1::int[])
-            OR NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)
+            OR EXISTS (SELECT 1 FROM eventq_internal.dropped_streams d WHERE d.id = s.stream_id)
          RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at,
                    origin
      ), kept AS (

@@ -22,28 +22,50 @@ static TASK_CONSUMERS: Statement = Statement::new(
     &[],
 );
 
+// Whether a session of the restore is connected: the one that created the extension, or
+// any of pg_restore's (a parallel restore's leader disconnects while its workers load the
+// data, and reconnects afterwards). Then whether one was seen within the last seconds:
+// between the leader leaving and its workers arriving, none is.
 static RESTORING: Statement = Statement::new(
     "SELECT EXISTS (
-         SELECT 1 FROM eventq_internal.restoring r
-         CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(r.pid) a
-         WHERE a.backend_start IS NOT DISTINCT FROM r.backend_start),
-            EXISTS (SELECT 1 FROM eventq_internal.restoring)",
+                SELECT 1 FROM eventq_internal.restoring r
+                CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(r.pid) a
+                WHERE a.backend_start IS NOT DISTINCT FROM r.backend_start)
+            OR EXISTS (
+                SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) a
+                WHERE a.datid = (SELECT d.oid FROM pg_catalog.pg_database d
+                                 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+                  AND a.application_name OPERATOR(pg_catalog.=) 'pg_restore'),
+            EXISTS (SELECT 1 FROM eventq_internal.restoring r
+                    WHERE r.seen_at > pg_catalog.clock_timestamp() - interval '5 seconds')",
     &[],
 );
 
+static STILL_RESTORING: Statement =
+    Statement::new("UPDATE eventq_internal.restoring SET seen_at = pg_catalog.clock_timestamp()", &[]);
+
 static RESTORED: Statement = Statement::new("DELETE FROM eventq_internal.restoring", &[]);
 
-/// Whether a dump is still being restored into this database: the session that created
-/// the extension for it is still connected (see table `restoring` in sql/schema.sql).
-/// Once it has gone, forgets it (when this transaction may write).
+/// Whether a dump is still being restored into this database (see table `restoring` in
+/// sql/schema.sql). Once the restore has ended, forgets it (when this transaction may
+/// write; until then every call looks again).
 pub fn restore_in_progress(client: &SpiClient<'_>) -> bool {
+    if !MARKED.first_row(client, &[]).and_then(|row| column::<bool>(&row, 1)).unwrap_or(false) {
+        return false;
+    }
     let Some(row) = RESTORING.first_row(client, &[]) else { return false };
-    let (alive, marked) = (column(&row, 1).unwrap_or(false), column(&row, 2).unwrap_or(false));
-    if marked && !alive && unsafe { !pgrx::pg_sys::XactReadOnly } {
+    let (connected, recent) = (column(&row, 1).unwrap_or(false), column(&row, 2).unwrap_or(false));
+    let writable = unsafe { !pgrx::pg_sys::XactReadOnly };
+    if connected && writable {
+        STILL_RESTORING.run(client, &[]);
+    } else if !connected && !recent && writable {
         RESTORED.run(client, &[]);
     }
-    alive
+    connected || recent
 }
+
+static MARKED: Statement =
+    Statement::new("SELECT EXISTS (SELECT 1 FROM eventq_internal.restoring)", &[]);
 
 /// Rows of expired leases and due timers handled per consumer and pass.
 pub const RESCUE_LIMIT: i64 = 10_000;

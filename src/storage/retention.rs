@@ -311,14 +311,26 @@ static FORGET_DROPPED_GRANTEES: Statement = Statement::new(
     &[],
 );
 
+// Consumers whose owner was dropped go to the extension's owner: administrators and
+// managers of the stream keep working them, and a later role that gets the same oid (or
+// has it in another cluster a dump is restored into) does not inherit them.
+static ADOPT_ORPHANED_CONSUMERS: Statement = Statement::new(
+    "UPDATE eventq_internal.consumers c
+     SET owner = (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                  WHERE n.nspname OPERATOR(pg_catalog.=) 'eventq_internal')
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = c.owner)",
+    &[],
+);
+
 /// Housekeeping of eventq's own bookkeeping: idle key rows (only while holding the drain
-/// lock; skipped otherwise), the record of old drains, expiration counts, grants of
-/// dropped roles. Returns whether grants changed.
+/// lock; skipped otherwise), the record of old drains, expiration counts, grants and
+/// consumers of dropped roles. Returns whether grants changed.
 pub fn tidy(client: &SpiClient<'_>) -> bool {
     if locks::try_lock_drain() {
         REMOVE_IDLE_KEYS.run(client, &[arg(ROUND)]);
     }
     TRIM_DRAINS.run(client, &[]);
     FOLD_EXPIRATIONS.run(client, &[]);
+    ADOPT_ORPHANED_CONSUMERS.run(client, &[]);
     !FORGET_DROPPED_GRANTEES.run(client, &[]).is_empty()
 }

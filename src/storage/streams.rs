@@ -24,8 +24,8 @@ static CONSUMERS: Statement = Statement::new(
 );
 
 // Everything of a stream, consumers included, except its staged events: those are the
-// drain's, which deletes the staged events of streams that no longer exist (so a drop
-// never waits for a drain, nor a drain for a drop).
+// drain's, which deletes the staged events of dropped streams (so a drop never waits for a
+// drain, nor a drain for a drop).
 static DELETE_ALL: Statement = Statement::new(
     "WITH gone_consumers AS (
          DELETE FROM eventq_internal.consumers WHERE stream_id = $1 RETURNING id
@@ -45,6 +45,8 @@ static DELETE_ALL: Statement = Statement::new(
          DELETE FROM eventq_internal.dedup WHERE stream_id = $1
      ), gone_grants AS (
          DELETE FROM eventq_internal.grants WHERE stream_id = $1
+     ), tombstone AS (
+         INSERT INTO eventq_internal.dropped_streams (id) VALUES ($1) ON CONFLICT DO NOTHING
      )
      DELETE FROM eventq_internal.streams WHERE id = $1",
     &[INT],
