@@ -9,8 +9,8 @@
 --   the views no longer read staging;
 --   ack, retry, discard and extend_lease take the lease guard's attempt;
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
---   but the extension's owner; functions with a pinned search_path; views that show each
---   role its own part; payloads limited in size;
+--   but the extension's owner; views that show each role its own part; payloads limited
+--   in size;
 --   backups: every table registered for pg_dump, staged events marked with their cluster,
 --   drains and maintenance wait while a dump is restored.
 
@@ -271,7 +271,6 @@ CREATE FUNCTION eventq."grant"(
 	"role" TEXT,
 	"subjects" TEXT[] DEFAULT NULL
 ) RETURNS void
-SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'grant_wrapper';
 
@@ -280,33 +279,8 @@ CREATE FUNCTION eventq."revoke"(
 	"stream" TEXT,
 	"role" TEXT
 ) RETURNS void
-SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'revoke_wrapper';
-
--- Every function that works on storage runs with a search path of pg_catalog only.
-ALTER FUNCTION eventq.create_stream(text, interval, boolean) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.alter_stream(text, interval) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.drop_stream(text, boolean) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.publish(text, text, jsonb, text, jsonb, timestamptz, text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.publish_batch(text, text[], jsonb[], text[], jsonb[]) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.create_consumer(text, text, text[], text[], text, text, integer, text, interval, interval, interval, timestamptz) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.alter_consumer(text, text[], text[], text, text, integer, text, interval, interval, interval, timestamptz) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.pause_consumer(text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.resume_consumer(text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.drop_consumer(text) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.pull(text, integer, interval) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.ack(text, bigint[], integer[]) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.retry(text, bigint, text, interval, integer) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.discard(text, bigint, text, integer) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.extend_lease(text, bigint, interval, integer) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.redrive(text, bigint[]) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.fetch(text, integer) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.commit(text, bigint) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.seek(text, bigint) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.seek(text, timestamptz) SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.run_maintenance() SET search_path TO pg_catalog, pg_temp;
-ALTER FUNCTION eventq.worker_health() SET search_path TO pg_catalog, pg_temp;
 
 -- The views, as of 0.2.0 (as sql/views.sql creates them).
 -- Views for people and dashboards. They count and join on every read: fine for a console

@@ -66,7 +66,6 @@ fn start_from(client: &SpiClient<'_>, consumer: &Consumer, start_at: TimestampWi
 /// `'-infinity'`: every retained event and every later one; a time: the retained and later
 /// events published at or after it (also when that time is still to come).
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn create_consumer(
     name: Option<&str>,
@@ -146,7 +145,6 @@ fn create_consumer(
 /// published at or after it reach the consumer. The mode cannot change. Drains route
 /// around the consumer until this transaction ends, then give it what they held back.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn alter_consumer(
     name: Option<&str>,
@@ -247,13 +245,11 @@ fn alter_consumer(
 
 /// While paused, pull and fetch return nothing; tasks keep accumulating.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn pause_consumer(name: Option<&str>) {
     set_paused(name, true)
 }
 
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn resume_consumer(name: Option<&str>) {
     set_paused(name, false)
 }
@@ -277,7 +273,6 @@ fn set_paused(name: Option<&str>, paused: bool) {
 
 /// Drops a consumer with its tasks and their history.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn drop_consumer(name: Option<&str>) {
     let call = super::access::enter();
     let name = required(name, "name");

@@ -17,7 +17,6 @@ const MAX_FETCH: i32 = 100_000;
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn fetch(
     consumer: Option<&str>,
     max: default!(Option<i32>, 100),
@@ -66,7 +65,6 @@ fn check_position(client: &SpiClient<'_>, seq: i64) {
 /// Moves the cursor forward to `seq` (the last event processed). A position behind the
 /// cursor leaves it unchanged; a position beyond the last drained event is refused.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn commit(consumer: Option<&str>, seq: Option<i64>) {
     let call = super::access::enter();
     let name = required(consumer, "consumer");
@@ -80,7 +78,6 @@ fn commit(consumer: Option<&str>, seq: Option<i64>) {
 
 /// Moves the cursor anywhere: the next fetch returns events after `seq`.
 #[pg_extern(name = "seek")]
-#[search_path(pg_catalog, pg_temp)]
 fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
     let call = super::access::enter();
     let name = required(consumer, "consumer");
@@ -95,7 +92,6 @@ fn seek_to_seq(consumer: Option<&str>, seq: Option<i64>) {
 /// Moves the cursor so that the next fetch returns the events published at or after `at`
 /// (and possibly some published earlier that committed later: none is skipped).
 #[pg_extern(name = "seek")]
-#[search_path(pg_catalog, pg_temp)]
 fn seek_to_time(consumer: Option<&str>, at: Option<TimestampWithTimeZone>) {
     let call = super::access::enter();
     let name = required(consumer, "consumer");

@@ -24,7 +24,6 @@ use serde_json::json;
 /// otherwise take part in serializable conflict detection and could make the
 /// applications' own transactions fail.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn run_maintenance() -> JsonB {
     let call = super::access::enter();
     call.require_admin("run maintenance");
@@ -99,7 +98,6 @@ pub fn pass_report() -> JsonB {
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn worker_health() -> TableIterator<
     'static,
     (

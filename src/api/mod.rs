@@ -1,8 +1,8 @@
 //! The SQL API: thin `#[pg_extern]` functions, one file per part of the API. Each starts
 //! with `access::enter` (version check, caller noted, work as the storage's owner),
 //! validates its arguments (core), checks the caller's privileges (`access`), calls
-//! storage, and turns "not found" into the right error. Every one runs with
-//! `search_path = pg_catalog, pg_temp` (its `#[search_path]`).
+//! storage, and turns "not found" into the right error. While `access::enter`'s guard
+//! lives, the search path is `pg_catalog` alone.
 
 pub mod access;
 pub mod consumer;

@@ -19,7 +19,6 @@ fn target(stream: &str) -> i32 {
 /// consume grant to consumers whose patterns each lie within one of them. Granting again
 /// replaces the subjects. Administrators only.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn grant(
     privilege: Option<&str>,
     stream: Option<&str>,
@@ -51,7 +50,6 @@ fn grant(
 /// Takes back a privilege granted with `grant`. Consumers the role created stay (an
 /// administrator or a manager of the stream can drop them). Administrators only.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn revoke(privilege: Option<&str>, stream: Option<&str>, role: Option<&str>) {
     let call = access::enter();
     let privilege = Privilege::parse(required(privilege, "privilege")).or_raise();

@@ -79,7 +79,6 @@ fn check_headers(headers: Option<Jsonb>, what: &str) {
 /// transaction commits. With `dedup_key`, publishing a key the stream still retains returns
 /// the first event's id and adds nothing.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn publish(
     stream: Option<&str>,
     subject: Option<&str>,
@@ -130,7 +129,6 @@ fn publish(
 /// Publishes `subjects[i]` with `payloads[i]` (and `keys[i]`, `headers[i]` when given) for
 /// every i; returns the ids in input order.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn publish_batch(
     stream: Option<&str>,
     subjects: Option<TextArray>,

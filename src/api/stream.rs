@@ -13,7 +13,6 @@ fn check_retention(retention: Option<Interval>) {
 
 /// Creates a stream. `retention` NULL keeps events forever.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn create_stream(
     name: Option<&str>,
     retention: default!(Option<Interval>, "'7 days'"),
@@ -33,7 +32,6 @@ fn create_stream(
 
 /// Changes how long a stream keeps its events (NULL: forever).
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
     let call = super::access::enter();
     let name = required(name, "name");
@@ -49,7 +47,6 @@ fn alter_stream(name: Option<&str>, retention: Option<Interval>) {
 /// Drops a stream with its events. Refused while consumers read it, unless `force`, which
 /// drops those consumers and their tasks too.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn drop_stream(name: Option<&str>, force: default!(Option<bool>, false)) {
     let call = super::access::enter();
     let name = required(name, "name");

@@ -20,7 +20,6 @@ const MAX_PULL: i32 = 10_000;
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn pull(
     consumer: Option<&str>,
     max: default!(Option<i32>, 1),
@@ -81,7 +80,6 @@ fn pull(
 /// (any more) are not counted. `attempts`, parallel to `task_ids`, is the lease guard: a
 /// task is completed only while it still runs the attempt its worker pulled.
 #[pg_extern(name = "ack")]
-#[search_path(pg_catalog, pg_temp)]
 fn ack_with_attempts(
     consumer: Option<&str>,
     task_ids: Option<Vec<Option<i64>>>,
@@ -114,7 +112,6 @@ fn ack_with_attempts(
 /// backoff), or `discarded` when it has used up max_attempts. Returns the new state, or
 /// NULL if the task was not running.
 #[pg_extern(name = "retry")]
-#[search_path(pg_catalog, pg_temp)]
 fn retry_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
@@ -149,7 +146,6 @@ fn retry_with_attempt(
 
 /// running -> discarded. `false` if the task was not running (the attempt given).
 #[pg_extern(name = "discard")]
-#[search_path(pg_catalog, pg_temp)]
 fn discard_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
@@ -170,7 +166,6 @@ fn discard_with_attempt(
 /// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
 /// the new expiry, or NULL if the task was not running.
 #[pg_extern(name = "extend_lease")]
-#[search_path(pg_catalog, pg_temp)]
 fn extend_lease_with_attempt(
     consumer: Option<&str>,
     task_id: Option<i64>,
@@ -192,7 +187,6 @@ fn extend_lease_with_attempt(
 /// discarded -> available with a fresh attempt budget (NULL: every discarded task).
 /// Returns how many tasks changed.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
     let call = super::access::enter();
     let name = required(consumer, "consumer");
