@@ -45,10 +45,23 @@ mod tests {
     fn events_of_a_dropped_stream_are_not_drained() {
         run("SELECT eventq.create_stream('mt_gone')");
         run("SELECT eventq.publish('mt_gone', 'a')");
-        run("DELETE FROM eventq_internal.streams WHERE name = 'mt_gone'");
+        run("SELECT eventq.drop_stream('mt_gone')");
         let report = one::<pgrx::JsonB>("SELECT tests.maintain()").unwrap().0;
         assert_eq!(report["drained_events"], 0);
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 0);
+        assert_eq!(count("SELECT 1 FROM eventq_internal.events"), 0);
+    }
+
+    // A stream missing without a tombstone is one a restore has not loaded yet: its staged
+    // events wait for it instead of being thrown away.
+    #[pg_test]
+    fn events_of_an_unknown_stream_wait_in_staging() {
+        run("SELECT eventq.create_stream('mt_later')");
+        run("SELECT eventq.publish('mt_later', 'a')");
+        run("DELETE FROM eventq_internal.streams WHERE name = 'mt_later'");
+        let report = one::<pgrx::JsonB>("SELECT tests.maintain()").unwrap().0;
+        assert_eq!(report["drained_events"], 0);
+        assert_eq!(count("SELECT 1 FROM eventq_internal.staged"), 1);
         assert_eq!(count("SELECT 1 FROM eventq_internal.events"), 0);
     }
 
