@@ -14,7 +14,7 @@ RUNAS := --runas postgres
 endif
 PGTEST_DIR ?= /tmp/eventq-pgtest
 
-.PHONY: all deps build install unit test chaos demo demo-stop bench soak clean
+.PHONY: all deps build install unit test chaos demo demo-stop bench bench-quick bench-deps soak clean
 
 all: build
 
@@ -57,12 +57,20 @@ demo: install
 demo-stop:
 	@.ci/demo stop
 
-# Throughput of eventq next to a minimal hand-written queue on one fresh cluster, and the
-# latency from publish to available task with the background worker.
-bench: deps
+# eventq side by side with a minimal hand-written queue, pgmq and PgQ on one fresh cluster:
+# throughput, end to end through the background worker, and a soak under a held snapshot.
+# Results under bench/results/. bench-quick: the same, shorter and smaller (under 5 min).
+bench: bench-deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	cargo build --release --example latency
 	@bench/run
+
+bench-quick: bench-deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	@BENCH_QUICK=1 bench/run
+
+# matplotlib, for the soak's plots.
+bench-deps: deps
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt
 
 # A sustained publish + pull + ack run with the worker, sampling table sizes over time.
 soak: deps

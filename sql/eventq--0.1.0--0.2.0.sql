@@ -291,10 +291,15 @@ AS 'MODULE_PATHNAME', 'revoke_wrapper';
 -- administrators everything; other roles the streams they have a grant on or a consumer
 -- of, the consumers they own (as members of the owning role) or manage, and the events of
 -- streams they consume (within the subjects of their grant) or manage. The views read
--- storage as their owner; CURRENT_USER inside them is the role that reads.
+-- storage as their owner; CURRENT_USER inside them is the role that reads. They are
+-- security barriers: a reader's own conditions (a cast that fails, a function that
+-- raises) run only on rows that passed the view's, never on the others.
 
 -- Whether the role reading administers eventq: a superuser, the owner of eventq's storage,
--- or a member of eventq_admin (as api::access decides for the functions).
+-- or a member of eventq_admin (as api::access decides for the functions). The views call it
+-- as `(SELECT caller_is_admin())`, which Postgres evaluates once per query; called plainly
+-- beside a condition on each row, it ran for every row (2.8 s instead of 0.3 for the
+-- newest ten of 400k events).
 CREATE FUNCTION eventq_internal.caller_is_admin() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.pg_has_role(CURRENT_USER,
@@ -304,23 +309,23 @@ RETURN pg_catalog.pg_has_role(CURRENT_USER,
                 false);
 
 -- The grants the role reading holds, directly or through the roles it belongs to.
-CREATE VIEW eventq_internal.caller_grants AS
+CREATE VIEW eventq_internal.caller_grants WITH (security_barrier) AS
 SELECT g.stream_id, g.privilege, g.subjects_re
 FROM eventq_internal.grants g
 WHERE pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
 
 -- The consumers the role reading may see.
-CREATE VIEW eventq_internal.caller_consumers AS
+CREATE VIEW eventq_internal.caller_consumers WITH (security_barrier) AS
 SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c.exclude_re,
        c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
        c.cursor_seq, c.start_at, c.created_at, c.owner
 FROM eventq_internal.consumers c
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
               WHERE g.stream_id = c.stream_id AND g.privilege = 'manage');
 
-CREATE VIEW eventq.streams AS
+CREATE VIEW eventq.streams WITH (security_barrier) AS
 SELECT s.name,
        s.retention,
        (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
@@ -331,14 +336,14 @@ SELECT s.name,
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
        s.created_at
 FROM eventq_internal.streams s
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
 -- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
 -- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
 -- been due, or how old the first unread event of a log consumer is.
-CREATE VIEW eventq.consumers AS
+CREATE VIEW eventq.consumers WITH (security_barrier) AS
 SELECT c.name,
        s.name AS stream,
        c.mode,
@@ -395,7 +400,7 @@ LEFT JOIN LATERAL (
     WHERE tk.consumer_id = c.id
 ) t ON c.mode = 'task';
 
-CREATE VIEW eventq.events AS
+CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,
        e.seq,
        e.id AS event_id,
@@ -407,7 +412,7 @@ SELECT s.name AS stream,
        e.deliver_at
 FROM eventq_internal.events e
 JOIN eventq_internal.streams s ON s.id = e.stream_id
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
               WHERE g.stream_id = e.stream_id
                 AND (g.privilege = 'manage'
@@ -415,7 +420,7 @@ WHERE eventq_internal.caller_is_admin()
                          AND (g.subjects_re IS NULL OR e.subject ~ g.subjects_re))));
 
 -- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
-CREATE VIEW eventq.tasks AS
+CREATE VIEW eventq.tasks WITH (security_barrier) AS
 SELECT c.name AS consumer,
        t.seq AS task_id,
        e.id AS event_id,
@@ -436,7 +441,7 @@ LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.se
 
 -- Attempts that failed, were lost or were discarded are recorded as they end; a completed
 -- attempt is the completed task itself.
-CREATE VIEW eventq.attempts AS
+CREATE VIEW eventq.attempts WITH (security_barrier) AS
 SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
 FROM eventq_internal.attempts a
 JOIN eventq_internal.caller_consumers c ON c.id = a.consumer_id
@@ -449,7 +454,7 @@ WHERE t.state = 'completed';
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
 -- alive? `last_error` is what failed last, when. Empty without preloading, and for roles
 -- that do not administer eventq (the condition is checked before the function is called).
-CREATE VIEW eventq.workers AS
+CREATE VIEW eventq.workers WITH (security_barrier) AS
 SELECT * FROM eventq.worker_health() WHERE eventq_internal.caller_is_admin();
 
 -- The API is for everyone: each function checks the caller's privileges itself.

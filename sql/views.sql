@@ -11,7 +11,10 @@
 -- raises) run only on rows that passed the view's, never on the others.
 
 -- Whether the role reading administers eventq: a superuser, the owner of eventq's storage,
--- or a member of eventq_admin (as api::access decides for the functions).
+-- or a member of eventq_admin (as api::access decides for the functions). The views call it
+-- as `(SELECT caller_is_admin())`, which Postgres evaluates once per query; called plainly
+-- beside a condition on each row, it ran for every row (2.8 s instead of 0.3 for the
+-- newest ten of 400k events).
 CREATE FUNCTION eventq_internal.caller_is_admin() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.pg_has_role(CURRENT_USER,
@@ -32,7 +35,7 @@ SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c
        c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
        c.cursor_seq, c.start_at, c.created_at, c.owner
 FROM eventq_internal.consumers c
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
               WHERE g.stream_id = c.stream_id AND g.privilege = 'manage');
@@ -48,7 +51,7 @@ SELECT s.name,
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
        s.created_at
 FROM eventq_internal.streams s
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
@@ -124,7 +127,7 @@ SELECT s.name AS stream,
        e.deliver_at
 FROM eventq_internal.events e
 JOIN eventq_internal.streams s ON s.id = e.stream_id
-WHERE eventq_internal.caller_is_admin()
+WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g
               WHERE g.stream_id = e.stream_id
                 AND (g.privilege = 'manage'

@@ -183,7 +183,8 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
 }
 
 /// The catalog of eventq's schemas, as comparable text: tables' columns (in any order),
-/// constraints, indexes, functions, views, replica identities, extension membership.
+/// constraints, indexes, functions, views and their options, replica identities, privileges,
+/// dumped tables, extension membership.
 fn describe(db: &mut Client) -> Vec<String> {
     column(
         db,
@@ -213,6 +214,11 @@ fn describe(db: &mut Client) -> Vec<String> {
            AND c.relkind IN ('r', 'p')
          UNION ALL
          SELECT 'privileges ' || c.oid::regclass || ' ' || coalesce(c.relacl::text, 'default')
+         FROM pg_class c WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
+         UNION ALL
+         -- storage options: security_barrier of the views, row security of tables
+         SELECT 'options ' || c.oid::regclass || ' ' || coalesce(c.reloptions::text, '')
+                || ' ' || c.relrowsecurity || ' ' || c.relforcerowsecurity
          FROM pg_class c WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
          UNION ALL
          SELECT 'privileges schema ' || nspname || ' ' || coalesce(nspacl::text, 'default')

@@ -1,2 +1,2 @@
-SELECT coalesce(array_agg(task_id), '{}') AS ids FROM eventq.pull('bench_worker', 10) \gset
-SELECT eventq.ack('bench_worker', :ids::bigint[]);
+SELECT coalesce(array_agg(task_id), '{}') AS ids FROM eventq.pull(:consumer, 10) \gset
+SELECT eventq.ack(:consumer, :ids::bigint[]);

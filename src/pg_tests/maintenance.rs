@@ -65,6 +65,29 @@ mod tests {
         assert_eq!(count("SELECT 1 FROM eventq_internal.events"), 0);
     }
 
+    // The views check the reader's role once per query, not once per row they look at.
+    #[pg_test]
+    fn views_check_the_readers_role_once_per_query() {
+        run("SET LOCAL track_functions = 'all'");
+        run("SELECT eventq.create_stream('mt_v')");
+        run("SELECT eventq.create_consumer('mt_v_c', 'mt_v')");
+        run("SELECT eventq.publish('mt_v', 'e') FROM generate_series(1, 200)");
+        run("SELECT tests.maintain()");
+        let calls = || {
+            one::<i64>(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions
+                 WHERE schemaname = 'eventq_internal' AND funcname = 'caller_is_admin'",
+            )
+            .unwrap_or(0)
+        };
+        for view in ["events", "streams", "consumers", "tasks", "attempts"] {
+            let before = calls();
+            run(&format!("SELECT count(*) FROM eventq.{view}"));
+            let per_query = calls() - before;
+            assert!(per_query <= 2, "{view}: caller_is_admin() ran {per_query} times");
+        }
+    }
+
     #[pg_test]
     fn subject_matches_follows_nats_rules() {
         assert_eq!(

@@ -115,16 +115,18 @@ pub fn rescue_and_promote(
 // was planned as a hash of every event of the stream, 150 ms per pull instead of 0.4. A
 // task whose event is gone (retention raced a replay) comes back without one: `lease`
 // expires it instead of handing it out.
+// The limit is written into the text (see Statement::run_with_limit): as `LIMIT $n` the
+// plan cache re-planned this statement at every pull.
 static LEASE: Statement = Statement::new(
     "WITH picked AS (
          SELECT t.ctid FROM eventq_internal.tasks t
          WHERE t.consumer_id = $1 AND t.state = 'available'
-         ORDER BY t.seq LIMIT $2
+         ORDER BY t.seq LIMIT {limit}
          FOR UPDATE SKIP LOCKED
      ), leased AS (
          UPDATE eventq_internal.tasks t
          SET state = 'running', attempt = t.attempt + 1, started_at = clock.now,
-             lease_until = clock.now + $3 * interval '1 microsecond'
+             lease_until = clock.now + $2 * interval '1 microsecond'
          FROM (SELECT pg_catalog.clock_timestamp() AS now) clock
          WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM picked))
          RETURNING t.seq, t.attempt
@@ -133,11 +135,11 @@ static LEASE: Statement = Statement::new(
      FROM leased l
      LEFT JOIN LATERAL (
          SELECT * FROM eventq_internal.events
-         WHERE stream_id = $4 AND seq = l.seq
+         WHERE stream_id = $3 AND seq = l.seq
          LIMIT 1
      ) e ON true
      ORDER BY l.seq",
-    &[INT, BIGINT, BIGINT, INT],
+    &[INT, BIGINT, INT],
 );
 
 // Tasks found without their event: deleted and counted as expired, as retention would have.
@@ -175,7 +177,7 @@ pub fn lease(
 ) -> Vec<Leased> {
     let mut orphans = Vec::new();
     let leased = LEASE
-        .run(client, &[arg(consumer_id), arg(max), arg(lease_micros), arg(stream_id)])
+        .run_with_limit(client, max, &[arg(consumer_id), arg(lease_micros), arg(stream_id)])
         .filter_map(|row| {
             let seq: i64 = column(&row, 1)?;
             let Some(event_id) = column(&row, 2) else {

@@ -1,0 +1,1 @@
+SELECT pgmq.send('pub', '{"order": 12345, "total": 99.5, "currency": "EUR", "lines": 3}');
