@@ -194,6 +194,7 @@ enum Concern {
     Databases { oids: Vec<u32>, dropped: bool },
     CreateExtension,
     CommitPrepared,
+    RollbackPrepared,
 }
 
 unsafe fn database_oid(name: *const std::ffi::c_char) -> Option<u32> {
@@ -262,10 +263,10 @@ unsafe fn concern(statement: *mut pg_sys::Node) -> Concern {
             }
             T_TransactionStmt => {
                 let stmt = statement as *mut pg_sys::TransactionStmt;
-                if (*stmt).kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED {
-                    Concern::CommitPrepared
-                } else {
-                    Concern::None
+                match (*stmt).kind {
+                    pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED => Concern::CommitPrepared,
+                    pg_sys::TransactionStmtKind::TRANS_STMT_ROLLBACK_PREPARED => Concern::RollbackPrepared,
+                    _ => Concern::None,
                 }
             }
             _ => Concern::None,
@@ -330,6 +331,13 @@ unsafe extern "C-unwind" fn process_utility(
             // The prepared transaction's events are visible by now. It may not have
             // published; counting it anyway only costs readers a drain.
             wakeup::commit_prepared();
+            // Nor may it have made tasks available, or leased any: see pull_start.
+            crate::pull_start::reset_database();
+        }
+        Concern::RollbackPrepared => {
+            run();
+            // Tasks it leased are available again.
+            crate::pull_start::reset_database();
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - `gucs`    settings under `eventq.`
 //! - `launcher` starts a background worker per database with eventq; `worker` that worker
 //!   and the drain helper; `wakeup` what backends share through shared memory: workers'
-//!   latches and health, and what has been published and drained
+//!   latches and health, and what has been published and drained; `pull_start` where each
+//!   consumer's pulls start scanning
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -19,6 +20,7 @@ mod datum;
 mod error;
 mod gucs;
 mod launcher;
+mod pull_start;
 mod storage;
 mod wakeup;
 mod worker;
@@ -38,6 +40,7 @@ pub extern "C-unwind" fn _PG_init() {
     // The worker and its wake-up slot exist only when the library is preloaded.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
+        pull_start::init_shared_memory();
         launcher::install_hooks();
         launcher::register();
     }

@@ -242,6 +242,7 @@ static DELETE: Statement = Statement::new(
 /// Drops a consumer with everything it has; the caller holds its lock.
 pub fn delete(client: &SpiClient<'_>, id: i32) {
     DELETE.run(client, &[arg(id)]);
+    crate::pull_start::forget(id);
 }
 
 // A replay: tasks for the retained events published at or after $3 that pass the filter.
@@ -297,6 +298,8 @@ static REPLAY: Statement = Statement::new(
 /// Re-delivers the retained events published at or after `since` (see REPLAY); the caller
 /// holds the consumer's lock. Returns how many tasks were created or restarted.
 pub fn replay(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone) -> i64 {
+    // Tasks of old events, below where pulls start.
+    crate::pull_start::released(c.id);
     let Some(row) = REPLAY.first_row(client, &[arg(c.id), arg(since)]) else { return 0 };
     let keys: Vec<String> = column(&row, 2).unwrap_or_default();
     if !keys.is_empty() {
@@ -393,5 +396,6 @@ static FORGET_KEY_ORDER: Statement = Statement::new(
 
 /// Turns key ordering off; the caller holds the consumer's lock.
 pub fn forget_key_order(client: &SpiClient<'_>, id: i32) {
+    crate::pull_start::released(id);
     FORGET_KEY_ORDER.run(client, &[arg(id)]);
 }

@@ -474,7 +474,12 @@ impl FanOut {
         else {
             return;
         };
-        self.gap_tasks += column::<i64>(&row, 1).unwrap_or(0);
+        let filled = column::<i64>(&row, 1).unwrap_or(0);
+        self.gap_tasks += filled;
+        if filled > 0 {
+            // Tasks of older events, below where pulls start.
+            crate::pull_start::released(consumer_id);
+        }
         let keys: Vec<String> = column(&row, 2).unwrap_or_default();
         if !keys.is_empty() {
             keys::settle_keys(client, consumer_id, keys, keys::Busy::Recheck);

@@ -276,6 +276,10 @@ static SETTLE: Statement = Statement::new(
 
 /// Settles keys whose rows the caller holds.
 fn settle(client: &SpiClient<'_>, consumer_id: i32, mut locked: Vec<String>) {
+    if !locked.is_empty() {
+        // A waiting task made available may lie below where pulls start.
+        crate::pull_start::released(consumer_id);
+    }
     // Each round promotes a waiting task or finds it gone; rounds end when none vanished.
     for _ in 0..1000 {
         if locked.is_empty() {

@@ -23,6 +23,7 @@
 use super::keys::{self, Busy};
 use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT};
 use crate::datum::Jsonb;
+use crate::pull_start;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 
@@ -101,11 +102,15 @@ pub fn rescue_and_promote(
     let keys: Vec<String> = column(&row, 3).unwrap_or_default();
     let seqs: Vec<i64> = column(&row, 4).unwrap_or_default();
     keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Recheck);
-    Rescued {
+    let rescued = Rescued {
         lost: column(&row, 1).unwrap_or(0),
         discarded: column(&row, 2).unwrap_or(0),
         promoted: column(&row, 5).unwrap_or(0),
+    };
+    if rescued.lost > 0 || rescued.promoted > 0 {
+        pull_start::released(consumer_id);
     }
+    rescued
 }
 
 // The oldest available tasks, skipping those other workers are leasing right now. The ctid
@@ -116,11 +121,12 @@ pub fn rescue_and_promote(
 // task whose event is gone (retention raced a replay) comes back without one: `lease`
 // expires it instead of handing it out.
 // The limit is written into the text (see Statement::run_with_limit): as `LIMIT $n` the
-// plan cache re-planned this statement at every pull.
+// plan cache re-planned this statement at every pull. $4 is where the scan starts (see
+// pull_start): no available task of the consumer is below it.
 static LEASE: Statement = Statement::new(
     "WITH picked AS (
          SELECT t.ctid FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state = 'available'
+         WHERE t.consumer_id = $1 AND t.state = 'available' AND t.seq >= $4
          ORDER BY t.seq LIMIT {limit}
          FOR UPDATE SKIP LOCKED
      ), leased AS (
@@ -139,7 +145,7 @@ static LEASE: Statement = Statement::new(
          LIMIT 1
      ) e ON true
      ORDER BY l.seq",
-    &[INT, BIGINT, INT],
+    &[INT, BIGINT, INT, BIGINT],
 );
 
 // Tasks found without their event: deleted and counted as expired, as retention would have.
@@ -176,10 +182,17 @@ pub fn lease(
     lease_micros: i64,
 ) -> Vec<Leased> {
     let mut orphans = Vec::new();
-    let leased = LEASE
-        .run_with_limit(client, max, &[arg(consumer_id), arg(lease_micros), arg(stream_id)])
+    let start = pull_start::read(consumer_id);
+    let mut lowest = None;
+    let leased: Vec<Leased> = LEASE
+        .run_with_limit(
+            client,
+            max,
+            &[arg(consumer_id), arg(lease_micros), arg(stream_id), arg(start.seq)],
+        )
         .filter_map(|row| {
             let seq: i64 = column(&row, 1)?;
+            lowest = Some(lowest.map_or(seq, |l: i64| l.min(seq)));
             let Some(event_id) = column(&row, 2) else {
                 orphans.push(seq);
                 return None;
@@ -196,6 +209,10 @@ pub fn lease(
             })
         })
         .collect();
+    if let Some(lowest) = lowest {
+        pull_start::leased(consumer_id);
+        pull_start::raise(consumer_id, start, lowest);
+    }
     if !orphans.is_empty() {
         if let Some(row) = EXPIRE_ORPHANS.first_row(client, &[arg(consumer_id), arg(orphans)]) {
             let keys: Vec<String> = column(&row, 1).unwrap_or_default();
@@ -407,5 +424,9 @@ pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i6
     if !redriven_keys.is_empty() {
         keys::settle_keys(client, consumer_id, redriven_keys, Busy::Wait);
     }
-    column(&row, 1).unwrap_or(0)
+    let redriven = column(&row, 1).unwrap_or(0);
+    if redriven > 0 {
+        pull_start::released(consumer_id);
+    }
+    redriven
 }

@@ -1,0 +1,141 @@
+//! Pulls start where their consumer's lowest available task can be (src/pull_start.rs),
+//! past the dead index entries of everything leased before. Every way a task becomes
+//! available again below that start must bring pulls back down to it: a pull rolled back
+//! (whole, to a savepoint, or prepared and then rolled back), a retry coming due, an
+//! expired lease, a redrive, a key handed on. Each is tested after other pulls have moved
+//! the start past the task. The worker is off, so that no maintenance pass resets the
+//! starts and hides a missed case.
+
+mod common;
+
+use common::{column, Cluster};
+use postgres::Client;
+
+fn cluster(name: &str) -> Cluster {
+    Cluster::start(
+        name,
+        &["shared_preload_libraries = 'eventq'", "eventq.worker_enabled = off", "max_prepared_transactions = 4"],
+    )
+}
+
+fn pull(db: &mut Client, consumer: &str, max: i32) -> Vec<i64> {
+    db.query(&format!("SELECT task_id FROM eventq.pull('{consumer}', {max})"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn setup(db: &mut Client, consumer: &str, events: i32) {
+    db.batch_execute(&format!(
+        "SELECT eventq.create_stream('{consumer}_s');
+         SELECT eventq.create_consumer('{consumer}', '{consumer}_s');
+         SELECT eventq.publish('{consumer}_s', 'e') FROM generate_series(1, {events});"
+    ))
+    .unwrap();
+}
+
+fn range(from: i64, to: i64) -> Vec<i64> {
+    (from..=to).collect()
+}
+
+#[test]
+fn tasks_of_a_rolled_back_pull_are_pulled_next() {
+    let cluster = cluster("pull-start-rollback");
+    let mut a = cluster.connect();
+    let mut b = cluster.connect();
+    setup(&mut b, "c", 40);
+    // the first task, acked: the others follow it one by one
+    let base = pull(&mut b, "c", 1)[0];
+    b.batch_execute(&format!("SELECT eventq.ack('c', ARRAY[{base}])")).unwrap();
+
+    // a whole transaction
+    a.batch_execute("BEGIN").unwrap();
+    assert_eq!(pull(&mut a, "c", 5), range(base + 1, base + 5));
+    assert_eq!(pull(&mut b, "c", 5), range(base + 6, base + 10));
+    assert_eq!(pull(&mut b, "c", 5), range(base + 11, base + 15));
+    a.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(pull(&mut b, "c", 5), range(base + 1, base + 5));
+
+    // a savepoint, the transaction going on
+    a.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+    assert_eq!(pull(&mut a, "c", 5), range(base + 16, base + 20));
+    assert_eq!(pull(&mut b, "c", 5), range(base + 21, base + 25));
+    a.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    assert_eq!(pull(&mut b, "c", 5), range(base + 16, base + 20));
+    a.batch_execute("COMMIT").unwrap();
+
+    // a prepared transaction, rolled back from another session
+    a.batch_execute("BEGIN").unwrap();
+    assert_eq!(pull(&mut a, "c", 5), range(base + 26, base + 30));
+    a.batch_execute("PREPARE TRANSACTION 'pulled'").unwrap();
+    assert_eq!(pull(&mut b, "c", 5), range(base + 31, base + 35));
+    b.batch_execute("ROLLBACK PREPARED 'pulled'").unwrap();
+    assert_eq!(pull(&mut b, "c", 5), range(base + 26, base + 30));
+}
+
+#[test]
+fn tasks_made_available_again_are_pulled_at_once() {
+    let cluster = cluster("pull-start-again");
+    let mut worker = cluster.connect();
+    let mut other = cluster.connect();
+    setup(&mut worker, "r", 30);
+    let all = pull(&mut worker, "r", 30);
+    let (t1, t2, t3) = (all[0], all[1], all[2]);
+    // everything is leased; give the rest back to have tasks above the ones that return
+    worker.batch_execute(&format!("SELECT eventq.ack('r', ARRAY[{t1}, {t2}, {t3}])")).unwrap();
+    for t in &all[3..] {
+        worker.batch_execute(&format!("SELECT eventq.retry('r', {t}, 'again', '0 seconds')")).unwrap();
+    }
+    let again = pull(&mut other, "r", 5);
+    assert_eq!(again, all[3..8].to_vec());
+    assert_eq!(pull(&mut other, "r", 5), all[8..13].to_vec());
+
+    // a retry due at once, below where pulls start now
+    let retried = again[0];
+    worker.batch_execute(&format!("SELECT eventq.retry('r', {retried}, 'boom', '0 seconds')")).unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![retried]);
+
+    // an expired lease
+    let short = again[1];
+    worker
+        .batch_execute(&format!(
+            "UPDATE eventq_internal.tasks SET lease_until = now() - interval '1 second'
+             WHERE seq = {short} AND consumer_id = (SELECT id FROM eventq_internal.consumers WHERE name = 'r')"
+        ))
+        .unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![short]);
+
+    // a redrive
+    let dropped = again[2];
+    worker.batch_execute(&format!("SELECT eventq.discard('r', {dropped}, 'no')")).unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![all[13]]);
+    worker.batch_execute(&format!("SELECT eventq.redrive('r', ARRAY[{dropped}])")).unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![dropped]);
+}
+
+#[test]
+fn a_key_handed_on_below_the_start_is_pulled() {
+    let cluster = cluster("pull-start-keys");
+    let mut worker = cluster.connect();
+    let mut other = cluster.connect();
+    worker
+        .batch_execute(
+            "SELECT eventq.create_stream('k_s');
+             SELECT eventq.create_consumer('k', 'k_s', ordering => 'key');
+             SELECT eventq.publish('k_s', 'e', key => k) FROM unnest('{a,a,b,c}'::text[]) k;",
+        )
+        .unwrap();
+    let a1 = pull(&mut worker, "k", 1);
+    let b1 = pull(&mut other, "k", 1);
+    let c1 = pull(&mut other, "k", 1);
+    assert_eq!(a1.len() + b1.len() + c1.len(), 3);
+    assert!(a1[0] < b1[0] && b1[0] < c1[0]);
+    // the second task of key a lies between a1 and b1: below where pulls start now
+    worker.batch_execute(&format!("SELECT eventq.ack('k', ARRAY[{}])", a1[0])).unwrap();
+    assert_eq!(pull(&mut other, "k", 1), vec![a1[0] + 1]);
+    assert_eq!(
+        column(&mut other, "SELECT count(*)::text FROM eventq.tasks WHERE consumer = 'k' AND state = 'running'"),
+        ["3"]
+    );
+}
