@@ -194,7 +194,6 @@ enum Concern {
     Databases { oids: Vec<u32>, dropped: bool },
     CreateExtension,
     CommitPrepared,
-    RollbackPrepared,
 }
 
 unsafe fn database_oid(name: *const std::ffi::c_char) -> Option<u32> {
@@ -263,10 +262,10 @@ unsafe fn concern(statement: *mut pg_sys::Node) -> Concern {
             }
             T_TransactionStmt => {
                 let stmt = statement as *mut pg_sys::TransactionStmt;
-                match (*stmt).kind {
-                    pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED => Concern::CommitPrepared,
-                    pg_sys::TransactionStmtKind::TRANS_STMT_ROLLBACK_PREPARED => Concern::RollbackPrepared,
-                    _ => Concern::None,
+                if (*stmt).kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED {
+                    Concern::CommitPrepared
+                } else {
+                    Concern::None
                 }
             }
             _ => Concern::None,
@@ -317,6 +316,7 @@ unsafe extern "C-unwind" fn process_utility(
             for &oid in &oids {
                 if dropped {
                     wakeup::release(oid);
+                    crate::pull_start::forget_database(oid);
                 } else {
                     wakeup::resume(oid);
                 }
@@ -325,18 +325,15 @@ unsafe extern "C-unwind" fn process_utility(
         Concern::CreateExtension => {
             run();
             wakeup::creating_extension();
+            // Consumer ids start over (after DROP EXTENSION, or a restore with --clean).
+            crate::pull_start::forget_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
         }
         Concern::CommitPrepared => {
             run();
             // The prepared transaction's events are visible by now. It may not have
             // published; counting it anyway only costs readers a drain.
             wakeup::commit_prepared();
-            // Nor may it have made tasks available, or leased any: see pull_start.
-            crate::pull_start::reset_database();
-        }
-        Concern::RollbackPrepared => {
-            run();
-            // Tasks it leased are available again.
+            // Nor may it have made tasks available: see pull_start.
             crate::pull_start::reset_database();
         }
     }

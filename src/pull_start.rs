@@ -5,30 +5,30 @@
 //! end of that index, and a scan from the start walks all of them: page after page of
 //! entries that lead nowhere. While anything holds an old snapshot (a long transaction, a
 //! replica's feedback) vacuum removes none of them, and every pull gets slower than the
-//! one before. So each consumer has a *start* in shared memory: a seq below which it has
-//! no available task. Pulls scan from there.
+//! one before. So each consumer has a *start* in shared memory, a seq below which it has no
+//! available task, and pulls scan from there.
 //!
-//! The start is only ever a lower bound, kept by two rules:
-//! - **Raised** by a pull that leased something, to the lowest seq it leased: its scan went
-//!   up the index from the old start and took the lowest available tasks it could lock.
-//!   Only in READ COMMITTED (its snapshot is taken after it read the start) and only if no
-//!   lowering happened since it read the start (an epoch, compared under a spinlock).
-//!   Tasks it skipped because another pull held them either end up leased, or that pull
-//!   rolls back, which lowers the start (below) after its locks are gone.
-//! - **Lowered to 0** (reset) whenever a task of the consumer may have become available
-//!   below it: an expired lease or a due retry made available, a key handed on, a redrive,
-//!   key ordering turned off, a replay, a routing gap filled, a pull rolled back. The
-//!   statements that can do so are marked in `storage` (`Statement::releasing`); a
-//!   transaction that ran one resets the consumer's start when it commits, after its
-//!   changes are visible, and its own later pulls start at 0. Prepared transactions are
-//!   reset for at COMMIT/ROLLBACK PREPARED (`launcher`). New tasks of new events always
-//!   have a higher seq than any task before them and need nothing.
+//! The start is a lower bound, kept by three rules:
+//! - **Raised** by a pull to the lowest seq its own snapshot sees available (LEASE computes
+//!   it in the same statement). Rows other transactions have locked or changed without
+//!   committing yet still look available to it: a pull in progress elsewhere, one rolled
+//!   back (wholly, to a savepoint, or prepared), retention or a DBA holding rows, all keep
+//!   the start at or below them. Only in READ COMMITTED, whose statement snapshot is taken
+//!   after the start was read, and only if no reset happened since it was read (an epoch,
+//!   compared under the entry's spinlock).
+//! - **Reset to 0** when a transaction that may have made tasks of the consumer available
+//!   commits (after its changes are visible): an expired lease or a due retry made
+//!   available, a key handed on, a redrive, key ordering turned off, a replay, a routing gap
+//!   filled. The code that can do so calls `released`; that transaction's own later pulls
+//!   start at 0. COMMIT PREPARED resets the whole database (`launcher`). New tasks of new
+//!   events always have a higher seq than any task before them and need nothing.
+//! - **Reset by age**: a start not reset for `RESET_AFTER` is reset by the next pull that
+//!   reads it, so that a change made behind eventq's back (a DBA's UPDATE of the task table)
+//!   is seen within that time, with or without a background worker.
 //!
-//! A pull that reads a start of 0 scans the whole index, as without this module; so does
-//! every pull without preloading, of a consumer beyond the table's capacity, or after a
-//! restart (shared memory starts empty). Maintenance resets the starts of its database on
-//! every pass, so that a change made behind eventq's back (a DBA's UPDATE of the task table)
-//! is seen within a pass.
+//! A start of 0 scans the whole index, as without this module; so does every pull without
+//! preloading, of a consumer beyond the table's capacity, or after a restart (shared memory
+//! starts empty). Key-ordered consumers hand a key on at most acks, and so mostly start at 0.
 
 use pgrx::pg_sys;
 use pgrx::{pg_guard, pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -41,15 +41,18 @@ const ENTRIES: usize = 4096;
 const PROBES: usize = 32;
 const FREE: u64 = 0;
 const DELETED: u64 = u64::MAX;
+/// How long a start lives without a reset (microseconds).
+const RESET_AFTER: i64 = 1_000_000;
 
 #[derive(Default)]
 pub struct Entry {
-    /// (database oid << 32) | consumer id; FREE or DELETED.
+    /// (database oid << 32) | consumer id; FREE or DELETED. Changed under `lock`.
     key: AtomicU64,
     lock: AtomicBool,
-    /// Written under `lock`.
+    // Read and written under `lock`:
     start: AtomicI64,
     epoch: AtomicU64,
+    reset_at: AtomicI64,
 }
 
 pub struct Starts {
@@ -71,18 +74,25 @@ pub fn init_shared_memory() {
     pg_shmem_init!(SHARED);
 }
 
+fn database() -> u64 {
+    unsafe { pg_sys::MyDatabaseId.to_u32() as u64 }
+}
+
 fn key_of(consumer: i32) -> u64 {
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() } as u64;
-    (database << 32) | (consumer as u32 as u64)
+    (database() << 32) | (consumer as u32 as u64)
 }
 
 fn home(key: u64) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % ENTRIES
 }
 
+fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
 /// The consumer's entry, claimed if `claim` and it has none.
 fn entry(consumer: i32, claim: bool) -> Option<&'static Entry> {
-    if !crate::wakeup::preloaded() || unsafe { pg_sys::MyDatabaseId.to_u32() } == 0 {
+    if !crate::wakeup::preloaded() || database() == 0 {
         return None;
     }
     let entries = &SHARED.get().entries;
@@ -97,15 +107,14 @@ fn entry(consumer: i32, claim: bool) -> Option<&'static Entry> {
                 if !claim {
                     return None;
                 }
-                let slot = reusable.unwrap_or(e);
-                return take(slot, key).or_else(|| entry(consumer, false));
+                return take(reusable.unwrap_or(e), key).or_else(|| entry(consumer, false));
             }
             DELETED if reusable.is_none() => reusable = Some(e),
             _ => {}
         }
     }
     match reusable {
-        Some(slot) if claim => take(slot, key).or_else(|| entry(consumer, false)),
+        Some(e) if claim => take(e, key).or_else(|| entry(consumer, false)),
         _ => None,
     }
 }
@@ -113,22 +122,25 @@ fn entry(consumer: i32, claim: bool) -> Option<&'static Entry> {
 /// Claims a free or deleted entry for `key`, starting at 0.
 fn take(e: &'static Entry, key: u64) -> Option<&'static Entry> {
     lock(e);
-    let current = e.key.load(Ordering::Acquire);
-    let taken = if current == FREE || current == DELETED {
-        e.start.store(0, Ordering::Relaxed);
-        e.epoch.fetch_add(1, Ordering::AcqRel);
+    let current = e.key.load(Ordering::Relaxed);
+    let taken = current == FREE || current == DELETED;
+    if taken {
+        reset_locked(e);
         e.key.store(key, Ordering::Release);
-        true
-    } else {
-        false
-    };
+    }
     unlock(e);
     taken.then_some(e)
 }
 
 fn lock(e: &Entry) {
+    let mut spins = 0u32;
     while e.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        std::hint::spin_loop();
+        spins += 1;
+        if spins % 64 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -136,73 +148,102 @@ fn unlock(e: &Entry) {
     e.lock.store(false, Ordering::Release);
 }
 
-/// Where a pull of `consumer` starts, and what it needs to raise it afterwards.
-#[derive(Debug, Clone, Copy)]
+fn reset_locked(e: &Entry) {
+    e.start.store(0, Ordering::Relaxed);
+    e.epoch.fetch_add(1, Ordering::Relaxed);
+    e.reset_at.store(now(), Ordering::Relaxed);
+}
+
+/// Where a pull starts, and what it needs to raise it afterwards.
+#[derive(Clone, Copy)]
 pub struct Start {
     pub seq: i64,
-    epoch: Option<u64>,
+    read: Option<(&'static Entry, u64, u64)>,
 }
 
 /// Read before the pull's statement takes its snapshot.
 pub fn read(consumer: i32) -> Start {
-    let unchanged = Start { seq: 0, epoch: None };
+    let from_zero = Start { seq: 0, read: None };
     if RELEASED.with(|r| r.borrow().contains(&consumer))
         || crate::storage::isolation::uses_transaction_snapshot()
     {
-        return unchanged;
+        return from_zero;
     }
-    let Some(e) = entry(consumer, true) else { return unchanged };
+    let Some(e) = entry(consumer, true) else { return from_zero };
+    let key = key_of(consumer);
     lock(e);
-    let start = Start { seq: e.start.load(Ordering::Relaxed), epoch: Some(e.epoch.load(Ordering::Relaxed)) };
+    if e.key.load(Ordering::Relaxed) != key {
+        unlock(e);
+        return from_zero;
+    }
+    if now() - e.reset_at.load(Ordering::Relaxed) > RESET_AFTER {
+        reset_locked(e);
+    }
+    let start = Start { seq: e.start.load(Ordering::Relaxed), read: Some((e, key, e.epoch.load(Ordering::Relaxed))) };
     unlock(e);
     start
 }
 
-/// After the pull leased tasks, the lowest of them being `lowest`.
-pub fn raise(consumer: i32, from: Start, lowest: i64) {
-    let Some(epoch) = from.epoch else { return };
-    let Some(e) = entry(consumer, false) else { return };
+/// After a pull whose snapshot saw no available task of the consumer below `lowest`.
+pub fn raise(from: Start, lowest: i64) {
+    let Some((e, key, epoch)) = from.read else { return };
     lock(e);
-    if e.epoch.load(Ordering::Relaxed) == epoch && e.start.load(Ordering::Relaxed) < lowest {
+    if e.key.load(Ordering::Relaxed) == key
+        && e.epoch.load(Ordering::Relaxed) == epoch
+        && e.start.load(Ordering::Relaxed) < lowest
+    {
         e.start.store(lowest, Ordering::Relaxed);
     }
     unlock(e);
 }
 
-fn reset(e: &Entry) {
-    lock(e);
-    e.start.store(0, Ordering::Relaxed);
-    e.epoch.fetch_add(1, Ordering::AcqRel);
-    unlock(e);
-}
-
-/// Resets the start of `consumer` now.
-pub fn reset_consumer(consumer: i32) {
+fn reset_consumer(consumer: i32) {
     if let Some(e) = entry(consumer, false) {
-        reset(e);
+        lock(e);
+        reset_locked(e);
+        unlock(e);
     }
 }
 
-/// Resets the start of every consumer of this database (maintenance, COMMIT PREPARED).
+/// Resets the start of every consumer of this database (COMMIT PREPARED).
 pub fn reset_database() {
-    if !crate::wakeup::preloaded() {
+    each_of_database(database(), reset_locked);
+}
+
+/// Forgets the consumers of a database: it was dropped, or eventq is created there anew
+/// (its consumer ids start over).
+pub fn forget_database(oid: u32) {
+    each_of_database(oid as u64, |e| {
+        reset_locked(e);
+        e.key.store(DELETED, Ordering::Release);
+    });
+}
+
+fn each_of_database(database: u64, f: impl Fn(&Entry)) {
+    if !crate::wakeup::preloaded() || database == 0 {
         return;
     }
-    let database = unsafe { pg_sys::MyDatabaseId.to_u32() } as u64;
     for e in SHARED.get().entries.iter() {
         let k = e.key.load(Ordering::Acquire);
         if k != FREE && k != DELETED && k >> 32 == database {
-            reset(e);
+            lock(e);
+            if e.key.load(Ordering::Relaxed) == k {
+                f(e);
+            }
+            unlock(e);
         }
     }
 }
 
 /// The consumer is gone: its entry can be reused.
 pub fn forget(consumer: i32) {
+    let key = key_of(consumer);
     if let Some(e) = entry(consumer, false) {
         lock(e);
-        e.key.store(DELETED, Ordering::Release);
-        e.epoch.fetch_add(1, Ordering::AcqRel);
+        if e.key.load(Ordering::Relaxed) == key {
+            reset_locked(e);
+            e.key.store(DELETED, Ordering::Release);
+        }
         unlock(e);
     }
 }
@@ -210,12 +251,10 @@ pub fn forget(consumer: i32) {
 thread_local! {
     /// Consumers whose tasks this transaction may have made available below their start.
     static RELEASED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-    /// Consumers this transaction leased tasks of: if it rolls back, they are available again.
-    static LEASED: RefCell<Vec<(i32, i32)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A statement of this transaction may have made tasks of `consumer` available.
+/// This transaction may have made tasks of `consumer` available.
 pub fn released(consumer: i32) {
     if !crate::wakeup::preloaded() {
         return;
@@ -226,32 +265,15 @@ pub fn released(consumer: i32) {
             r.push(consumer);
         }
     });
-    register_callback();
-}
-
-/// This transaction leased tasks of `consumer`; the subtransaction level says which
-/// rollback gives them back.
-pub fn leased(consumer: i32) {
-    if !crate::wakeup::preloaded() {
-        return;
-    }
-    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    LEASED.with(|l| l.borrow_mut().push((consumer, level)));
-    register_callback();
-}
-
-fn register_callback() {
-    if !CALLBACK_REGISTERED.with(|r| r.replace(true)) {
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
-        }
+    if !CALLBACK_REGISTERED.with(Cell::get) {
+        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+        CALLBACK_REGISTERED.with(|r| r.set(true));
     }
 }
 
-/// Runs after the transaction's end is visible to others (both XACT_EVENT_COMMIT and
-/// XACT_EVENT_ABORT follow ProcArrayEndTransaction: a rolled-back pull's tasks are unlocked
-/// by then). Touches only shared atomics: it must not fail.
+/// Runs after the commit is visible to others (XACT_EVENT_COMMIT follows
+/// ProcArrayEndTransaction). Touches only shared atomics: it must not fail. A transaction
+/// that rolls back made nothing available; a prepared one is seen to at COMMIT PREPARED.
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
@@ -260,43 +282,10 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             for consumer in RELEASED.with(|r| std::mem::take(&mut *r.borrow_mut())) {
                 reset_consumer(consumer);
             }
-            LEASED.with(|l| l.borrow_mut().clear());
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             RELEASED.with(|r| r.borrow_mut().clear());
-            for (consumer, _) in LEASED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
-                reset_consumer(consumer);
-            }
-        }
-        // Its changes become visible, or its leases are given back, at COMMIT or ROLLBACK
-        // PREPARED, which reset the database's starts (launcher's utility hook).
-        XACT_EVENT_PREPARE => {
-            RELEASED.with(|r| r.borrow_mut().clear());
-            LEASED.with(|l| l.borrow_mut().clear());
         }
         _ => {}
-    }
-}
-
-/// A rolled-back subtransaction gives back the tasks it leased (its xid is no longer
-/// running when this runs: RecordTransactionAbort came first).
-#[pg_guard]
-unsafe extern "C-unwind" fn at_subtransaction_end(
-    event: pg_sys::SubXactEvent::Type,
-    _mine: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-        let given_back: Vec<i32> = LEASED.with(|l| {
-            let mut l = l.borrow_mut();
-            let back = l.iter().filter(|(_, at)| *at >= level).map(|(c, _)| *c).collect();
-            l.retain(|(_, at)| *at < level);
-            back
-        });
-        for consumer in given_back {
-            reset_consumer(consumer);
-        }
     }
 }

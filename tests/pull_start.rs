@@ -1,10 +1,11 @@
 //! Pulls start where their consumer's lowest available task can be (src/pull_start.rs),
 //! past the dead index entries of everything leased before. Every way a task becomes
 //! available again below that start must bring pulls back down to it: a pull rolled back
-//! (whole, to a savepoint, or prepared and then rolled back), a retry coming due, an
-//! expired lease, a redrive, a key handed on. Each is tested after other pulls have moved
-//! the start past the task. The worker is off, so that no maintenance pass resets the
-//! starts and hides a missed case.
+//! (whole, to a savepoint, after an earlier savepoint was released, or prepared and then
+//! rolled back), rows someone else locked, a retry coming due, an expired lease, a
+//! redrive, a key handed on, consumer ids starting over. Each is tested after other pulls
+//! have moved the start past the task, immediately (well within the age after which a start
+//! is reset anyway). The worker is off.
 
 mod common;
 
@@ -44,7 +45,7 @@ fn tasks_of_a_rolled_back_pull_are_pulled_next() {
     let cluster = cluster("pull-start-rollback");
     let mut a = cluster.connect();
     let mut b = cluster.connect();
-    setup(&mut b, "c", 40);
+    setup(&mut b, "c", 60);
     // the first task, acked: the others follow it one by one
     let base = pull(&mut b, "c", 1)[0];
     b.batch_execute(&format!("SELECT eventq.ack('c', ARRAY[{base}])")).unwrap();
@@ -65,13 +66,23 @@ fn tasks_of_a_rolled_back_pull_are_pulled_next() {
     assert_eq!(pull(&mut b, "c", 5), range(base + 16, base + 20));
     a.batch_execute("COMMIT").unwrap();
 
+    // a savepoint released, then another rolled back, then the whole transaction
+    a.batch_execute("BEGIN; SAVEPOINT s1").unwrap();
+    assert_eq!(pull(&mut a, "c", 2), range(base + 26, base + 27));
+    a.batch_execute("RELEASE SAVEPOINT s1; SAVEPOINT s2").unwrap();
+    assert!(a.batch_execute("SELECT 1 / 0").is_err());
+    a.batch_execute("ROLLBACK TO SAVEPOINT s2").unwrap();
+    assert_eq!(pull(&mut b, "c", 3), range(base + 28, base + 30));
+    a.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(pull(&mut b, "c", 2), range(base + 26, base + 27));
+
     // a prepared transaction, rolled back from another session
     a.batch_execute("BEGIN").unwrap();
-    assert_eq!(pull(&mut a, "c", 5), range(base + 26, base + 30));
+    assert_eq!(pull(&mut a, "c", 5), range(base + 31, base + 35));
     a.batch_execute("PREPARE TRANSACTION 'pulled'").unwrap();
-    assert_eq!(pull(&mut b, "c", 5), range(base + 31, base + 35));
+    assert_eq!(pull(&mut b, "c", 5), range(base + 36, base + 40));
     b.batch_execute("ROLLBACK PREPARED 'pulled'").unwrap();
-    assert_eq!(pull(&mut b, "c", 5), range(base + 26, base + 30));
+    assert_eq!(pull(&mut b, "c", 5), range(base + 31, base + 35));
 }
 
 #[test]
@@ -138,4 +149,51 @@ fn a_key_handed_on_below_the_start_is_pulled() {
         column(&mut other, "SELECT count(*)::text FROM eventq.tasks WHERE consumer = 'k' AND state = 'running'"),
         ["3"]
     );
+}
+
+#[test]
+fn rows_locked_by_anyone_are_pulled_once_free() {
+    let cluster = cluster("pull-start-locked");
+    let mut dba = cluster.connect();
+    let mut worker = cluster.connect();
+    setup(&mut worker, "l", 20);
+    let base = pull(&mut worker, "l", 1)[0];
+    dba.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM eventq_internal.tasks WHERE seq = {} FOR UPDATE",
+        base + 1
+    ))
+    .unwrap();
+    assert_eq!(pull(&mut worker, "l", 3), range(base + 2, base + 4));
+    assert_eq!(pull(&mut worker, "l", 3), range(base + 5, base + 7));
+    dba.batch_execute("COMMIT").unwrap();
+    assert_eq!(pull(&mut worker, "l", 1), vec![base + 1]);
+}
+
+#[test]
+fn consumer_ids_that_start_over_start_from_the_beginning() {
+    let cluster = cluster("pull-start-recreated");
+    let mut db = cluster.connect();
+    setup(&mut db, "x", 50);
+    assert_eq!(pull(&mut db, "x", 25).len(), 25);
+    assert_eq!(pull(&mut db, "x", 25).len(), 25);
+    db.batch_execute("DROP EXTENSION eventq CASCADE; CREATE EXTENSION eventq").unwrap();
+    setup(&mut db, "x", 3);
+    assert_eq!(pull(&mut db, "x", 10).len(), 3);
+}
+
+#[test]
+fn a_change_behind_eventqs_back_is_seen_within_a_second() {
+    let cluster = cluster("pull-start-age");
+    let mut db = cluster.connect();
+    setup(&mut db, "y", 10);
+    let all = pull(&mut db, "y", 5);
+    db.batch_execute(&format!("SELECT eventq.ack('y', ARRAY{all:?})")).unwrap();
+    assert_eq!(pull(&mut db, "y", 2), all.iter().map(|s| s + 5).take(2).collect::<Vec<_>>());
+    db.batch_execute(&format!(
+        "UPDATE eventq_internal.tasks SET state = 'available' WHERE seq = {}",
+        all[0]
+    ))
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(pull(&mut db, "y", 1), vec![all[0]]);
 }

@@ -21,6 +21,7 @@ SELECT eventq.create_consumer('bench_worker', 'bench', subjects => '{order.>}');
 SELECT eventq.create_consumer('bench_held', 'bench', subjects => '{order.>}');
 SELECT eventq.create_consumer('fan_' || n, 'fan') FROM generate_series(1, 10) n;
 SELECT eventq.create_consumer('log_reader', 'log', mode => 'log');
+SELECT eventq.create_consumer('log_none', 'log', mode => 'log', subjects => '{refund.>}');
 SELECT eventq.create_consumer('e2e_worker', 'e2e');
 SELECT eventq.create_consumer('soak_worker', 'soak');
 RESET ROLE;

@@ -131,4 +131,26 @@ mod tests {
             Some(true)
         );
     }
+
+    // Fetches that found nothing remember the stretch they read (storage::log): what is
+    // published after it, and what a changed filter lets through, is still seen.
+    #[pg_test]
+    fn a_filter_that_matched_nothing_still_sees_what_comes_later() {
+        run("SELECT eventq.create_stream('lg_q')");
+        run("SELECT eventq.create_consumer('lg_q_c', 'lg_q', mode => 'log', subjects => '{rare}')");
+        run("SELECT eventq.publish('lg_q', 'common') FROM generate_series(1, 50)");
+        run("SELECT tests.maintain()");
+        assert_eq!(count("SELECT * FROM eventq.fetch('lg_q_c', 10)"), 0);
+        assert_eq!(count("SELECT * FROM eventq.fetch('lg_q_c', 10)"), 0);
+        run("SELECT eventq.publish('lg_q', 'rare')");
+        run("SELECT eventq.publish('lg_q', 'common') FROM generate_series(1, 5)");
+        run("SELECT tests.maintain()");
+        assert_eq!(
+            one::<String>("SELECT string_agg(subject, ',') FROM eventq.fetch('lg_q_c', 10)"),
+            Some("rare".into())
+        );
+        assert_eq!(count("SELECT * FROM eventq.fetch('lg_q_c', 10)"), 1);
+        run("SELECT eventq.alter_consumer('lg_q_c', subjects => '{common,rare}')");
+        assert_eq!(count("SELECT * FROM eventq.fetch('lg_q_c', 100)"), 56);
+    }
 }

@@ -5,6 +5,8 @@ use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT, TIMESTAMPTZ};
 use crate::datum::Jsonb;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 // The filter is the consumer's patterns as regular expressions (see core::subject), which
 // Postgres compiles once per query. A NULL regex lets everything through.
@@ -30,6 +32,27 @@ pub struct LogEvent {
     pub published_at: TimestampWithTimeZone,
 }
 
+/// What a filter lets through: stretches of the log known to hold none of it are skipped.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Filter {
+    stream_id: i32,
+    include_re: Option<String>,
+    exclude_re: Option<String>,
+    start_at: Option<i64>,
+}
+
+/// Filters this backend remembers stretches of.
+const REMEMBERED_FILTERS: usize = 1024;
+
+thread_local! {
+    /// Per filter, a stretch of its stream `(from, through]` that holds no event it lets
+    /// through. A log consumer whose filter matches nothing in a busy stream fetches nothing
+    /// and so never moves its cursor: without this, every fetch would read the whole stream
+    /// after the cursor again. It stays true: events below the head never appear later (see
+    /// `head`) and are never changed, only deleted.
+    static EMPTY_STRETCHES: RefCell<HashMap<Filter, (i64, i64)>> = RefCell::new(HashMap::new());
+}
+
 pub fn fetch(
     client: &SpiClient<'_>,
     stream_id: i32,
@@ -39,10 +62,23 @@ pub fn fetch(
     start_at: Option<TimestampWithTimeZone>,
     max: i64,
 ) -> Vec<LogEvent> {
-    FETCH
+    let filter = Filter {
+        stream_id,
+        include_re: include_re.clone(),
+        exclude_re: exclude_re.clone(),
+        start_at: start_at.map(|t| t.into_inner()),
+    };
+    let known = EMPTY_STRETCHES.with(|k| k.borrow().get(&filter).copied());
+    let (from, scan_after) = match known {
+        Some((from, through)) if from <= after && after < through => (from, through),
+        _ => (after, after),
+    };
+    // Read before the scan, whose snapshot is newer: every event up to it is seen.
+    let head = head(client);
+    let events: Vec<LogEvent> = FETCH
         .run(
             client,
-            &[arg(stream_id), arg(after), arg(include_re), arg(exclude_re), arg(max), arg(start_at)],
+            &[arg(stream_id), arg(scan_after), arg(include_re), arg(exclude_re), arg(max), arg(start_at)],
         )
         .filter_map(|row| {
             Some(LogEvent {
@@ -55,7 +91,17 @@ pub fn fetch(
                 published_at: column(&row, 7)?,
             })
         })
-        .collect()
+        .collect();
+    if events.is_empty() && head > scan_after {
+        EMPTY_STRETCHES.with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() >= REMEMBERED_FILTERS {
+                k.clear();
+            }
+            k.insert(filter, (from, head));
+        });
+    }
+    events
 }
 
 static COMMIT: Statement = Statement::new(

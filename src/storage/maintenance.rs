@@ -99,8 +99,6 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
     if restore_in_progress(client) {
         return (rescued, errors);
     }
-    // Whatever made tasks available behind eventq's back is found by the next pulls.
-    crate::pull_start::reset_database();
     let consumers: Vec<(i32, i32, bool)> = TASK_CONSUMERS
         .run(client, &[])
         .map(|row| {

@@ -91,4 +91,7 @@ pub fn delete(client: &SpiClient<'_>, stream_id: i32, consumers: &[(i32, String)
         locks::lock_consumer(*id, locks::Mode::Exclusive);
     }
     DELETE_ALL.run(client, &[arg(stream_id)]);
+    for (id, _) in consumers {
+        crate::pull_start::forget(*id);
+    }
 }

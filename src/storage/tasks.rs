@@ -122,7 +122,9 @@ pub fn rescue_and_promote(
 // expires it instead of handing it out.
 // The limit is written into the text (see Statement::run_with_limit): as `LIMIT $n` the
 // plan cache re-planned this statement at every pull. $4 is where the scan starts (see
-// pull_start): no available task of the consumer is below it.
+// pull_start): no available task of the consumer is below it. `lowest_available` is the
+// lowest task this statement's snapshot sees available, locked by others or not (the
+// UPDATE's own changes are not visible to it): where the next pulls may start.
 static LEASE: Statement = Statement::new(
     "WITH picked AS (
          SELECT t.ctid FROM eventq_internal.tasks t
@@ -137,7 +139,10 @@ static LEASE: Statement = Statement::new(
          WHERE t.ctid = ANY (ARRAY (SELECT ctid FROM picked))
          RETURNING t.seq, t.attempt
      )
-     SELECT l.seq, e.id, e.subject, e.key, e.payload, e.headers, l.attempt, e.published_at
+     SELECT l.seq, e.id, e.subject, e.key, e.payload, e.headers, l.attempt, e.published_at,
+            (SELECT t.seq FROM eventq_internal.tasks t
+             WHERE t.consumer_id = $1 AND t.state = 'available' AND t.seq >= $4
+             ORDER BY t.seq LIMIT 1) AS lowest_available
      FROM leased l
      LEFT JOIN LATERAL (
          SELECT * FROM eventq_internal.events
@@ -183,7 +188,7 @@ pub fn lease(
 ) -> Vec<Leased> {
     let mut orphans = Vec::new();
     let start = pull_start::read(consumer_id);
-    let mut lowest = None;
+    let mut lowest_available = None;
     let leased: Vec<Leased> = LEASE
         .run_with_limit(
             client,
@@ -192,7 +197,7 @@ pub fn lease(
         )
         .filter_map(|row| {
             let seq: i64 = column(&row, 1)?;
-            lowest = Some(lowest.map_or(seq, |l: i64| l.min(seq)));
+            lowest_available = column::<i64>(&row, 9);
             let Some(event_id) = column(&row, 2) else {
                 orphans.push(seq);
                 return None;
@@ -209,9 +214,8 @@ pub fn lease(
             })
         })
         .collect();
-    if let Some(lowest) = lowest {
-        pull_start::leased(consumer_id);
-        pull_start::raise(consumer_id, start, lowest);
+    if let Some(lowest) = lowest_available {
+        pull_start::raise(start, lowest);
     }
     if !orphans.is_empty() {
         if let Some(row) = EXPIRE_ORPHANS.first_row(client, &[arg(consumer_id), arg(orphans)]) {
