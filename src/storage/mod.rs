@@ -40,6 +40,8 @@ use std::marker::PhantomData;
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [pg_sys::Oid],
+    /// Planned with sequential scans disabled (see `IndexesOverScans`).
+    indexed: bool,
 }
 
 /// A plan prepared with SPI_prepare and kept with SPI_keepplan for the backend's life.
@@ -101,7 +103,13 @@ impl<'c> Iterator for Rows<'c> {
 
 impl Statement {
     pub const fn new(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
-        Statement { sql, args }
+        Statement { sql, args, indexed: false }
+    }
+
+    /// A statement that reaches its rows through an index whatever the table's size: its
+    /// kept plan is made with sequential scans disabled (see `IndexesOverScans`).
+    pub const fn indexed(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
+        Statement { sql, args, indexed: true }
     }
 
     /// Runs the statement read-write, with a snapshot of everything committed before it
@@ -158,6 +166,7 @@ impl Statement {
         args: &[DatumWithOid<'_>],
     ) -> Rows<'c> {
         let (mut values, nulls) = datums(args, self.args.len(), self.sql);
+        let _planning = self.indexed.then(IndexesOverScans::enter);
         let status = unsafe {
             // SAFETY: the plan is kept and valid; values and nulls hold one entry per
             // argument; SPI is connected (the client proves it).
@@ -225,6 +234,35 @@ impl Statement {
             pg_sys::SPI_keepplan(plan);
             Plan(plan)
         }
+    }
+}
+
+/// Sequential scans disabled while an `indexed` statement runs (and so while its plan is
+/// made: planning happens inside execution). A kept plan lives as long as the session, and
+/// Postgres makes it again only when the table's statistics change, not when the table
+/// grows. A lease or ack planned while the task table was nearly empty (a new consumer,
+/// the first pulls after CREATE EXTENSION) read every task at each call once the table had
+/// grown, until autovacuum next analyzed it: under a held snapshot, which keeps the table
+/// from being cleaned up, delivery fell to a fifth for tens of seconds. Only for statements
+/// whose every table access has an index to use: disabling scans for all statements made
+/// the drain's (staging has no index) plans far worse. Restored however the statement ends.
+struct IndexesOverScans(bool);
+
+impl IndexesOverScans {
+    fn enter() -> IndexesOverScans {
+        // SAFETY: a plain global of the planner, read and written by this backend only.
+        unsafe {
+            let was = pg_sys::enable_seqscan;
+            pg_sys::enable_seqscan = false;
+            IndexesOverScans(was)
+        }
+    }
+}
+
+impl Drop for IndexesOverScans {
+    fn drop(&mut self) {
+        // SAFETY: as above; runs when the statement returns or its error unwinds.
+        unsafe { pg_sys::enable_seqscan = self.0 };
     }
 }
 

@@ -30,7 +30,7 @@ use pgrx::spi::SpiClient;
 /// Lease expiry and due timers of one consumer, done before every pull and by maintenance.
 /// Expired leases become available again (the lost attempt is recorded) or are discarded
 /// past max_attempts; scheduled and retryable tasks whose time has come become available.
-static RESCUE_AND_PROMOTE: Statement = Statement::new(
+static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
     "WITH expired AS (
          SELECT t.seq FROM eventq_internal.tasks t
          WHERE t.consumer_id = $1 AND t.state = 'running' AND t.lease_until < pg_catalog.now()
@@ -125,7 +125,7 @@ pub fn rescue_and_promote(
 // pull_start): no available task of the consumer is below it. `lowest_available` is the
 // lowest task this statement's snapshot sees available, locked by others or not (the
 // UPDATE's own changes are not visible to it): where the next pulls may start.
-static LEASE: Statement = Statement::new(
+static LEASE: Statement = Statement::indexed(
     "WITH picked AS (
          SELECT t.ctid FROM eventq_internal.tasks t
          WHERE t.consumer_id = $1 AND t.state = 'available' AND t.seq >= $4
@@ -154,7 +154,7 @@ static LEASE: Statement = Statement::new(
 );
 
 // Tasks found without their event: deleted and counted as expired, as retention would have.
-static EXPIRE_ORPHANS: Statement = Statement::new(
+static EXPIRE_ORPHANS: Statement = Statement::indexed(
     "WITH gone AS (
          DELETE FROM eventq_internal.tasks
          WHERE consumer_id = $1 AND seq = ANY ($2)
@@ -232,7 +232,7 @@ pub fn lease(
 // consumer (50 ms an ack). Rows are then updated by ctid, and the state guard rechecked;
 // a row changed meanwhile has a new ctid and is left alone. $3 holds the attempt each
 // task must still be running (the lease guard), or NULL.
-static ACK: Statement = Statement::new(
+static ACK: Statement = Statement::indexed(
     "WITH done AS (
          UPDATE eventq_internal.tasks
          SET state = 'completed', finished_at = pg_catalog.clock_timestamp(), lease_until = NULL
@@ -274,7 +274,7 @@ pub fn ack(
     column(&row, 1).unwrap_or(0)
 }
 
-static RUNNING_ATTEMPT: Statement = Statement::new(
+static RUNNING_ATTEMPT: Statement = Statement::indexed(
     "SELECT attempt FROM eventq_internal.tasks
      WHERE consumer_id = $1 AND seq = $2 AND state::text = 'running'
        AND ($3::int IS NULL OR attempt = $3)
@@ -295,7 +295,7 @@ pub fn running_attempt(
 
 // Ends the running attempt: `failed` (retry; the task goes to $3, retryable or discarded)
 // or `discarded` (discard). The attempt is recorded with its error.
-static END_ATTEMPT: Statement = Statement::new(
+static END_ATTEMPT: Statement = Statement::indexed(
     "WITH ended AS (
          UPDATE eventq_internal.tasks t
          SET state = $3::eventq_internal.task_state,
@@ -363,7 +363,7 @@ pub fn end_attempt(
     true
 }
 
-static EXTEND_LEASE: Statement = Statement::new(
+static EXTEND_LEASE: Statement = Statement::indexed(
     "UPDATE eventq_internal.tasks SET lease_until = pg_catalog.clock_timestamp() + $3 * interval '1 microsecond'
      WHERE consumer_id = $1 AND seq = $2 AND state::text = 'running'
        AND ($4::int IS NULL OR attempt = $4)
@@ -389,7 +389,7 @@ pub fn extend_lease(
 // so that their keys are settled in key order (storage::keys).
 macro_rules! redrive {
     ($which:literal) => {
-        Statement::new(
+        Statement::indexed(
             concat!(
                 "WITH redriven AS (
                      UPDATE eventq_internal.tasks
