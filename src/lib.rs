@@ -37,6 +37,7 @@ pgrx::extension_sql_file!("../sql/views.sql", name = "views", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
+    storage::planning::install_hook();
     // The worker and its wake-up slot exist only when the library is preloaded.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();

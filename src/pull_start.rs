@@ -176,7 +176,8 @@ pub fn read(consumer: i32) -> Start {
         unlock(e);
         return from_zero;
     }
-    if now() - e.reset_at.load(Ordering::Relaxed) > RESET_AFTER {
+    // (a clock set back counts as time passed)
+    if !(0..=RESET_AFTER).contains(&(now() - e.reset_at.load(Ordering::Relaxed))) {
         reset_locked(e);
     }
     let start = Start { seq: e.start.load(Ordering::Relaxed), read: Some((e, key, e.epoch.load(Ordering::Relaxed))) };

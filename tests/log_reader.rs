@@ -157,3 +157,24 @@ fn a_transaction_that_publishes_first_and_commits_last_is_not_skipped() {
         .collect();
     assert_eq!(tasks, ["fast", "slow"]);
 }
+
+/// A fetch that found nothing remembers the stretch of the log it read (storage::log). When
+/// eventq is created anew in the database, streams and events are numbered from the start
+/// again: what the session remembered must not hide the new events.
+#[test]
+fn what_a_session_remembers_of_the_log_does_not_outlive_it() {
+    let cluster = Cluster::start("log-stretches", &[]);
+    let mut db = cluster.connect();
+    let setup = "SELECT eventq.create_stream('feed');
+                 SELECT eventq.create_consumer('rare', 'feed', mode => 'log', subjects => '{rare}');";
+    db.batch_execute(setup).unwrap();
+    db.batch_execute("SELECT eventq.publish('feed', 'common') FROM generate_series(1, 50)").unwrap();
+    let fetched = |db: &mut postgres::Client| -> Vec<String> {
+        db.query("SELECT subject FROM eventq.fetch('rare', 10)", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    assert!(fetched(&mut db).is_empty());
+    db.batch_execute("DROP EXTENSION eventq CASCADE; CREATE EXTENSION eventq").unwrap();
+    db.batch_execute(setup).unwrap();
+    db.batch_execute("SELECT eventq.publish('feed', 'rare')").unwrap();
+    assert_eq!(fetched(&mut db), ["rare"]);
+}

@@ -35,6 +35,9 @@ pub struct LogEvent {
 /// What a filter lets through: stretches of the log known to hold none of it are skipped.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Filter {
+    /// The log table itself: a new one (DROP and CREATE EXTENSION, a restore with --clean)
+    /// numbers streams and events from the start again, and what was known is void.
+    log_table: u32,
     stream_id: i32,
     include_re: Option<String>,
     exclude_re: Option<String>,
@@ -53,6 +56,20 @@ thread_local! {
     static EMPTY_STRETCHES: RefCell<HashMap<Filter, (i64, i64)>> = RefCell::new(HashMap::new());
 }
 
+static HEAD_AND_RESTORING: Statement = Statement::new(
+    "SELECT (SELECT last_seq FROM eventq_internal.drains ORDER BY last_seq DESC LIMIT 1),
+            EXISTS (SELECT 1 FROM eventq_internal.restoring)",
+    &[],
+);
+
+fn log_table() -> u32 {
+    // SAFETY: catalog lookups by name, in a transaction.
+    unsafe {
+        let schema = pgrx::pg_sys::get_namespace_oid(c"eventq_internal".as_ptr(), true);
+        pgrx::pg_sys::get_relname_relid(c"events".as_ptr(), schema).to_u32()
+    }
+}
+
 pub fn fetch(
     client: &SpiClient<'_>,
     stream_id: i32,
@@ -63,6 +80,7 @@ pub fn fetch(
     max: i64,
 ) -> Vec<LogEvent> {
     let filter = Filter {
+        log_table: log_table(),
         stream_id,
         include_re: include_re.clone(),
         exclude_re: exclude_re.clone(),
@@ -73,8 +91,12 @@ pub fn fetch(
         Some((from, through)) if from <= after && after < through => (from, through),
         _ => (after, after),
     };
-    // Read before the scan, whose snapshot is newer: every event up to it is seen.
-    let head = head(client);
+    // Read before the scan, whose snapshot is newer: every event up to it is seen. Not
+    // while a restore loads the tables, maybe the drains before the events.
+    let (head, restoring) = HEAD_AND_RESTORING
+        .first_row(client, &[])
+        .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column::<bool>(&row, 2).unwrap_or(true)))
+        .unwrap_or((0, true));
     let events: Vec<LogEvent> = FETCH
         .run(
             client,
@@ -92,7 +114,7 @@ pub fn fetch(
             })
         })
         .collect();
-    if events.is_empty() && head > scan_after {
+    if events.is_empty() && head > scan_after && !restoring {
         EMPTY_STRETCHES.with(|k| {
             let mut k = k.borrow_mut();
             if k.len() >= REMEMBERED_FILTERS {

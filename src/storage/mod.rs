@@ -22,6 +22,7 @@ pub mod keys;
 pub mod locks;
 pub mod log;
 pub mod maintenance;
+pub mod planning;
 pub mod publish;
 pub mod retention;
 pub mod streams;
@@ -40,7 +41,7 @@ use std::marker::PhantomData;
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [pg_sys::Oid],
-    /// Planned with sequential scans disabled (see `IndexesOverScans`).
+    /// Planned with sequential scans disabled (see `planning`).
     indexed: bool,
 }
 
@@ -107,7 +108,7 @@ impl Statement {
     }
 
     /// A statement that reaches its rows through an index whatever the table's size: its
-    /// kept plan is made with sequential scans disabled (see `IndexesOverScans`).
+    /// kept plan is made with sequential scans disabled (see `planning`).
     pub const fn indexed(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
         Statement { sql, args, indexed: true }
     }
@@ -148,10 +149,8 @@ impl Statement {
                     n < KEPT_LIMITS
                 });
                 if !keep {
-                    let rows = self.execute(client, plan, args);
-                    // SAFETY: the plan was kept by `prepare` and is not used again.
-                    unsafe { pg_sys::SPI_freeplan(plan.0) };
-                    return rows;
+                    let _free = FreePlan(plan);
+                    return self.execute(client, plan, args);
                 }
                 plan
             }
@@ -166,7 +165,7 @@ impl Statement {
         args: &[DatumWithOid<'_>],
     ) -> Rows<'c> {
         let (mut values, nulls) = datums(args, self.args.len(), self.sql);
-        let _planning = self.indexed.then(IndexesOverScans::enter);
+        let _planning = self.indexed.then(|| planning::running(self.sql));
         let status = unsafe {
             // SAFETY: the plan is kept and valid; values and nulls hold one entry per
             // argument; SPI is connected (the client proves it).
@@ -237,32 +236,13 @@ impl Statement {
     }
 }
 
-/// Sequential scans disabled while an `indexed` statement runs (and so while its plan is
-/// made: planning happens inside execution). A kept plan lives as long as the session, and
-/// Postgres makes it again only when the table's statistics change, not when the table
-/// grows. A lease or ack planned while the task table was nearly empty (a new consumer,
-/// the first pulls after CREATE EXTENSION) read every task at each call once the table had
-/// grown, until autovacuum next analyzed it: under a held snapshot, which keeps the table
-/// from being cleaned up, delivery fell to a fifth for tens of seconds. Only for statements
-/// whose every table access has an index to use: disabling scans for all statements made
-/// the drain's (staging has no index) plans far worse. Restored however the statement ends.
-struct IndexesOverScans(bool);
+/// A plan used once, freed however its execution ends.
+struct FreePlan(Plan);
 
-impl IndexesOverScans {
-    fn enter() -> IndexesOverScans {
-        // SAFETY: a plain global of the planner, read and written by this backend only.
-        unsafe {
-            let was = pg_sys::enable_seqscan;
-            pg_sys::enable_seqscan = false;
-            IndexesOverScans(was)
-        }
-    }
-}
-
-impl Drop for IndexesOverScans {
+impl Drop for FreePlan {
     fn drop(&mut self) {
-        // SAFETY: as above; runs when the statement returns or its error unwinds.
-        unsafe { pg_sys::enable_seqscan = self.0 };
+        // SAFETY: the plan was kept by `prepare` and is not used again.
+        unsafe { pg_sys::SPI_freeplan(self.0 .0) };
     }
 }
 
