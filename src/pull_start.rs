@@ -29,6 +29,19 @@
 //! A start of 0 scans the whole index, as without this module; so does every pull without
 //! preloading, of a consumer beyond the table's capacity, or after a restart (shared memory
 //! starts empty). Key-ordered consumers hand a key on at most acks, and so mostly start at 0.
+//!
+//! **Timer passes** (expired leases, due retries: `tasks::rescue_and_promote`, run before
+//! every pull) have the same problem in the indexes of running and of scheduled tasks,
+//! ordered by time: every acked task leaves a dead entry there, and once its lease time has
+//! passed the entry lies in the range "expired before now" that each pass walks. Under a
+//! snapshot held for minutes that was hundreds of thousands of entries per pull. So each
+//! entry also keeps `timers_from`, a time below which a pass found nothing left to do, and
+//! passes look only at times from there. It is a claim about committed rows a pass could
+//! lock; a lease or retry whose time lies before it can still appear (committed later by a
+//! transaction that started earlier, or rolled back after a pass skipped its locked row). So
+//! the claim is made a second before the pass's start, which covers short transactions, and
+//! every `FULL_TIMER_PASS_EVERY` one pass starts from the beginning and replaces it: a timer
+//! that turns up late fires at most that much after it would have otherwise.
 
 use pgrx::pg_sys;
 use pgrx::{pg_guard, pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -43,6 +56,10 @@ const FREE: u64 = 0;
 const DELETED: u64 = u64::MAX;
 /// How long a start lives without a reset (microseconds).
 const RESET_AFTER: i64 = 1_000_000;
+/// How often a timer pass of a consumer starts from the beginning (microseconds).
+const FULL_TIMER_PASS_EVERY: i64 = 5_000_000;
+/// A timer pass from the beginning (TimestampTz's -infinity).
+pub const FROM_THE_BEGINNING: i64 = i64::MIN;
 
 #[derive(Default)]
 pub struct Entry {
@@ -53,6 +70,8 @@ pub struct Entry {
     start: AtomicI64,
     epoch: AtomicU64,
     reset_at: AtomicI64,
+    timers_from: AtomicI64,
+    full_timer_pass_at: AtomicI64,
 }
 
 pub struct Starts {
@@ -126,6 +145,8 @@ fn take(e: &'static Entry, key: u64) -> Option<&'static Entry> {
     let taken = current == FREE || current == DELETED;
     if taken {
         reset_locked(e);
+        e.timers_from.store(FROM_THE_BEGINNING, Ordering::Relaxed);
+        e.full_timer_pass_at.store(i64::MIN, Ordering::Relaxed);
         e.key.store(key, Ordering::Release);
     }
     unlock(e);
@@ -198,6 +219,56 @@ pub fn raise(from: Start, lowest: i64) {
     unlock(e);
 }
 
+/// Where a timer pass of the consumer starts (a TimestampTz), and whether that is the
+/// beginning. At most one pass per `FULL_TIMER_PASS_EVERY` is told to start there.
+pub fn timers_from(consumer: i32) -> (i64, bool) {
+    let full = (FROM_THE_BEGINNING, true);
+    let Some(e) = entry(consumer, true) else { return full };
+    lock(e);
+    if e.key.load(Ordering::Relaxed) != key_of(consumer) {
+        unlock(e);
+        return full;
+    }
+    let t = now();
+    // (a clock set back counts as time passed)
+    let from = if !(0..=FULL_TIMER_PASS_EVERY).contains(&t.saturating_sub(e.full_timer_pass_at.load(Ordering::Relaxed))) {
+        e.full_timer_pass_at.store(t, Ordering::Relaxed);
+        full
+    } else {
+        (e.timers_from.load(Ordering::Relaxed), false)
+    };
+    unlock(e);
+    from
+}
+
+/// A timer pass left no timer of the consumer before `below` (`timers_from` explains the
+/// second of margin the caller has taken off). If the pass changed tasks, that holds once
+/// its transaction commits.
+pub fn timers_passed(consumer: i32, full: bool, below: i64, changed: bool) {
+    if !crate::wakeup::preloaded() {
+        return;
+    }
+    if changed {
+        PASSED.with(|p| p.borrow_mut().push((consumer, full, below)));
+        register_callback();
+    } else {
+        claim_timers(consumer, full, below);
+    }
+}
+
+fn claim_timers(consumer: i32, full: bool, below: i64) {
+    let Some(e) = entry(consumer, false) else { return };
+    lock(e);
+    if e.key.load(Ordering::Relaxed) == key_of(consumer)
+        && (full || e.timers_from.load(Ordering::Relaxed) < below)
+    {
+        // A pass from the beginning replaces the claim: one made before the clock was set
+        // back may lie in the future.
+        e.timers_from.store(below, Ordering::Relaxed);
+    }
+    unlock(e);
+}
+
 fn reset_consumer(consumer: i32) {
     if let Some(e) = entry(consumer, false) {
         lock(e);
@@ -216,6 +287,7 @@ pub fn reset_database() {
 pub fn forget_database(oid: u32) {
     each_of_database(oid as u64, |e| {
         reset_locked(e);
+        e.timers_from.store(FROM_THE_BEGINNING, Ordering::Relaxed);
         e.key.store(DELETED, Ordering::Release);
     });
 }
@@ -252,6 +324,8 @@ pub fn forget(consumer: i32) {
 thread_local! {
     /// Consumers whose tasks this transaction may have made available below their start.
     static RELEASED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// Timer passes of this transaction that changed tasks: (consumer, full, below).
+    static PASSED: RefCell<Vec<(i32, bool, i64)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -266,6 +340,10 @@ pub fn released(consumer: i32) {
             r.push(consumer);
         }
     });
+    register_callback();
+}
+
+fn register_callback() {
     if !CALLBACK_REGISTERED.with(Cell::get) {
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
         CALLBACK_REGISTERED.with(|r| r.set(true));
@@ -283,9 +361,13 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             for consumer in RELEASED.with(|r| std::mem::take(&mut *r.borrow_mut())) {
                 reset_consumer(consumer);
             }
+            for (consumer, full, below) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                claim_timers(consumer, full, below);
+            }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             RELEASED.with(|r| r.borrow_mut().clear());
+            PASSED.with(|p| p.borrow_mut().clear());
         }
         _ => {}
     }

@@ -21,7 +21,7 @@
 //! began. Checks for what is due use `now()`, which indexes can use.
 
 use super::keys::{self, Busy};
-use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT};
+use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT, TIMESTAMPTZ};
 use crate::datum::Jsonb;
 use crate::pull_start;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -30,10 +30,14 @@ use pgrx::spi::SpiClient;
 /// Lease expiry and due timers of one consumer, done before every pull and by maintenance.
 /// Expired leases become available again (the lost attempt is recorded) or are discarded
 /// past max_attempts; scheduled and retryable tasks whose time has come become available.
+/// Times before $4 were dealt with by an earlier pass (see pull_start: the indexes hold a
+/// dead entry for every task acked or promoted since the last vacuum). The last column is
+/// where the next pass may start if this one was not cut short by its limit.
 static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
     "WITH expired AS (
          SELECT t.seq FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state = 'running' AND t.lease_until < pg_catalog.now()
+         WHERE t.consumer_id = $1 AND t.state = 'running'
+           AND t.lease_until >= $4 AND t.lease_until < pg_catalog.now()
          ORDER BY t.lease_until LIMIT $3
          FOR UPDATE SKIP LOCKED
      ), rescued AS (
@@ -53,7 +57,8 @@ static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
          FROM rescued
      ), due AS (
          SELECT t.seq FROM eventq_internal.tasks t
-         WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable') AND t.run_at <= pg_catalog.now()
+         WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable')
+           AND t.run_at >= $4 AND t.run_at <= pg_catalog.now()
          ORDER BY t.run_at LIMIT $3
          FOR UPDATE SKIP LOCKED
      ), promoted AS (
@@ -64,10 +69,11 @@ static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
      SELECT (SELECT pg_catalog.count(*) FROM rescued WHERE state = 'available'),
             (SELECT pg_catalog.count(*) FROM rescued WHERE state = 'discarded'),
             d.keys, d.seqs,
-            (SELECT pg_catalog.count(*) FROM promoted)
+            (SELECT pg_catalog.count(*) FROM promoted),
+            pg_catalog.now() - interval '1 second'
      FROM (SELECT pg_catalog.array_agg(order_key ORDER BY seq) AS keys, pg_catalog.array_agg(seq ORDER BY seq) AS seqs
            FROM rescued WHERE state = 'discarded' AND order_key IS NOT NULL) d",
-    &[INT, INT, BIGINT],
+    &[INT, INT, BIGINT, TIMESTAMPTZ],
 );
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +100,10 @@ pub fn rescue_and_promote(
     max_attempts: i32,
     limit: i64,
 ) -> Rescued {
-    let Some(row) =
-        RESCUE_AND_PROMOTE.first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit)])
+    let (from, full) = pull_start::timers_from(consumer_id);
+    let from_arg = TimestampWithTimeZone::try_from(from).unwrap_or(TimestampWithTimeZone::negative_infinity());
+    let Some(row) = RESCUE_AND_PROMOTE
+        .first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg)])
     else {
         return Rescued::default();
     };
@@ -109,6 +117,12 @@ pub fn rescue_and_promote(
     };
     if rescued.lost > 0 || rescued.promoted > 0 {
         pull_start::released(consumer_id);
+    }
+    if rescued.lost + rescued.discarded < limit && rescued.promoted < limit {
+        if let Some(below) = column::<TimestampWithTimeZone>(&row, 6) {
+            let changed = rescued.lost + rescued.discarded + rescued.promoted > 0;
+            pull_start::timers_passed(consumer_id, full, below.into_inner(), changed);
+        }
     }
     rescued
 }
