@@ -7,7 +7,8 @@
 --   idle keys keep their row; expired counts become insert-only rows;
 --   consumers get start_at, a cleanup position and a check of their patterns;
 --   the views no longer read staging;
---   ack, retry, discard and extend_lease take the lease guard's attempt;
+--   ack, retry, discard and extend_lease take the lease guard's attempt; ignore, and its
+--   outcome in the attempts;
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
 --   in size;
@@ -72,7 +73,7 @@ CREATE INDEX routing_gaps_by_consumer ON eventq_internal.routing_gaps (consumer_
 
 ALTER TABLE eventq_internal.attempts DROP CONSTRAINT attempts_outcome_check;
 ALTER TABLE eventq_internal.attempts ADD CONSTRAINT attempts_outcome_check
-    CHECK (outcome IN ('completed', 'failed', 'lost', 'discarded'));
+    CHECK (outcome IN ('completed', 'ignored', 'failed', 'lost', 'discarded'));
 
 -- The views of 0.1.0 go (they are created again, as of 0.2.0, at the end).
 DROP VIEW eventq.streams, eventq.consumers, eventq.events, eventq.tasks, eventq.attempts;
@@ -119,6 +120,16 @@ CREATE FUNCTION eventq."extend_lease"(
 ) RETURNS timestamp with time zone
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'extend_lease_with_attempt_wrapper';
+
+-- A handler's "nothing to do" (cf-eventhub's ignored outcome).
+CREATE FUNCTION eventq."ignore"(
+	"consumer" TEXT,
+	"task_id" bigint,
+	"reason" TEXT DEFAULT NULL,
+	"attempt" INT DEFAULT NULL
+) RETURNS bool
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ignore_wrapper';
 
 -- Worker health.
 CREATE FUNCTION eventq."worker_health"() RETURNS TABLE (
@@ -439,8 +450,8 @@ FROM eventq_internal.tasks t
 JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
 LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
 
--- Attempts that failed, were lost or were discarded are recorded as they end; a completed
--- attempt is the completed task itself.
+-- Attempts that failed, were lost, were discarded or ignored are recorded as they end; a
+-- completed attempt is the completed task itself (unless it was ignored: the same attempt).
 CREATE VIEW eventq.attempts WITH (security_barrier) AS
 SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
 FROM eventq_internal.attempts a
@@ -449,7 +460,11 @@ UNION ALL
 SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
 FROM eventq_internal.tasks t
 JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
-WHERE t.state = 'completed';
+WHERE t.state = 'completed'
+  AND NOT EXISTS (SELECT 1 FROM eventq_internal.attempts a
+                  WHERE a.consumer_id = t.consumer_id AND a.task_id = t.seq
+                    AND a.attempt = t.attempt AND a.outcome = 'ignored'
+                    AND a.started_at IS NOT DISTINCT FROM t.started_at);
 
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
 -- alive? `last_error` is what failed last, when. Empty without preloading, and for roles

@@ -277,7 +277,7 @@ CREATE TABLE eventq_internal.attempts (
     consumer_id integer NOT NULL,
     task_id     bigint NOT NULL,
     attempt     integer NOT NULL,
-    outcome     text NOT NULL CHECK (outcome IN ('completed', 'failed', 'lost', 'discarded')),
+    outcome     text NOT NULL CHECK (outcome IN ('completed', 'ignored', 'failed', 'lost', 'discarded')),
     error       text,
     started_at  timestamptz,
     finished_at timestamptz NOT NULL DEFAULT now()

@@ -154,8 +154,8 @@ FROM eventq_internal.tasks t
 JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
 LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
 
--- Attempts that failed, were lost or were discarded are recorded as they end; a completed
--- attempt is the completed task itself.
+-- Attempts that failed, were lost, were discarded or ignored are recorded as they end; a
+-- completed attempt is the completed task itself (unless it was ignored: the same attempt).
 CREATE VIEW eventq.attempts WITH (security_barrier) AS
 SELECT c.name AS consumer, a.task_id, a.attempt, a.outcome, a.error, a.started_at, a.finished_at
 FROM eventq_internal.attempts a
@@ -164,7 +164,11 @@ UNION ALL
 SELECT c.name, t.seq, t.attempt, 'completed', NULL, t.started_at, t.finished_at
 FROM eventq_internal.tasks t
 JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
-WHERE t.state = 'completed';
+WHERE t.state = 'completed'
+  AND NOT EXISTS (SELECT 1 FROM eventq_internal.attempts a
+                  WHERE a.consumer_id = t.consumer_id AND a.task_id = t.seq
+                    AND a.attempt = t.attempt AND a.outcome = 'ignored'
+                    AND a.started_at IS NOT DISTINCT FROM t.started_at);
 
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
 -- alive? `last_error` is what failed last, when. Empty without preloading, and for roles

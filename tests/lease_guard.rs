@@ -1,4 +1,4 @@
-//! The lease guard: a worker whose lease ran out can never finish, fail, discard or extend
+//! The lease guard: a worker whose lease ran out can never finish, fail, discard, ignore or extend
 //! the attempt of the worker that leased the task after it; with key ordering, a stale
 //! discard cannot hand the key on while the new holder runs.
 
@@ -42,6 +42,7 @@ fn stale_calls_change_nothing() {
     assert_eq!(one(&mut db, &format!("eventq.ack('c', ARRAY[{task}], ARRAY[{stale}])")), "0");
     assert_eq!(one(&mut db, &format!("eventq.retry('c', {task}, 'late', attempt => {stale})")), "NULL");
     assert_eq!(one(&mut db, &format!("eventq.discard('c', {task}, 'late', attempt => {stale})")), "false");
+    assert_eq!(one(&mut db, &format!("eventq.ignore('c', {task}, 'late', attempt => {stale})")), "false");
     assert_eq!(one(&mut db, &format!("eventq.extend_lease('c', {task}, '1 hour', attempt => {stale})")), "NULL");
     assert_eq!(column(&mut db, "SELECT state FROM eventq.tasks"), ["running"]);
     // the current attempt is honoured

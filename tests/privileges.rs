@@ -159,6 +159,7 @@ fn workers_work_their_group_s_consumers_only() {
         "SELECT eventq.ack('invoicing', ARRAY[1::bigint])",
         "SELECT eventq.retry('invoicing', 1)",
         "SELECT eventq.discard('invoicing', 1)",
+        "SELECT eventq.ignore('invoicing', 1)",
         "SELECT eventq.extend_lease('invoicing', 1, '1 minute')",
         "SELECT eventq.redrive('invoicing')",
         "SELECT eventq.pause_consumer('invoicing')",

@@ -163,6 +163,26 @@ fn discard_with_attempt(
     })
 }
 
+/// running -> completed, recorded in the task's history as `ignored`: the handler had
+/// nothing to do. `false` if the task was not running (the attempt given).
+#[pg_extern(name = "ignore")]
+fn ignore(
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    reason: default!(Option<&str>, "NULL"),
+    attempt: default!(Option<i32>, "NULL"),
+) -> bool {
+    let call = super::access::enter();
+    let name = required(consumer, "consumer");
+    let task_id = required(task_id, "task_id");
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(&call, client, name, Mode::Task, "ignore");
+            tasks::end_attempt(client, c.id, task_id, Outcome::Ignore, reason, attempt)
+        })
+    })
+}
+
 /// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
 /// the new expiry, or NULL if the task was not running.
 #[pg_extern(name = "extend_lease")]

@@ -117,6 +117,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn ignore_completes_the_task_and_the_history_says_ignored() {
+        stream_with_consumer("tk_i", "tk_i_c", ", ordering => 'key'");
+        run("SELECT eventq.publish('tk_i', 'a', key => 'k'), eventq.publish('tk_i', 'b', key => 'k'), eventq.publish('tk_i', 'c')");
+        let first = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_i_c', 5)").unwrap();
+        // the key's second task waits behind the first
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {}, 'no such order', attempt => 2)", first[0])),
+            Some(false)
+        );
+        assert_eq!(one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {}, 'no such order')", first[0])), Some(true));
+        assert_eq!(one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {})", first[0])), Some(false));
+        assert_eq!(
+            one::<String>(&format!("SELECT state || ':' || (finished_at IS NOT NULL) FROM eventq.tasks WHERE consumer = 'tk_i_c' AND task_id = {}", first[0])),
+            Some("completed:true".into())
+        );
+        // one attempt in the history, ignored with its reason; an acked task shows completed
+        run(&format!("SELECT eventq.ack('tk_i_c', ARRAY[{}])", first[1]));
+        assert_eq!(
+            one::<String>("SELECT string_agg(task_id - (SELECT min(task_id) FROM eventq.tasks WHERE consumer = 'tk_i_c') || ':' || attempt || ':' || outcome || ':' || coalesce(error, '-'), ',' ORDER BY task_id) FROM eventq.attempts WHERE consumer = 'tk_i_c'"),
+            Some("0:1:ignored:no such order,2:1:completed:-".into())
+        );
+        // the key is handed on as by an ack
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_i_c', 5)"), 1);
+        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'tk_i_c' AND completed = 2 AND running = 1"), 1);
+    }
+
+    #[pg_test]
     fn discard_and_redrive() {
         stream_with_consumer("tk_d", "tk_d_c", ", max_attempts => 1");
         run("SELECT eventq.publish('tk_d', 'a'), eventq.publish('tk_d', 'b')");

@@ -307,8 +307,9 @@ pub fn running_attempt(
     super::scalar(&RUNNING_ATTEMPT, client, &[arg(consumer_id), arg(task_id), arg(attempt)])
 }
 
-// Ends the running attempt: `failed` (retry; the task goes to $3, retryable or discarded)
-// or `discarded` (discard). The attempt is recorded with its error.
+// Ends the running attempt: `failed` (retry; the task goes to $3, retryable or discarded),
+// `discarded` (discard) or `ignored` (ignore; the task is completed). The attempt is
+// recorded with its error or reason.
 static END_ATTEMPT: Statement = Statement::indexed(
     "WITH ended AS (
          UPDATE eventq_internal.tasks t
@@ -316,7 +317,7 @@ static END_ATTEMPT: Statement = Statement::indexed(
              run_at = CASE WHEN $3 = 'retryable'
                            THEN pg_catalog.clock_timestamp() + $4 * interval '1 microsecond'
                            ELSE t.run_at END,
-             finished_at = CASE WHEN $3 = 'discarded' THEN pg_catalog.clock_timestamp() END,
+             finished_at = CASE WHEN $3 IN ('discarded', 'completed') THEN pg_catalog.clock_timestamp() END,
              lease_until = NULL,
              last_error = $5
          WHERE t.consumer_id = $1 AND t.seq = $2 AND t.state::text = 'running'
@@ -339,6 +340,8 @@ pub enum Outcome {
     FailAndDiscard,
     /// discard: the worker gives up on the task.
     Discard,
+    /// ignore: the handler had nothing to do; the task is completed.
+    Ignore,
 }
 
 /// Ends a running attempt; `false` if the task was not running.
@@ -354,6 +357,7 @@ pub fn end_attempt(
         Outcome::Retry { delay_micros } => ("retryable", delay_micros, "failed"),
         Outcome::FailAndDiscard => ("discarded", 0, "failed"),
         Outcome::Discard => ("discarded", 0, "discarded"),
+        Outcome::Ignore => ("completed", 0, "ignored"),
     };
     let Some(row) = END_ATTEMPT.first_row(
         client,
@@ -369,7 +373,7 @@ pub fn end_attempt(
     ) else {
         return false;
     };
-    if state == "discarded" {
+    if state != "retryable" {
         if let Some(key) = column::<String>(&row, 1) {
             keys::advance(client, consumer_id, vec![(key, task_id)], Busy::Wait);
         }
