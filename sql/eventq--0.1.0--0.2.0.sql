@@ -8,7 +8,7 @@
 --   consumers get start_at, a cleanup position and a check of their patterns;
 --   the views no longer read staging;
 --   ack, retry, discard and extend_lease take the lease guard's attempt; ignore, and its
---   outcome in the attempts;
+--   outcome in the attempts; events carry the retry settings they were published with;
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
 --   in size;
@@ -120,6 +120,37 @@ CREATE FUNCTION eventq."extend_lease"(
 ) RETURNS timestamp with time zone
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'extend_lease_with_attempt_wrapper';
+
+-- Retry settings an event is published with (Medusa's emit options).
+DROP FUNCTION eventq.publish(text, text, jsonb, text, jsonb, timestamptz, text);
+CREATE FUNCTION eventq."publish"(
+	"stream" TEXT,
+	"subject" TEXT,
+	"payload" jsonb DEFAULT '{}',
+	"key" TEXT DEFAULT NULL,
+	"headers" jsonb DEFAULT NULL,
+	"deliver_at" timestamp with time zone DEFAULT NULL,
+	"dedup_key" TEXT DEFAULT NULL,
+	"max_attempts" INT DEFAULT NULL,
+	"backoff" TEXT DEFAULT NULL,
+	"backoff_base" interval DEFAULT NULL
+) RETURNS uuid
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'publish_with_retry_wrapper';
+
+DROP FUNCTION eventq.publish_batch(text, text[], jsonb[], text[], jsonb[]);
+CREATE FUNCTION eventq."publish_batch"(
+	"stream" TEXT,
+	"subjects" text[],
+	"payloads" jsonb[],
+	"keys" text[] DEFAULT NULL,
+	"headers" jsonb[] DEFAULT NULL,
+	"max_attempts" INT DEFAULT NULL,
+	"backoff" TEXT DEFAULT NULL,
+	"backoff_base" interval DEFAULT NULL
+) RETURNS SETOF uuid
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'publish_batch_with_retry_wrapper';
 
 -- A handler's "nothing to do" (cf-eventhub's ignored outcome).
 CREATE FUNCTION eventq."ignore"(
@@ -235,6 +266,13 @@ BEGIN
 END
 $mark_origin$;
 ALTER TABLE eventq_internal.staged ALTER COLUMN origin DROP DEFAULT;
+
+-- Retry settings an event is published with (after origin, as in a new installation).
+ALTER TABLE eventq_internal.staged
+    ADD COLUMN max_attempts integer, ADD COLUMN backoff text, ADD COLUMN backoff_base interval;
+ALTER TABLE eventq_internal.events
+    ADD COLUMN max_attempts integer, ADD COLUMN backoff text, ADD COLUMN backoff_base interval;
+
 
 CREATE TABLE eventq_internal.restoring (
     pid           integer NOT NULL,

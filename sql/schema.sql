@@ -72,7 +72,11 @@ CREATE TABLE eventq_internal.staged (
     -- the system identifier of the cluster the event was published in. A dump restored
     -- into another cluster brings staged events whose xids mean nothing there; the drain
     -- numbers them before every event published here (all of which happened after them).
-    origin       bigint NOT NULL
+    origin       bigint NOT NULL,
+    -- the publisher's retry settings for this event's tasks (NULL: each consumer's own)
+    max_attempts integer,
+    backoff      text,
+    backoff_base interval
 ) PARTITION BY LIST (slot);
 CREATE TABLE eventq_internal.staged_0 PARTITION OF eventq_internal.staged FOR VALUES IN (0);
 CREATE TABLE eventq_internal.staged_1 PARTITION OF eventq_internal.staged FOR VALUES IN (1);
@@ -108,6 +112,9 @@ CREATE TABLE eventq_internal.events (
     headers      jsonb,
     published_at timestamptz NOT NULL,
     deliver_at   timestamptz,
+    max_attempts integer,
+    backoff      text,
+    backoff_base interval,
     PRIMARY KEY (stream_id, seq)
 );
 CREATE INDEX events_by_id ON eventq_internal.events (id);

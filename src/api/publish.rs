@@ -7,9 +7,10 @@ use crate::datum::{Jsonb, JsonbArray, TextArray};
 use crate::error::{self, OrRaise};
 use crate::storage::append::{self, Staged};
 use crate::storage::isolation::retrying;
-use crate::storage::publish::{self, Batch, Deduplicated, Event};
+use crate::core::settings::{BackoffKind, EventRetry};
+use crate::storage::publish::{self, Batch, Deduplicated, Event, Retry};
 use crate::wakeup;
-use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -75,11 +76,21 @@ fn check_headers(headers: Option<Jsonb>, what: &str) {
     }
 }
 
+/// An event's own retry settings, checked: they override each consumer's for its tasks.
+fn event_retry(max_attempts: Option<i32>, backoff: Option<&str>, backoff_base: Option<Interval>) -> Retry {
+    let base_micros = super::duration_micros(backoff_base, "backoff_base");
+    let kind = backoff.map(|b| BackoffKind::parse(b).or_raise());
+    EventRetry { max_attempts, backoff: kind, backoff_base: base_micros }.validate().or_raise();
+    Retry { max_attempts, backoff: kind.map(BackoffKind::as_str), backoff_base }
+}
+
 /// Publishes one event; returns its id. The event exists if and only if the calling
 /// transaction commits. With `dedup_key`, publishing a key the stream still retains returns
-/// the first event's id and adds nothing.
-#[pg_extern]
-fn publish(
+/// the first event's id and adds nothing. `max_attempts`, `backoff` and `backoff_base`
+/// override every consumer's retry policy for this event's tasks.
+#[pg_extern(name = "publish")]
+#[allow(clippy::too_many_arguments)]
+fn publish_with_retry(
     stream: Option<&str>,
     subject: Option<&str>,
     payload: default!(Option<Jsonb>, "'{}'"),
@@ -87,6 +98,9 @@ fn publish(
     headers: default!(Option<Jsonb>, "NULL"),
     deliver_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     dedup_key: default!(Option<&str>, "NULL"),
+    max_attempts: default!(Option<i32>, "NULL"),
+    backoff: default!(Option<&str>, "NULL"),
+    backoff_base: default!(Option<Interval>, "NULL"),
 ) -> Uuid {
     let call = super::access::enter();
     check_writable(c"publish()");
@@ -99,12 +113,13 @@ fn publish(
     check_key(key, "key");
     check_key(dedup_key, "dedup_key");
     check_deliver_at(deliver_at);
+    let retry = event_retry(max_attempts, backoff, backoff_base);
     let stream_id = append::stream_id(stream).unwrap_or_else(|| error::unknown_stream(stream));
     call.require_publish(stream_id, stream, [subject]);
     let id = next_ids(1)[0];
     let id = match dedup_key {
         None => {
-            append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at });
+            append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at, retry });
             id
         }
         Some(dedup_key) => retrying(|| Spi::connect(|client| {
@@ -115,6 +130,7 @@ fn publish(
                 key: key.map(str::to_string),
                 headers,
                 deliver_at,
+                retry,
             };
             match publish::insert_dedup(client, stream_id, event, dedup_key) {
                 Deduplicated::Published => id,
@@ -127,14 +143,17 @@ fn publish(
 }
 
 /// Publishes `subjects[i]` with `payloads[i]` (and `keys[i]`, `headers[i]` when given) for
-/// every i; returns the ids in input order.
-#[pg_extern]
-fn publish_batch(
+/// every i; returns the ids in input order. The retry settings apply to the whole batch.
+#[pg_extern(name = "publish_batch")]
+fn publish_batch_with_retry(
     stream: Option<&str>,
     subjects: Option<TextArray>,
     payloads: Option<JsonbArray>,
     keys: default!(Option<TextArray>, "NULL"),
     headers: default!(Option<JsonbArray>, "NULL"),
+    max_attempts: default!(Option<i32>, "NULL"),
+    backoff: default!(Option<&str>, "NULL"),
+    backoff_base: default!(Option<Interval>, "NULL"),
 ) -> SetOfIterator<'static, Uuid> {
     let call = super::access::enter();
     check_writable(c"publish_batch()");
@@ -186,14 +205,42 @@ fn publish_batch(
             check_key(k.as_deref(), &format!("keys[{}]", i + 1));
         }
     }
+    let retry = event_retry(max_attempts, backoff, backoff_base);
     let stream_id = append::stream_id(stream).unwrap_or_else(|| error::unknown_stream(stream));
     call.require_publish(stream_id, stream, subject_texts.iter().map(String::as_str));
 
     let ids = next_ids(n);
-    let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers };
+    let batch = Batch { ids: ids.clone(), subjects, payloads, keys, headers, retry };
     Spi::connect(|client| publish::insert_batch(client, stream_id, batch));
     if n > 0 {
         wakeup::published_in_this_transaction();
     }
     SetOfIterator::new(ids)
+}
+
+// The entry points the SQL of version 0.1.0 calls, by these symbol names and with these
+// arguments, until the database runs ALTER EXTENSION eventq UPDATE (see api::task).
+
+#[pg_extern(sql = false)]
+fn publish(
+    stream: Option<&str>,
+    subject: Option<&str>,
+    payload: Option<Jsonb>,
+    key: Option<&str>,
+    headers: Option<Jsonb>,
+    deliver_at: Option<TimestampWithTimeZone>,
+    dedup_key: Option<&str>,
+) -> Uuid {
+    publish_with_retry(stream, subject, payload, key, headers, deliver_at, dedup_key, None, None, None)
+}
+
+#[pg_extern(sql = false)]
+fn publish_batch(
+    stream: Option<&str>,
+    subjects: Option<TextArray>,
+    payloads: Option<JsonbArray>,
+    keys: Option<TextArray>,
+    headers: Option<JsonbArray>,
+) -> SetOfIterator<'static, Uuid> {
+    publish_batch_with_retry(stream, subjects, payloads, keys, headers, None, None, None)
 }

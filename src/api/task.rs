@@ -53,7 +53,7 @@ fn pull(
             // Expired leases and due retries of this consumer; skipped while the consumer
             // is being changed (its lock is held), and never waiting for anyone.
             if locks::try_lock_consumer(c.id, locks::Mode::Shared) {
-                tasks::rescue_and_promote(client, c.id, c.policy.max_attempts, RESCUE_LIMIT);
+                tasks::rescue_and_promote(client, c.id, c.stream_id, c.policy.max_attempts, RESCUE_LIMIT);
                 if c.ordering == KeyOrdering::Key {
                     keys::settle_rechecked(client, c.id);
                 }
@@ -127,13 +127,14 @@ fn retry_with_attempt(
     retrying(|| Spi::connect(|client| {
         let c = consumer_for(&call, client, name, Mode::Task, "retry");
         let attempt = tasks::running_attempt(client, c.id, task_id, guard)?;
-        let (outcome, state) = if attempt >= c.policy.max_attempts {
+        let policy = tasks::event_retry(client, c.stream_id, task_id).applied_to(&c.policy);
+        let (outcome, state) = if attempt >= policy.max_attempts {
             (Outcome::FailAndDiscard, "discarded")
         } else {
             let backoff = Backoff {
-                kind: c.policy.backoff,
-                base_micros: c.policy.backoff_base,
-                max_micros: c.policy.backoff_max,
+                kind: policy.backoff,
+                base_micros: policy.backoff_base,
+                max_micros: policy.backoff_max,
             };
             let delay_micros =
                 delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));

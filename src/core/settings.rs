@@ -60,6 +60,42 @@ impl RetryPolicy {
     }
 }
 
+/// What one event's publisher asked of the retry policy of its tasks (Medusa's emit
+/// options), for every consumer; NULL settings leave the consumer's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventRetry {
+    pub max_attempts: Option<i32>,
+    pub backoff: Option<BackoffKind>,
+    pub backoff_base: Option<i64>,
+}
+
+impl EventRetry {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(n) = self.max_attempts {
+            if n < 1 {
+                return Err(Invalid(format!("max_attempts must be at least 1, got {n}")));
+            }
+        }
+        if let Some(base) = self.backoff_base {
+            positive("backoff_base", base)?;
+        }
+        Ok(())
+    }
+
+    /// The consumer's policy with this event's settings over it. A base above the
+    /// consumer's cap raises the cap to it: the publisher asked for at least that wait.
+    pub fn applied_to(&self, consumer: &RetryPolicy) -> RetryPolicy {
+        let backoff_base = self.backoff_base.unwrap_or(consumer.backoff_base);
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(consumer.max_attempts),
+            backoff: self.backoff.unwrap_or(consumer.backoff),
+            backoff_base,
+            backoff_max: consumer.backoff_max.max(backoff_base),
+            lease: consumer.lease,
+        }
+    }
+}
+
 /// The longest interval any setting or argument takes: 100 years (36,525 days; an interval
 /// counts a month as 30 days). Longer ones would push timestamps eventq computes (a
 /// retention's cutoff, a retry's due time) towards the end of Postgres' range, where
@@ -143,6 +179,31 @@ mod tests {
         for p in bad {
             assert!(p.validate().is_err(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn an_events_retry_settings_override_the_consumers() {
+        assert_eq!(EventRetry::default().applied_to(&policy()), policy());
+        let fixed_hour = EventRetry {
+            max_attempts: Some(2),
+            backoff: Some(BackoffKind::Fixed),
+            backoff_base: Some(7200 * MICROS_PER_SECOND),
+        };
+        let applied = fixed_hour.applied_to(&policy());
+        assert_eq!(applied.max_attempts, 2);
+        assert_eq!(applied.backoff, BackoffKind::Fixed);
+        assert_eq!(applied.backoff_base, 7200 * MICROS_PER_SECOND);
+        // the cap rises to the base asked for; the lease stays the consumer's
+        assert_eq!(applied.backoff_max, 7200 * MICROS_PER_SECOND);
+        assert_eq!(applied.lease, policy().lease);
+        applied.validate().unwrap();
+        let only_attempts = EventRetry { max_attempts: Some(3), ..EventRetry::default() }.applied_to(&policy());
+        assert_eq!(only_attempts, RetryPolicy { max_attempts: 3, ..policy() });
+        assert!(EventRetry { max_attempts: Some(0), ..EventRetry::default() }.validate().is_err());
+        assert!(EventRetry { backoff_base: Some(0), ..EventRetry::default() }.validate().is_err());
+        assert!(EventRetry { backoff_base: Some(MAX_INTERVAL_MICROS + 1), ..EventRetry::default() }
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -145,6 +145,48 @@ mod tests {
     }
 
     #[pg_test]
+    fn an_events_retry_settings_override_the_consumers() {
+        // the consumer: 10 attempts, exponential from 1 second
+        stream_with_consumer("tk_p", "tk_p_c", "");
+        run("SELECT eventq.publish('tk_p', 'once', max_attempts => 1)");
+        run("SELECT eventq.publish('tk_p', 'slow', backoff => 'fixed', backoff_base => '2 hours')");
+        run("SELECT eventq.publish_batch('tk_p', '{b1,b2}', ARRAY['{}', '{}']::jsonb[], max_attempts => 2)");
+        run("SELECT eventq.publish('tk_p', 'plain')");
+        let ids = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)").unwrap();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[0])), Some("discarded".into()));
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[1])), Some("retryable".into()));
+        assert_eq!(
+            one::<bool>(&format!("SELECT run_at - clock_timestamp() BETWEEN '1 hour 59 minutes' AND '2 hours' FROM eventq.tasks WHERE consumer = 'tk_p_c' AND task_id = {}", ids[1])),
+            Some(true)
+        );
+        // a batch's settings hold for each of its events; the consumer's for the rest
+        for id in &ids[2..5] {
+            assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {id}, delay => '0')")), Some("retryable".into()));
+        }
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'retryable' AND run_at < now() + interval '1 minute'");
+        let again = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)").unwrap();
+        assert_eq!(again, ids[2..5].to_vec());
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[2])), Some("discarded".into()));
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[3])), Some("discarded".into()));
+        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[4])), Some("retryable".into()));
+        // an expired lease counts against the event's max_attempts too
+        run("SELECT eventq.publish('tk_p', 'lost', max_attempts => 1)");
+        let lost = one::<i64>("SELECT task_id FROM eventq.pull('tk_p_c', 1)").unwrap();
+        run(&format!("UPDATE eventq_internal.tasks SET lease_until = now() - interval '1 second', started_at = now() - interval '1 minute' WHERE seq = {lost}"));
+        run("SELECT tests.maintain()");
+        assert_eq!(state("tk_p_c", lost), Some("discarded".into()));
+        for (sql, message) in [
+            ("SELECT eventq.publish('tk_p', 'x', max_attempts => 0)", "max_attempts must be at least 1"),
+            ("SELECT eventq.publish('tk_p', 'x', backoff => 'linear')", "invalid backoff"),
+            ("SELECT eventq.publish('tk_p', 'x', backoff_base => '0')", "backoff_base must be a positive"),
+            ("SELECT eventq.publish_batch('tk_p', '{x}', '{\"{}\"}', backoff_base => '-1 hour')", "backoff_base must be a positive"),
+        ] {
+            assert_error(sql, "22023", message);
+        }
+    }
+
+    #[pg_test]
     fn discard_and_redrive() {
         stream_with_consumer("tk_d", "tk_d_c", ", max_attempts => 1");
         run("SELECT eventq.publish('tk_d', 'a'), eventq.publish('tk_d', 'b')");

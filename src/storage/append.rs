@@ -13,10 +13,10 @@
 //! routed through the partitioned parent) made a single-event publish about 0.8x a plain
 //! INSERT; this path is the difference.
 
-use super::{arg, isolation, Statement, BIGINT, INT, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID};
+use super::{arg, isolation, Statement, BIGINT, INT, INTERVAL, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID};
 use crate::core::staging;
 use crate::datum::Jsonb;
-use pgrx::datum::{IntoDatum, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{Interval, IntoDatum, TimestampWithTimeZone, Uuid};
 use pgrx::pg_sys;
 use pgrx::spi::Spi;
 use std::ffi::CStr;
@@ -34,6 +34,15 @@ pub struct Staged<'a> {
     pub payload: Jsonb,
     pub headers: Option<Jsonb>,
     pub deliver_at: Option<TimestampWithTimeZone>,
+    pub retry: Retry,
+}
+
+/// An event's own retry settings, as given to `publish` (validated by the caller).
+#[derive(Clone, Copy, Default)]
+pub struct Retry {
+    pub max_attempts: Option<i32>,
+    pub backoff: Option<&'static str>,
+    pub backoff_base: Option<Interval>,
 }
 
 fn relation(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
@@ -140,9 +149,10 @@ pub fn current_slot() -> i64 {
 // constraints to.
 static INSERT: Statement = Statement::new(
     "INSERT INTO eventq_internal.staged
-         (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin)
-     VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, $6, $7, $8, $9)",
-    &[SMALLINT, UUID, INT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, BIGINT],
+         (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin,
+          max_attempts, backoff, backoff_base)
+     VALUES ($1, pg_catalog.pg_current_xact_id(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    &[SMALLINT, UUID, INT, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, BIGINT, INT, TEXT, INTERVAL],
 );
 
 /// Whether an INSERT into the relation would do more than store the row.
@@ -199,6 +209,9 @@ pub fn append(event: Staged<'_>) {
                 b"deliver_at" => event.deliver_at.and_then(|d| d.into_datum()),
                 b"published_at" => Some(pg_sys::Datum::from(published_at)),
                 b"origin" => origin().into_datum(),
+                b"max_attempts" => event.retry.max_attempts.and_then(|n| n.into_datum()),
+                b"backoff" => event.retry.backoff.and_then(|b| b.into_datum()),
+                b"backoff_base" => event.retry.backoff_base.and_then(|b| b.into_datum()),
                 other => crate::error::damaged_installation(&format!(
                     "unexpected column {} in the staging table",
                     String::from_utf8_lossy(other)
@@ -230,6 +243,9 @@ fn append_with_insert(slot: i64, e: Staged<'_>) {
                 arg(e.headers),
                 arg(e.deliver_at),
                 arg(origin()),
+                arg(e.retry.max_attempts),
+                arg(e.retry.backoff),
+                arg(e.retry.backoff_base),
             ],
         );
     });

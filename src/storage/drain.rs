@@ -102,7 +102,7 @@ static MOVE: Statement = Statement::new(
          WHERE s.stream_id = ANY ($1::int[])
             OR EXISTS (SELECT 1 FROM eventq_internal.dropped_streams d WHERE d.id = s.stream_id)
          RETURNING xid, id, stream_id, subject, key, payload, headers, deliver_at, published_at,
-                   origin
+                   origin, max_attempts, backoff, backoff_base
      ), kept AS (
          SELECT m.*, pg_catalog.row_number() OVER (ORDER BY m.origin = $2, m.xid, m.id) AS n
          FROM moved m
@@ -116,9 +116,10 @@ static MOVE: Statement = Statement::new(
          FROM kept
      ), logged AS (
          INSERT INTO eventq_internal.events
-             (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at)
+             (stream_id, seq, id, subject, key, payload, headers, published_at, deliver_at,
+              max_attempts, backoff, backoff_base)
          SELECT k.stream_id, numbers.before_first + k.n, k.id, k.subject, k.key, k.payload,
-                k.headers, k.published_at, k.deliver_at
+                k.headers, k.published_at, k.deliver_at, k.max_attempts, k.backoff, k.backoff_base
          FROM kept k CROSS JOIN numbers
          RETURNING stream_id, seq
      ), recorded AS (

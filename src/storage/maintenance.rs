@@ -17,7 +17,7 @@ use super::{column, Statement};
 use pgrx::spi::SpiClient;
 
 static TASK_CONSUMERS: Statement = Statement::new(
-    "SELECT id, max_attempts, ordering = 'key'
+    "SELECT id, max_attempts, ordering = 'key', stream_id
      FROM eventq_internal.consumers WHERE mode = 'task' ORDER BY id",
     &[],
 );
@@ -99,18 +99,23 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
     if restore_in_progress(client) {
         return (rescued, errors);
     }
-    let consumers: Vec<(i32, i32, bool)> = TASK_CONSUMERS
+    let consumers: Vec<(i32, i32, bool, i32)> = TASK_CONSUMERS
         .run(client, &[])
         .map(|row| {
-            (column(&row, 1).unwrap_or(0), column(&row, 2).unwrap_or(1), column(&row, 3).unwrap_or(false))
+            (
+                column(&row, 1).unwrap_or(0),
+                column(&row, 2).unwrap_or(1),
+                column(&row, 3).unwrap_or(false),
+                column(&row, 4).unwrap_or(0),
+            )
         })
         .collect();
-    for (id, max_attempts, keyed) in consumers {
+    for (id, max_attempts, keyed, stream_id) in consumers {
         let result = contained(|| {
             if !locks::try_lock_consumer(id, locks::Mode::Shared) {
                 return Rescued::default();
             }
-            let r = tasks::rescue_and_promote(client, id, max_attempts, RESCUE_LIMIT);
+            let r = tasks::rescue_and_promote(client, id, stream_id, max_attempts, RESCUE_LIMIT);
             if keyed {
                 keys::recheck_for(client, id);
             }

@@ -3,9 +3,10 @@
 //! `publish` takes the fast path in `append`; these statements serve publishes with a
 //! dedup key (which need the dedup table's unique index) and batches.
 
+pub use super::append::Retry;
 use super::{
     append, arg, Statement, BIGINT, INT, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
-    TIMESTAMPTZ, UUID, UUID_ARRAY,
+    TIMESTAMPTZ, UUID, UUID_ARRAY, INTERVAL,
 };
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -19,6 +20,7 @@ pub struct Event {
     pub key: Option<String>,
     pub headers: Option<Jsonb>,
     pub deliver_at: Option<TimestampWithTimeZone>,
+    pub retry: Retry,
 }
 
 // With a dedup key the event is staged only if this transaction claims the key. A
@@ -32,13 +34,15 @@ static INSERT_DEDUP: Statement = Statement::new(
          RETURNING stream_id
      ), staged AS (
          INSERT INTO eventq_internal.staged
-             (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin)
-         SELECT $9, pg_catalog.pg_current_xact_id(), $2, stream_id, $3, $4, $5, $6, $7, $10
+             (slot, xid, id, stream_id, subject, key, payload, headers, deliver_at, origin,
+              max_attempts, backoff, backoff_base)
+         SELECT $9, pg_catalog.pg_current_xact_id(), $2, stream_id, $3, $4, $5, $6, $7, $10,
+                $11, $12, $13
          FROM claimed
          RETURNING stream_id
      )
      SELECT EXISTS (SELECT 1 FROM staged)",
-    &[INT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT, BIGINT],
+    &[INT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT, BIGINT, INT, TEXT, INTERVAL],
 );
 
 static DEDUP_FIRST: Statement = Statement::new(
@@ -66,6 +70,9 @@ pub fn insert_dedup(client: &SpiClient<'_>, stream_id: i32, e: Event, dedup_key:
             arg(dedup_key),
             arg(append::current_slot() as i16),
             arg(append::origin()),
+            arg(e.retry.max_attempts),
+            arg(e.retry.backoff),
+            arg(e.retry.backoff_base),
         ],
     );
     if published.unwrap_or(false) {
@@ -85,16 +92,18 @@ pub struct Batch {
     pub payloads: JsonbArray,
     pub keys: Option<TextArray>,
     pub headers: Option<JsonbArray>,
+    pub retry: Retry,
 }
 
 static INSERT_BATCH: Statement = Statement::new(
     "INSERT INTO eventq_internal.staged
-         (slot, xid, id, stream_id, subject, key, payload, headers, origin)
+         (slot, xid, id, stream_id, subject, key, payload, headers, origin,
+          max_attempts, backoff, backoff_base)
      SELECT $7, pg_catalog.pg_current_xact_id(), u.id, $1, u.subject, u.key, u.payload,
-            u.headers, $8
+            u.headers, $8, $9, $10, $11
      FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
             AS u(id, subject, payload, key, headers)",
-    &[INT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT, BIGINT],
+    &[INT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT, BIGINT, INT, TEXT, INTERVAL],
 );
 
 /// Stages the batch's events (the stream exists: the caller looked it up).
@@ -113,6 +122,9 @@ pub fn insert_batch(client: &SpiClient<'_>, stream_id: i32, b: Batch) {
             arg(b.headers),
             arg(append::current_slot() as i16),
             arg(append::origin()),
+            arg(b.retry.max_attempts),
+            arg(b.retry.backoff),
+            arg(b.retry.backoff_base),
         ],
     );
 }

@@ -22,6 +22,7 @@
 
 use super::keys::{self, Busy};
 use super::{arg, column, Statement, BIGINT, BIGINT_ARRAY, INT, INT_ARRAY, TEXT, TIMESTAMPTZ};
+use crate::core::settings::{BackoffKind, EventRetry};
 use crate::datum::Jsonb;
 use crate::pull_start;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -29,24 +30,28 @@ use pgrx::spi::SpiClient;
 
 /// Lease expiry and due timers of one consumer, done before every pull and by maintenance.
 /// Expired leases become available again (the lost attempt is recorded) or are discarded
-/// past max_attempts; scheduled and retryable tasks whose time has come become available.
+/// past max_attempts (their event's, published with it, or the consumer's: $2; $5 is the
+/// stream); scheduled and retryable tasks whose time has come become available.
 /// Times before $4 were dealt with by an earlier pass (see pull_start: the indexes hold a
 /// dead entry for every task acked or promoted since the last vacuum). The last column is
 /// where the next pass may start if this one was not cut short by its limit.
 static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
     "WITH expired AS (
-         SELECT t.seq FROM eventq_internal.tasks t
+         SELECT t.seq,
+                coalesce((SELECT e.max_attempts FROM eventq_internal.events e
+                          WHERE e.stream_id = $5 AND e.seq = t.seq), $2) AS max_attempts
+         FROM eventq_internal.tasks t
          WHERE t.consumer_id = $1 AND t.state = 'running'
            AND t.lease_until >= $4 AND t.lease_until < pg_catalog.now()
          ORDER BY t.lease_until LIMIT $3
-         FOR UPDATE SKIP LOCKED
+         FOR UPDATE OF t SKIP LOCKED
      ), rescued AS (
          UPDATE eventq_internal.tasks t
-         SET state = CASE WHEN t.attempt >= $2 THEN 'discarded' ELSE 'available' END
+         SET state = CASE WHEN t.attempt >= expired.max_attempts THEN 'discarded' ELSE 'available' END
                          ::eventq_internal.task_state,
              run_at = pg_catalog.now(),
              lease_until = NULL,
-             finished_at = CASE WHEN t.attempt >= $2 THEN pg_catalog.clock_timestamp() END,
+             finished_at = CASE WHEN t.attempt >= expired.max_attempts THEN pg_catalog.clock_timestamp() END,
              last_error = 'lease expired'
          FROM expired WHERE t.consumer_id = $1 AND t.seq = expired.seq
          RETURNING t.seq, t.attempt, t.started_at, t.lease_until AS expired_at, t.state, t.order_key
@@ -73,7 +78,7 @@ static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
             pg_catalog.now() - interval '1 second'
      FROM (SELECT pg_catalog.array_agg(order_key ORDER BY seq) AS keys, pg_catalog.array_agg(seq ORDER BY seq) AS seqs
            FROM rescued WHERE state = 'discarded' AND order_key IS NOT NULL) d",
-    &[INT, INT, BIGINT, TIMESTAMPTZ],
+    &[INT, INT, BIGINT, TIMESTAMPTZ, INT],
 );
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +102,14 @@ impl std::ops::AddAssign for Rescued {
 pub fn rescue_and_promote(
     client: &SpiClient<'_>,
     consumer_id: i32,
+    stream_id: i32,
     max_attempts: i32,
     limit: i64,
 ) -> Rescued {
     let (from, full) = pull_start::timers_from(consumer_id);
     let from_arg = TimestampWithTimeZone::try_from(from).unwrap_or(TimestampWithTimeZone::negative_infinity());
     let Some(row) = RESCUE_AND_PROMOTE
-        .first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg)])
+        .first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg), arg(stream_id)])
     else {
         return Rescued::default();
     };
@@ -286,6 +292,26 @@ pub fn ack(
     let seqs: Vec<i64> = column(&row, 3).unwrap_or_default();
     keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Wait);
     column(&row, 1).unwrap_or(0)
+}
+
+static EVENT_RETRY: Statement = Statement::indexed(
+    "SELECT e.max_attempts, e.backoff,
+            (pg_catalog.date_part('epoch', e.backoff_base) * 1000000)::bigint
+     FROM eventq_internal.events e
+     WHERE e.stream_id = $1 AND e.seq = $2",
+    &[INT, BIGINT],
+);
+
+/// The retry settings the task's event was published with (none if its event is gone).
+pub fn event_retry(client: &SpiClient<'_>, stream_id: i32, task_id: i64) -> EventRetry {
+    let Some(row) = EVENT_RETRY.first_row(client, &[arg(stream_id), arg(task_id)]) else {
+        return EventRetry::default();
+    };
+    EventRetry {
+        max_attempts: column(&row, 1),
+        backoff: column::<String>(&row, 2).and_then(|b| BackoffKind::parse(&b).ok()),
+        backoff_base: column(&row, 3),
+    }
 }
 
 static RUNNING_ATTEMPT: Statement = Statement::indexed(
