@@ -9,6 +9,7 @@
 --   the views no longer read staging;
 --   ack, retry, discard and extend_lease take the lease guard's attempt; ignore, and its
 --   outcome in the attempts; events carry the retry settings they were published with;
+--   apply, and the grants view it reads;
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
 --   in size;
@@ -151,6 +152,14 @@ CREATE FUNCTION eventq."publish_batch"(
 ) RETURNS SETOF uuid
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'publish_batch_with_retry_wrapper';
+
+-- Declarative setup.
+CREATE FUNCTION eventq."apply"(
+	"spec" jsonb,
+	"dry_run" bool DEFAULT false
+) RETURNS jsonb
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apply_wrapper';
 
 -- A handler's "nothing to do" (cf-eventhub's ignored outcome).
 CREATE FUNCTION eventq."ignore"(
@@ -504,6 +513,20 @@ WHERE t.state = 'completed'
                     AND a.attempt = t.attempt AND a.outcome = 'ignored'
                     AND a.started_at IS NOT DISTINCT FROM t.started_at);
 
+-- The grants of eventq's privileges (eventq.grant): all of them for administrators, the
+-- ones a role holds (directly or through its roles) for the others.
+CREATE VIEW eventq.grants WITH (security_barrier) AS
+SELECT g.privilege,
+       s.name AS stream,
+       pg_catalog.pg_get_userbyid(g.grantee)::text AS role,
+       g.subjects,
+       pg_catalog.pg_get_userbyid(g.granted_by)::text AS granted_by,
+       g.granted_at
+FROM eventq_internal.grants g
+JOIN eventq_internal.streams s ON s.id = g.stream_id
+WHERE (SELECT eventq_internal.caller_is_admin())
+   OR pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
+
 -- The background workers, one per database with eventq (with eventq preloaded): is draining
 -- alive? `last_error` is what failed last, when. Empty without preloading, and for roles
 -- that do not administer eventq (the condition is checked before the function is called).
@@ -513,4 +536,4 @@ SELECT * FROM eventq.worker_health() WHERE eventq_internal.caller_is_admin();
 -- The API is for everyone: each function checks the caller's privileges itself.
 GRANT USAGE ON SCHEMA eventq TO PUBLIC;
 GRANT SELECT ON eventq.streams, eventq.consumers, eventq.events, eventq.tasks, eventq.attempts,
-    eventq.workers TO PUBLIC;
+    eventq.workers, eventq.grants TO PUBLIC;

@@ -152,6 +152,10 @@ fn decoys_on_every_search_path_are_never_called() {
         "SELECT eventq.grant('consume', 'orders', 'app', '{order.>}')",
         "SELECT eventq.grant('manage', 'short', 'app')",
         "SELECT eventq.alter_stream('orders', '30 days')",
+        r#"SELECT eventq.apply('{"streams": {"applied": {"retention": "2 days"}},
+                              "grants": [{"privilege": "consume", "stream": "applied", "role": "app"}]}', dry_run => true)"#,
+        r#"SELECT eventq.apply('{"streams": {"applied": {"retention": "2 days"}},
+                              "grants": [{"privilege": "consume", "stream": "applied", "role": "app"}]}')"#,
     ];
     for sql in admin_script {
         admin.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -165,6 +169,9 @@ fn decoys_on_every_search_path_are_never_called() {
         "SELECT eventq.publish('orders', 'order.created', '{\"n\": 1}', key => 'k1')",
         "SELECT eventq.publish('orders', 'order.paid', '{\"n\": 2}', key => 'k1', headers => '{\"h\": \"v\"}')",
         "SELECT eventq.publish('orders', 'order.later', deliver_at => '2000-01-01')",
+        "SELECT eventq.publish('orders', 'order.retried', max_attempts => 2, backoff => 'fixed', backoff_base => '1 second')",
+        r#"SELECT eventq.apply('{"consumers": {"applied_work": {"stream": "applied", "max_attempts": 4, "paused": true}}}')"#,
+        r#"SELECT eventq.apply('{"consumers": {"applied_work": {"stream": "applied", "paused": false}}}', dry_run => true)"#,
         "SELECT eventq.publish('orders', 'order.once', dedup_key => 'd1')",
         "SELECT eventq.publish('orders', 'order.once', dedup_key => 'd1')",
         "SELECT eventq.publish_batch('orders', '{order.a,order.b}', ARRAY['{}', '{}']::jsonb[], ARRAY['k2', NULL])",
@@ -181,6 +188,9 @@ fn decoys_on_every_search_path_are_never_called() {
     app.execute("SELECT eventq.extend_lease('work', $1, '1 minute')", &[&t2]).unwrap();
     app.execute("SELECT eventq.retry('work', $1, 'failed', '1 millisecond')", &[&t2]).unwrap();
     app.execute("SELECT eventq.discard('work', $1, 'no')", &[&t3]).unwrap();
+    app.batch_execute("SELECT eventq.publish('orders', 'order.ignored')").unwrap();
+    let t4: i64 = app.query_one("SELECT task_id FROM eventq.pull('work', 1)", &[]).unwrap().get(0);
+    app.execute("SELECT eventq.ignore('work', $1, 'nothing to do')", &[&t4]).unwrap();
     for sql in [
         "SELECT eventq.redrive('work')",
         "SELECT * FROM eventq.pull('work', 10)",
@@ -199,6 +209,7 @@ fn decoys_on_every_search_path_are_never_called() {
         "SELECT * FROM eventq.tasks",
         "SELECT * FROM eventq.attempts",
         "SELECT * FROM eventq.workers",
+        "SELECT * FROM eventq.grants",
     ] {
         app.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }

@@ -46,6 +46,37 @@ use std::rc::Rc;
 const STORAGE_SCHEMA: &CStr = c"eventq_internal";
 const ADMIN_ROLE: &CStr = c"eventq_admin";
 
+/// The search path pinned to `pg_catalog` alone until dropped, for a function that works
+/// as its caller (`apply`) but must not resolve names through the caller's path either.
+pub struct PinnedSearchPath {
+    pushed_at: i32,
+}
+
+#[must_use]
+pub fn pin_search_path() -> PinnedSearchPath {
+    unsafe {
+        // SAFETY: as in `enter`.
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
+        pg_sys::PushOverrideSearchPath(&mut path);
+        PinnedSearchPath { pushed_at: pg_sys::GetCurrentTransactionNestLevel() }
+    }
+}
+
+impl Drop for PinnedSearchPath {
+    fn drop(&mut self) {
+        unsafe {
+            if pg_sys::GetCurrentTransactionNestLevel() == self.pushed_at {
+                pg_sys::PopOverrideSearchPath();
+            }
+        }
+    }
+}
+
 /// A call in progress: who called, and the identity to return to.
 pub struct Call {
     caller: pg_sys::Oid,

@@ -5,6 +5,7 @@
 //! lives, the search path is `pg_catalog` alone.
 
 pub mod access;
+pub mod apply;
 pub mod consumer;
 pub mod log;
 pub mod maintenance;

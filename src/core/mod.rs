@@ -1,11 +1,12 @@
 //! Pure logic with no Postgres in it: name and subject grammar, subject routing, the
-//! subject scopes of grants, retry timing, consumer settings and ids. Everything here is
+//! subject scopes of grants, retry timing, consumer settings, the declarative spec and ids. Everything here is
 //! unit-tested with plain `cargo test`.
 
 pub mod backoff;
 pub mod names;
 pub mod scope;
 pub mod settings;
+pub mod spec;
 pub mod staging;
 pub mod subject;
 pub mod ulid;

@@ -32,6 +32,14 @@ text_enum!(KeyOrdering, "ordering", { None => "none", Key => "key" });
 text_enum!(BackoffKind, "backoff", { Fixed => "fixed", Exponential => "exponential" });
 text_enum!(Privilege, "privilege", { Publish => "publish", Consume => "consume", Manage => "manage" });
 
+/// The defaults of `create_stream` and `create_consumer` (intervals in microseconds), as
+/// their SQL signatures spell them.
+pub const DEFAULT_RETENTION: i64 = 7 * 86_400 * 1_000_000;
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+pub const DEFAULT_BACKOFF_BASE: i64 = 1_000_000;
+pub const DEFAULT_BACKOFF_MAX: i64 = 3_600 * 1_000_000;
+pub const DEFAULT_LEASE: i64 = 30 * 1_000_000;
+
 /// The retry policy of a task consumer, with intervals in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -5,6 +5,7 @@
 //! Inside one transaction `now()` stands still, so tests that need time to pass (a lease
 //! running out) move the stored times back instead.
 
+mod apply;
 mod consumer;
 mod log;
 mod maintenance;

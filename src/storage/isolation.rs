@@ -129,6 +129,31 @@ pub fn contained<R>(work: impl FnOnce() -> R) -> Result<R, String> {
     result
 }
 
+/// Runs `work` in a subtransaction that is then rolled back, whether it succeeds (its
+/// result is returned) or fails (the error goes on): a dry run.
+pub fn rolled_back<R>(work: impl FnOnce() -> R) -> R {
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    let undo = || unsafe {
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    unsafe {
+        // SAFETY: as in `retrying`.
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+    }
+    let result = PgTryBuilder::new(AssertUnwindSafe(work))
+        .catch_others(|error| {
+            undo();
+            error.rethrow()
+        })
+        .execute();
+    undo();
+    result
+}
+
 /// The message of a caught error.
 pub fn message(error: &pg_sys::panic::CaughtError) -> String {
     use pg_sys::panic::CaughtError::*;
