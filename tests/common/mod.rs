@@ -322,17 +322,28 @@ impl Rng {
 
 /// Runs a script one statement at a time, each in its own transaction: unlike one
 /// multi-statement query, which Postgres runs as one implicit transaction block, where
-/// run_maintenance() refuses to run, as VACUUM does. Statements end with `;` outside `$$`.
+/// run_maintenance() refuses to run, as VACUUM does. Statements end with `;` outside `$$`
+/// and outside '...' literals; `--` comments are dropped.
 pub fn script(db: &mut Client, sql: &str) {
     let mut statements = Vec::new();
-    let (mut current, mut quoted) = (String::new(), false);
+    let (mut current, mut quoted, mut literal) = (String::new(), false, false);
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '$' && chars.peek() == Some(&'$') {
+        if c == '-' && chars.peek() == Some(&'-') && !quoted && !literal {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    current.push('\n');
+                    break;
+                }
+            }
+        } else if c == '\'' && !quoted {
+            literal = !literal;
+            current.push(c);
+        } else if c == '$' && chars.peek() == Some(&'$') && !literal {
             chars.next();
             current.push_str("$$");
             quoted = !quoted;
-        } else if c == ';' && !quoted {
+        } else if c == ';' && !quoted && !literal {
             statements.push(std::mem::take(&mut current));
         } else {
             current.push(c);

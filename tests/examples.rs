@@ -1,0 +1,173 @@
+//! The workers and publishers under `examples/` (Python, Node, Rust), run against a real
+//! server with the background worker: every event published is handled once (completed,
+//! ignored, or retried until discarded), with the lease guard, and SIGTERM stops a worker
+//! gracefully (exit 0, no task left running).
+
+mod common;
+
+use common::{count, wait_for, Cluster, PRELOAD};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: i64 = 30;
+
+struct Example {
+    name: &'static str,
+    publish: fn(&str, i64) -> Command,
+    worker: fn(&str) -> Command,
+}
+
+fn python(script: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(format!("examples/python/{script}"));
+    c
+}
+
+fn node(script: &str) -> Command {
+    let mut c = Command::new("node");
+    c.arg(format!("examples/node/{script}"));
+    c
+}
+
+fn rust(bin: &str) -> Command {
+    let mut c = Command::new(format!("examples/rust/target/debug/{bin}"));
+    c.env_remove("RUST_BACKTRACE");
+    c
+}
+
+const EXAMPLES: [Example; 3] = [
+    Example {
+        name: "python",
+        publish: |s, n| {
+            let mut c = python("publish.py");
+            c.args([s, &n.to_string()]);
+            c
+        },
+        worker: |c| {
+            let mut w = python("worker.py");
+            w.arg(c);
+            w
+        },
+    },
+    Example {
+        name: "node",
+        publish: |s, n| {
+            let mut c = node("publish.js");
+            c.args([s, &n.to_string()]);
+            c
+        },
+        worker: |c| {
+            let mut w = node("worker.js");
+            w.arg(c);
+            w
+        },
+    },
+    Example {
+        name: "rust",
+        publish: |s, n| {
+            let mut c = rust("publish");
+            c.args([s, &n.to_string()]);
+            c
+        },
+        worker: |c| {
+            let mut w = rust("worker");
+            w.arg(c);
+            w
+        },
+    },
+];
+
+fn build_rust_examples() {
+    let status = Command::new("cargo")
+        .args(["build", "--quiet", "--manifest-path", "examples/rust/Cargo.toml", "--bins"])
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "the Rust examples do not build");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not stop within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_examples_worker_handles_every_event_and_stops_gracefully() {
+    build_rust_examples();
+    let cluster = Cluster::start("examples", &[PRELOAD]);
+    let mut db = cluster.connect();
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", cluster.port);
+    for example in EXAMPLES {
+        let (stream, consumer) = (format!("ex_{}", example.name), format!("ex_{}_work", example.name));
+        db.batch_execute(&format!(
+            "SELECT eventq.create_stream('{stream}');
+             SELECT eventq.create_consumer('{consumer}', '{stream}', max_attempts => 2,
+                 backoff => 'fixed', backoff_base => '10 milliseconds');
+             CREATE TABLE IF NOT EXISTS demo_orders (n int PRIMARY KEY);
+             TRUNCATE demo_orders"
+        ))
+        .unwrap();
+        let mut worker = (example.worker)(&consumer)
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: cannot start the worker: {e}", example.name));
+        let published = (example.publish)(&stream, EVENTS).env("DATABASE_URL", &url).output().unwrap();
+        assert!(
+            published.status.success(),
+            "{}: the publisher failed: {}",
+            example.name,
+            String::from_utf8_lossy(&published.stderr)
+        );
+        let finished = format!(
+            "SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state IN ('completed', 'discarded')"
+        );
+        wait_for(&format!("{}: every task finished", example.name), Duration::from_secs(60), || {
+            match count(&mut db, &finished) {
+                EVENTS => Ok(()),
+                n => Err(format!("{n} of {EVENTS}")),
+            }
+        });
+        // n % 10 == 0 fails twice and is discarded; n % 7 == 0 (and not % 10) is ignored
+        let outcomes = |db: &mut postgres::Client, outcome: &str| {
+            count(db, &format!("SELECT 1 FROM eventq.attempts WHERE consumer = '{consumer}' AND outcome = '{outcome}'"))
+        };
+        assert_eq!(outcomes(&mut db, "failed"), 3 * 2, "{}", example.name);
+        assert_eq!(outcomes(&mut db, "ignored"), 4, "{}", example.name);
+        assert_eq!(outcomes(&mut db, "completed"), EVENTS - 3 - 4, "{}", example.name);
+        assert_eq!(outcomes(&mut db, "lost"), 0, "{}", example.name);
+        assert_eq!(count(&mut db, "SELECT 1 FROM demo_orders"), EVENTS, "{}", example.name);
+
+        // stopped in the middle of work: the batch in hand is reported, nothing stays leased
+        db.batch_execute(&format!(
+            "SELECT eventq.publish_batch('{stream}', array_fill('demo.created'::text, ARRAY[200]),
+                                         array_fill('{{}}'::jsonb, ARRAY[200]))"
+        ))
+        .unwrap();
+        wait_for(&format!("{}: work under way", example.name), Duration::from_secs(30), || {
+            match count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'completed'")) {
+                n if n >= EVENTS - 3 + 10 => Ok(()),
+                n => Err(format!("{n} completed")),
+            }
+        });
+        sigterm(&worker);
+        let status = wait_exit(&mut worker, Duration::from_secs(10));
+        assert!(status.success(), "{}: the worker exited with {status}", example.name);
+        assert_eq!(
+            count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'running'")),
+            0,
+            "{}: a stopped worker left tasks running",
+            example.name
+        );
+    }
+}
