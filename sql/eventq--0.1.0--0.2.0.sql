@@ -9,7 +9,7 @@
 --   the views no longer read staging;
 --   ack, retry, discard and extend_lease take the lease guard's attempt; ignore, and its
 --   outcome in the attempts; events carry the retry settings they were published with;
---   apply, and the grants view it reads;
+--   apply, and the grants view it reads; consumers' sequences (declared action order);
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
 --   in size;
@@ -153,6 +153,67 @@ CREATE FUNCTION eventq."publish_batch"(
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'publish_batch_with_retry_wrapper';
 
+-- Declared action order (Seqy's topics with actions).
+-- Declared action order (a consumer's `sequence`, with key ordering): a task whose subject
+-- is at position p of the sequence may go once the subjects before it have finished for its
+-- key. A key's finished subjects are the bits of `key_heads.sequence_done` (bit p-1 for
+-- position p; at most 63 subjects). Subjects not in the sequence are always ready.
+CREATE FUNCTION eventq_internal.sequence_bit(sequence text[], subject text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN coalesce(1::bigint << (pg_catalog.array_position(sequence, subject) - 1), 0);
+
+CREATE FUNCTION eventq_internal.sequence_ready(sequence text[], done bigint, subject text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.array_position(sequence, subject) IS NULL
+    OR done & (eventq_internal.sequence_bit(sequence, subject) - 1)
+       = eventq_internal.sequence_bit(sequence, subject) - 1;
+ALTER TABLE eventq_internal.key_heads
+    ADD COLUMN sequence_done bigint NOT NULL DEFAULT 0, ADD COLUMN blocked_until timestamptz;
+CREATE INDEX key_heads_blocked ON eventq_internal.key_heads (consumer_id, blocked_until)
+    WHERE blocked_until IS NOT NULL;
+
+DROP FUNCTION eventq.create_consumer(text, text, text[], text[], text, text, integer, text,
+    interval, interval, interval, timestamptz);
+CREATE FUNCTION eventq."create_consumer"(
+	"name" TEXT,
+	"stream" TEXT,
+	"subjects" TEXT[] DEFAULT '{>}',
+	"exclude" TEXT[] DEFAULT '{}',
+	"mode" TEXT DEFAULT 'task',
+	"ordering" TEXT DEFAULT 'none',
+	"max_attempts" INT DEFAULT 10,
+	"backoff" TEXT DEFAULT 'exponential',
+	"backoff_base" interval DEFAULT '1 second',
+	"backoff_max" interval DEFAULT '1 hour',
+	"lease" interval DEFAULT '30 seconds',
+	"start_at" timestamp with time zone DEFAULT NULL,
+	"sequence" TEXT[] DEFAULT NULL,
+	"sequence_timeout" interval DEFAULT NULL
+) RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_consumer_with_sequence_wrapper';
+
+DROP FUNCTION eventq.alter_consumer(text, text[], text[], text, text, integer, text,
+    interval, interval, interval, timestamptz);
+CREATE FUNCTION eventq."alter_consumer"(
+	"name" TEXT,
+	"subjects" TEXT[] DEFAULT NULL,
+	"exclude" TEXT[] DEFAULT NULL,
+	"mode" TEXT DEFAULT NULL,
+	"ordering" TEXT DEFAULT NULL,
+	"max_attempts" INT DEFAULT NULL,
+	"backoff" TEXT DEFAULT NULL,
+	"backoff_base" interval DEFAULT NULL,
+	"backoff_max" interval DEFAULT NULL,
+	"lease" interval DEFAULT NULL,
+	"start_at" timestamp with time zone DEFAULT NULL,
+	"sequence" TEXT[] DEFAULT NULL,
+	"sequence_timeout" interval DEFAULT NULL
+) RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'alter_consumer_with_sequence_wrapper';
+
 -- Declarative setup.
 CREATE FUNCTION eventq."apply"(
 	"spec" jsonb,
@@ -282,6 +343,9 @@ ALTER TABLE eventq_internal.staged
 ALTER TABLE eventq_internal.events
     ADD COLUMN max_attempts integer, ADD COLUMN backoff text, ADD COLUMN backoff_base interval;
 
+-- A consumer's declared action order (after owner, as in a new installation).
+ALTER TABLE eventq_internal.consumers ADD COLUMN sequence text[], ADD COLUMN sequence_timeout interval;
+
 
 CREATE TABLE eventq_internal.restoring (
     pid           integer NOT NULL,
@@ -376,7 +440,7 @@ WHERE pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
 CREATE VIEW eventq_internal.caller_consumers WITH (security_barrier) AS
 SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c.exclude_re,
        c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
-       c.cursor_seq, c.start_at, c.created_at, c.owner
+       c.cursor_seq, c.start_at, c.created_at, c.owner, c.sequence, c.sequence_timeout
 FROM eventq_internal.consumers c
 WHERE (SELECT eventq_internal.caller_is_admin())
    OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
@@ -442,7 +506,9 @@ SELECT c.name,
        c.lease,
        c.start_at,
        c.created_at,
-       c.owner::text AS owner
+       c.owner::text AS owner,
+       c.sequence,
+       c.sequence_timeout
 FROM eventq_internal.caller_consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id
 LEFT JOIN LATERAL (

@@ -151,6 +151,21 @@ RETURN (SELECT coalesce(bool_and(p IS NOT NULL
 -- No foreign keys here or anywhere in storage: pg_restore -j loads the rows of an
 -- extension's tables in any order and would trip over them. Instead, creating a consumer
 -- or a grant holds its stream's lock, as dropping the stream does (storage::streams).
+-- Declared action order (a consumer's `sequence`, with key ordering): a task whose subject
+-- is at position p of the sequence may go once the subjects before it have finished for its
+-- key. A key's finished subjects are the bits of `key_heads.sequence_done` (bit p-1 for
+-- position p; at most 63 subjects). Subjects not in the sequence are always ready.
+CREATE FUNCTION eventq_internal.sequence_bit(sequence text[], subject text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN coalesce(1::bigint << (pg_catalog.array_position(sequence, subject) - 1), 0);
+
+CREATE FUNCTION eventq_internal.sequence_ready(sequence text[], done bigint, subject text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.array_position(sequence, subject) IS NULL
+    OR done & (eventq_internal.sequence_bit(sequence, subject) - 1)
+       = eventq_internal.sequence_bit(sequence, subject) - 1;
+
 CREATE TABLE eventq_internal.consumers (
     id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name         text COLLATE "C" NOT NULL UNIQUE,
@@ -178,6 +193,9 @@ CREATE TABLE eventq_internal.consumers (
     created_at   timestamptz NOT NULL DEFAULT now(),
     -- the role that created it (its members may work it, given `consume` on the stream)
     owner        regrole NOT NULL,
+    -- declared action order per key (see sequence_ready), and how long a task waits for it
+    sequence         text[],
+    sequence_timeout interval,
     CONSTRAINT consumers_patterns_check
         CHECK (eventq_internal.valid_patterns(subjects) AND eventq_internal.valid_patterns(exclude))
 );
@@ -242,8 +260,14 @@ CREATE TABLE eventq_internal.key_heads (
     consumer_id integer NOT NULL,
     order_key   text NOT NULL,
     head_seq    bigint,
+    -- the sequence's subjects finished for this key (see sequence_ready)
+    sequence_done bigint NOT NULL DEFAULT 0,
+    -- a key whose waiting tasks all wait for their sequence: when the oldest times out
+    blocked_until timestamptz,
     PRIMARY KEY (consumer_id, order_key)
 );
+CREATE INDEX key_heads_blocked ON eventq_internal.key_heads (consumer_id, blocked_until)
+    WHERE blocked_until IS NOT NULL;
 
 -- Keys whose row was busy when a drain or a background pass wanted to look at it: the
 -- next drain settles them (src/storage/keys.rs). No unique key: inserting a recheck must

@@ -33,7 +33,7 @@ WHERE pg_catalog.pg_has_role(CURRENT_USER, g.grantee, 'USAGE');
 CREATE VIEW eventq_internal.caller_consumers WITH (security_barrier) AS
 SELECT c.id, c.name, c.stream_id, c.mode, c.subjects, c.exclude, c.include_re, c.exclude_re,
        c.ordering, c.max_attempts, c.backoff, c.backoff_base, c.backoff_max, c.lease, c.paused,
-       c.cursor_seq, c.start_at, c.created_at, c.owner
+       c.cursor_seq, c.start_at, c.created_at, c.owner, c.sequence, c.sequence_timeout
 FROM eventq_internal.consumers c
 WHERE (SELECT eventq_internal.caller_is_admin())
    OR pg_catalog.pg_has_role(CURRENT_USER, c.owner, 'USAGE')
@@ -99,7 +99,9 @@ SELECT c.name,
        c.lease,
        c.start_at,
        c.created_at,
-       c.owner::text AS owner
+       c.owner::text AS owner,
+       c.sequence,
+       c.sequence_timeout
 FROM eventq_internal.caller_consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id
 LEFT JOIN LATERAL (

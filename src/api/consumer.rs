@@ -2,11 +2,12 @@
 
 use super::{micros, required};
 use crate::core::names::{validate_name, Kind};
-use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
+use crate::core::settings::{self, BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use crate::core::subject::Filter;
 use crate::error::{self, OrRaise};
 use crate::storage::consumers::{self, Changes, Consumer, NewConsumer};
 use crate::storage::isolation::retrying;
+use crate::storage::keys;
 use crate::storage::streams;
 use crate::wakeup;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -65,9 +66,12 @@ fn start_from(client: &SpiClient<'_>, consumer: &Consumer, start_at: TimestampWi
 /// `start_at` NULL: the events after the log's head when the consumer is created;
 /// `'-infinity'`: every retained event and every later one; a time: the retained and later
 /// events published at or after it (also when that time is still to come).
-#[pg_extern]
+/// `sequence` (with `ordering => 'key'`): for each key, a task whose subject is listed waits
+/// until the subjects listed before it have been completed or discarded for that key, or,
+/// with `sequence_timeout`, until it has waited that long.
+#[pg_extern(name = "create_consumer")]
 #[allow(clippy::too_many_arguments)]
-fn create_consumer(
+fn create_consumer_with_sequence(
     name: Option<&str>,
     stream: Option<&str>,
     subjects: default!(Option<Vec<Option<String>>>, "'{>}'"),
@@ -80,6 +84,8 @@ fn create_consumer(
     backoff_max: default!(Option<Interval>, "'1 hour'"),
     lease: default!(Option<Interval>, "'30 seconds'"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    sequence: default!(Option<Vec<Option<String>>>, "NULL"),
+    sequence_timeout: default!(Option<Interval>, "NULL"),
 ) {
     let call = super::access::enter();
     let name = required(name, "name");
@@ -97,6 +103,8 @@ fn create_consumer(
     let max_attempts = max_attempts.unwrap_or(10);
     check_policy(max_attempts, backoff, backoff_base, backoff_max, lease);
     let limit = start_at.and_then(start_limit);
+    let sequence = settings::sequence(sequence.unwrap_or_default(), ordering).or_raise();
+    check_sequence_timeout(sequence.is_some(), sequence_timeout);
 
     retrying(|| Spi::connect(|client| {
         let stream_id =
@@ -123,6 +131,8 @@ fn create_consumer(
                 lease,
                 start_at: limit,
                 owner: call.caller(),
+                sequence: sequence.clone(),
+                sequence_timeout,
             },
         );
         if created.is_none() {
@@ -144,9 +154,11 @@ fn create_consumer(
 /// budget), a log consumer's cursor moves before them; and from then on, only events
 /// published at or after it reach the consumer. The mode cannot change. Drains route
 /// around the consumer until this transaction ends, then give it what they held back.
-#[pg_extern]
+/// `sequence => '{}'` removes the sequence (and its timeout); a new sequence applies to
+/// every task not yet in flight.
+#[pg_extern(name = "alter_consumer")]
 #[allow(clippy::too_many_arguments)]
-fn alter_consumer(
+fn alter_consumer_with_sequence(
     name: Option<&str>,
     subjects: default!(Option<Vec<Option<String>>>, "NULL"),
     exclude: default!(Option<Vec<Option<String>>>, "NULL"),
@@ -158,6 +170,8 @@ fn alter_consumer(
     backoff_max: default!(Option<Interval>, "NULL"),
     lease: default!(Option<Interval>, "NULL"),
     start_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    sequence: default!(Option<Vec<Option<String>>>, "NULL"),
+    sequence_timeout: default!(Option<Interval>, "NULL"),
 ) {
     let call = super::access::enter();
     let name = required(name, "name");
@@ -197,6 +211,18 @@ fn alter_consumer(
                 mode.map(Mode::as_str).unwrap_or_default()
             ));
         }
+        let final_ordering = ordering.unwrap_or(current.ordering);
+        let new_sequence =
+            sequence.clone().map(|list| settings::sequence(list, final_ordering).or_raise());
+        let final_sequence = new_sequence.clone().unwrap_or_else(|| current.sequence.clone());
+        if final_sequence.is_some() && final_ordering != KeyOrdering::Key {
+            error::invalid_argument(format!(
+                "consumer \"{name}\" has a sequence, which needs ordering => 'key': remove it with sequence => '{{}}'"
+            ));
+        }
+        if sequence_timeout.is_some() {
+            check_sequence_timeout(final_sequence.is_some(), sequence_timeout);
+        }
         let p = current.policy;
         let merged = RetryPolicy {
             max_attempts: max_attempts.unwrap_or(p.max_attempts),
@@ -221,6 +247,8 @@ fn alter_consumer(
                 backoff_max,
                 lease,
                 start_at: limit,
+                sequence: new_sequence.clone(),
+                sequence_timeout,
             },
         );
         if current.mode == Mode::Task {
@@ -233,6 +261,9 @@ fn alter_consumer(
                 }
                 _ => {}
             }
+            if final_ordering == KeyOrdering::Key && (new_sequence.is_some() || sequence_timeout.is_some()) {
+                keys::resequence(client, current.id);
+            }
         }
         if let Some(start_at) = start_at {
             let changed =
@@ -241,6 +272,59 @@ fn alter_consumer(
         }
     }));
     wakeup::published_in_this_transaction();
+}
+
+fn check_sequence_timeout(has_sequence: bool, timeout: Option<Interval>) {
+    if timeout.is_some() && !has_sequence {
+        error::invalid_argument("sequence_timeout needs a sequence");
+    }
+    super::duration_micros(timeout, "sequence_timeout");
+}
+
+// The entry points the SQL of version 0.1.0 calls, by these symbol names and with these
+// arguments, until the database runs ALTER EXTENSION eventq UPDATE (see api::task).
+
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn create_consumer(
+    name: Option<&str>,
+    stream: Option<&str>,
+    subjects: Option<Vec<Option<String>>>,
+    exclude: Option<Vec<Option<String>>>,
+    mode: Option<&str>,
+    ordering: Option<&str>,
+    max_attempts: Option<i32>,
+    backoff: Option<&str>,
+    backoff_base: Option<Interval>,
+    backoff_max: Option<Interval>,
+    lease: Option<Interval>,
+    start_at: Option<TimestampWithTimeZone>,
+) {
+    create_consumer_with_sequence(
+        name, stream, subjects, exclude, mode, ordering, max_attempts, backoff, backoff_base,
+        backoff_max, lease, start_at, None, None,
+    )
+}
+
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn alter_consumer(
+    name: Option<&str>,
+    subjects: Option<Vec<Option<String>>>,
+    exclude: Option<Vec<Option<String>>>,
+    mode: Option<&str>,
+    ordering: Option<&str>,
+    max_attempts: Option<i32>,
+    backoff: Option<&str>,
+    backoff_base: Option<Interval>,
+    backoff_max: Option<Interval>,
+    lease: Option<Interval>,
+    start_at: Option<TimestampWithTimeZone>,
+) {
+    alter_consumer_with_sequence(
+        name, subjects, exclude, mode, ordering, max_attempts, backoff, backoff_base,
+        backoff_max, lease, start_at, None, None,
+    )
 }
 
 /// While paused, pull and fetch return nothing; tasks keep accumulating.

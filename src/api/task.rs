@@ -56,6 +56,9 @@ fn pull(
                 tasks::rescue_and_promote(client, c.id, c.stream_id, c.policy.max_attempts, RESCUE_LIMIT);
                 if c.ordering == KeyOrdering::Key {
                     keys::settle_rechecked(client, c.id);
+                    if c.sequence.is_some() {
+                        keys::release_timed_out(client, c.id);
+                    }
                 }
             }
             tasks::lease(client, c.id, c.stream_id, max, lease.unwrap_or(c.policy.lease))

@@ -104,6 +104,34 @@ impl EventRetry {
     }
 }
 
+/// The most subjects a `sequence` may list: a key's finished subjects are kept as the bits
+/// of a bigint.
+pub const MAX_SEQUENCE: usize = 63;
+
+/// A consumer's `sequence` (declared action order): distinct subjects, in order. An empty
+/// list clears it (`None`). Only with key ordering: the order holds per key.
+pub fn sequence(list: Vec<Option<String>>, ordering: KeyOrdering) -> Result<Option<Vec<String>>, Invalid> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    if ordering != KeyOrdering::Key {
+        return Err(Invalid::new("sequence needs ordering => 'key': the order holds for each key"));
+    }
+    if list.len() > MAX_SEQUENCE {
+        return Err(Invalid(format!("sequence may list at most {MAX_SEQUENCE} subjects")));
+    }
+    let mut subjects: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        let subject = item.ok_or_else(|| Invalid::new("sequence must not contain NULL"))?;
+        super::subject::validate_subject(&subject)?;
+        if subjects.contains(&subject) {
+            return Err(Invalid(format!("sequence lists \"{}\" twice", super::shown(&subject))));
+        }
+        subjects.push(subject);
+    }
+    Ok(Some(subjects))
+}
+
 /// The longest interval any setting or argument takes: 100 years (36,525 days; an interval
 /// counts a month as 30 days). Longer ones would push timestamps eventq computes (a
 /// retention's cutoff, a retry's due time) towards the end of Postgres' range, where
@@ -212,6 +240,26 @@ mod tests {
         assert!(EventRetry { backoff_base: Some(MAX_INTERVAL_MICROS + 1), ..EventRetry::default() }
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn a_sequence_lists_distinct_subjects_and_needs_key_ordering() {
+        let list = |items: &[&str]| items.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            sequence(list(&["user.created", "user.paid"]), KeyOrdering::Key).unwrap(),
+            Some(vec!["user.created".to_string(), "user.paid".to_string()])
+        );
+        assert_eq!(sequence(vec![], KeyOrdering::None).unwrap(), None);
+        for (items, ordering, message) in [
+            (list(&["a"]), KeyOrdering::None, "needs ordering => 'key'"),
+            (list(&["a", "b", "a"]), KeyOrdering::Key, "lists \"a\" twice"),
+            (list(&["a.*"]), KeyOrdering::Key, "invalid subject"),
+            (vec![None], KeyOrdering::Key, "must not contain NULL"),
+            ((0..64).map(|i| Some(format!("s{i}"))).collect(), KeyOrdering::Key, "at most 63"),
+        ] {
+            let err = sequence(items, ordering).unwrap_err();
+            assert!(err.0.contains(message), "{}", err.0);
+        }
     }
 
     #[test]

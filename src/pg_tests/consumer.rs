@@ -50,6 +50,95 @@ mod tests {
         assert_eq!(subjects("co_created"), Some("order.created,payment.created".into()));
     }
 
+    fn pulled(consumer: &str) -> String {
+        one::<String>(&format!(
+            "SELECT coalesce(string_agg(key || ':' || subject, ',' ORDER BY seq), '') FROM eventq.pull('{consumer}', 10)"
+        ))
+        .unwrap_or_default()
+    }
+
+    fn ack_running(consumer: &str) {
+        // Waiting tasks were made after this transaction's now(): promoted, they would be
+        // due only later (inside one transaction now() stands still).
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'waiting'");
+        run(&format!(
+            "SELECT eventq.ack('{consumer}', ARRAY(SELECT task_id FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'running'))"
+        ));
+    }
+
+    #[pg_test]
+    fn a_sequence_orders_each_keys_subjects_whatever_their_publish_order() {
+        run("SELECT eventq.create_stream('sq')");
+        run("SELECT eventq.create_consumer('sq_c', 'sq', ordering => 'key', sequence => '{user.created,user.purchased,user.paid}')");
+        run("SELECT eventq.publish('sq', 'user.paid', key => 'u1'), eventq.publish('sq', 'user.purchased', key => 'u1'),
+                    eventq.publish('sq', 'user.created', key => 'u1'), eventq.publish('sq', 'user.created', key => 'u2'),
+                    eventq.publish('sq', 'user.noted', key => 'u3'), eventq.publish('sq', 'user.paid', key => 'u4')");
+        // subjects outside the sequence are always ready; u4 waits for a user.created
+        assert_eq!(pulled("sq_c"), "u1:user.created,u2:user.created,u3:user.noted");
+        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'sq_c' AND state = 'waiting'"), 3);
+        ack_running("sq_c");
+        assert_eq!(pulled("sq_c"), "u1:user.purchased");
+        // a discard counts as finished too
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'waiting'");
+        run("SELECT eventq.discard('sq_c', task_id) FROM eventq.tasks WHERE consumer = 'sq_c' AND state = 'running'");
+        assert_eq!(pulled("sq_c"), "u1:user.paid");
+        ack_running("sq_c");
+        assert_eq!(pulled("sq_c"), "");
+        // what a key has finished stays: a later purchase of u1 goes at once, u4 still waits
+        run("SELECT eventq.publish('sq', 'user.purchased', key => 'u1')");
+        assert_eq!(pulled("sq_c"), "u1:user.purchased");
+        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'sq_c' AND sequence = '{user.created,user.purchased,user.paid}' AND waiting = 1"), 1);
+        // the missing event arrives: the key goes in order
+        ack_running("sq_c");
+        run("SELECT eventq.publish('sq', 'user.created', key => 'u4')");
+        assert_eq!(pulled("sq_c"), "u4:user.created");
+        ack_running("sq_c");
+        assert_eq!(pulled("sq_c"), "");
+        // (u4's user.paid still waits: user.purchased never came for u4)
+        run("SELECT eventq.publish('sq', 'user.purchased', key => 'u4')");
+        assert_eq!(pulled("sq_c"), "u4:user.purchased");
+        ack_running("sq_c");
+        assert_eq!(pulled("sq_c"), "u4:user.paid");
+    }
+
+    #[pg_test]
+    fn a_sequence_timeout_releases_a_task_and_says_so() {
+        run("SELECT eventq.create_stream('sqt')");
+        run("SELECT eventq.create_consumer('sqt_c', 'sqt', ordering => 'key', sequence => '{a.created,a.paid}', sequence_timeout => '1 minute')");
+        run("SELECT eventq.publish('sqt', 'a.paid', key => 'k')");
+        assert_eq!(pulled("sqt_c"), "");
+        assert_eq!(
+            one::<bool>("SELECT blocked_until BETWEEN now() AND now() + interval '1 minute' FROM eventq_internal.key_heads WHERE order_key = 'k'"),
+            Some(true)
+        );
+        // (inside one transaction now() stands still: the wait is moved back instead)
+        run("UPDATE eventq_internal.tasks SET created_at = created_at - interval '2 minutes' WHERE order_key = 'k'");
+        run("UPDATE eventq_internal.key_heads SET blocked_until = blocked_until - interval '2 minutes' WHERE order_key = 'k'");
+        assert_eq!(pulled("sqt_c"), "k:a.paid");
+        assert_eq!(
+            one::<String>("SELECT state || ':' || last_error FROM eventq.tasks WHERE consumer = 'sqt_c'"),
+            Some("running:released by sequence_timeout".into())
+        );
+        // removing the sequence lets everything waiting go in seq order
+        run("SELECT eventq.alter_consumer('sqt_c', sequence_timeout => '1 hour')");
+        ack_running("sqt_c");
+        run("SELECT eventq.publish('sqt', 'a.paid', key => 'j')");
+        assert_eq!(pulled("sqt_c"), "");
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'waiting'");
+        run("SELECT eventq.alter_consumer('sqt_c', sequence => '{}')");
+        assert_eq!(pulled("sqt_c"), "j:a.paid");
+        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'sqt_c' AND sequence IS NULL AND sequence_timeout IS NULL"), 1);
+        for (sql, message) in [
+            ("SELECT eventq.create_consumer('sq_x', 'sqt', sequence => '{a}')", "needs ordering => 'key'"),
+            ("SELECT eventq.create_consumer('sq_x', 'sqt', ordering => 'key', sequence_timeout => '1 minute')", "sequence_timeout needs a sequence"),
+            ("SELECT eventq.create_consumer('sq_x', 'sqt', ordering => 'key', sequence => '{a,a}')", "twice"),
+            ("SELECT eventq.create_consumer('sq_x', 'sqt', ordering => 'key', sequence => '{a}', sequence_timeout => '0')", "sequence_timeout must be a positive"),
+            ("SELECT eventq.alter_consumer('sqt_c', ordering => 'none', sequence => '{a}')", "needs ordering => 'key'"),
+        ] {
+            assert_error(sql, "22023", message);
+        }
+    }
+
     #[pg_test]
     fn consumer_errors_change_nothing() {
         run("SELECT eventq.create_stream('co_e')");

@@ -30,6 +30,8 @@ pub struct Consumer {
     pub start_at: Option<TimestampWithTimeZone>,
     /// The role that created it.
     pub owner: pg_sys::Oid,
+    /// Declared action order per key (with key ordering), if any.
+    pub sequence: Option<Vec<String>>,
 }
 
 static FIND: Statement = Statement::new(
@@ -37,7 +39,7 @@ static FIND: Statement = Statement::new(
             (extract(epoch FROM backoff_base) * 1000000)::bigint,
             (extract(epoch FROM backoff_max) * 1000000)::bigint,
             (extract(epoch FROM lease) * 1000000)::bigint,
-            include_re, exclude_re, cursor_seq, start_at, owner::oid
+            include_re, exclude_re, cursor_seq, start_at, owner::oid, sequence
      FROM eventq_internal.consumers WHERE name = $1",
     &[TEXT],
 );
@@ -64,6 +66,7 @@ pub fn find(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
         cursor_seq: column(&row, 13).unwrap_or(0),
         start_at: column(&row, 14),
         owner: column(&row, 15).unwrap_or(pg_sys::InvalidOid),
+        sequence: column(&row, 16),
     })
 }
 
@@ -93,6 +96,8 @@ pub struct NewConsumer<'a> {
     pub lease: Interval,
     pub start_at: Option<TimestampWithTimeZone>,
     pub owner: pg_sys::Oid,
+    pub sequence: Option<Vec<String>>,
+    pub sequence_timeout: Option<Interval>,
 }
 
 // A task consumer gets an open gap from the head on: drains that run before this
@@ -102,8 +107,9 @@ static INSERT: Statement = Statement::new(
          INSERT INTO eventq_internal.consumers
              (name, stream_id, mode, subjects, exclude, include_re, exclude_re, ordering,
               max_attempts, backoff, backoff_base, backoff_max, lease, start_at, cursor_seq,
-              owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::regrole)
+              owner, sequence, sequence_timeout)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::regrole,
+                 $17, $18)
          ON CONFLICT (name) DO NOTHING RETURNING id, mode
      ), gap AS (
          INSERT INTO eventq_internal.routing_gaps (consumer_id, from_seq)
@@ -112,7 +118,7 @@ static INSERT: Statement = Statement::new(
      SELECT id FROM created",
     &[
         TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL, TIMESTAMPTZ, BIGINT, OID,
+        INTERVAL, TIMESTAMPTZ, BIGINT, OID, TEXT_ARRAY, INTERVAL,
     ],
 );
 
@@ -139,6 +145,8 @@ pub fn insert(client: &SpiClient<'_>, c: NewConsumer<'_>) -> Option<i32> {
             arg(c.start_at),
             arg(head),
             arg(c.owner),
+            arg(c.sequence),
+            arg(c.sequence_timeout),
         ],
     )
 }
@@ -158,6 +166,9 @@ pub struct Changes {
     pub lease: Option<Interval>,
     /// `Some(None)` clears the limit.
     pub start_at: Option<Option<TimestampWithTimeZone>>,
+    /// `Some(None)` clears the sequence (and its timeout).
+    pub sequence: Option<Option<Vec<String>>>,
+    pub sequence_timeout: Option<Interval>,
 }
 
 static UPDATE: Statement = Statement::new(
@@ -172,11 +183,14 @@ static UPDATE: Statement = Statement::new(
          backoff_base = coalesce($10, backoff_base),
          backoff_max = coalesce($11, backoff_max),
          lease = coalesce($12, lease),
-         start_at = CASE WHEN $13 THEN $14 ELSE start_at END
+         start_at = CASE WHEN $13 THEN $14 ELSE start_at END,
+         sequence = CASE WHEN $15 THEN $16 ELSE sequence END,
+         sequence_timeout = CASE WHEN $15 AND $16 IS NULL THEN NULL
+                                 ELSE coalesce($17, sequence_timeout) END
      WHERE id = $1",
     &[
         INT, TEXT_ARRAY, TEXT_ARRAY, BOOL, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL, BOOL, TIMESTAMPTZ,
+        INTERVAL, BOOL, TIMESTAMPTZ, BOOL, TEXT_ARRAY, INTERVAL,
     ],
 );
 
@@ -188,6 +202,10 @@ pub fn update(client: &SpiClient<'_>, id: i32, c: Changes) {
     };
     let (new_start, start_at) = match c.start_at {
         Some(start) => (true, start),
+        None => (false, None),
+    };
+    let (new_sequence, sequence) = match c.sequence {
+        Some(sequence) => (true, sequence),
         None => (false, None),
     };
     UPDATE.run(
@@ -207,6 +225,9 @@ pub fn update(client: &SpiClient<'_>, id: i32, c: Changes) {
             arg(c.lease),
             arg(new_start),
             arg(start_at),
+            arg(new_sequence),
+            arg(sequence),
+            arg(c.sequence_timeout),
         ],
     );
 }

@@ -42,7 +42,8 @@ pub enum Busy {
 }
 
 // The drain's claims: the first new task of each (consumer, key) in this drain. Of the
-// rows it can lock, those of idle keys with nothing waiting are taken by the claim's task;
+// rows it can lock, those of idle keys with nothing waiting are taken by the claim's task
+// (if its consumer's sequence lets it go: otherwise it waits, and the key is settled);
 // the others (idle with tasks waiting, or a head no longer in flight) are returned to be
 // settled once the new tasks are in. A busy row gets a recheck; a missing row is created
 // with the claim's task as head (if a concurrent insert beat it, a recheck).
@@ -59,12 +60,25 @@ static CLAIM: Statement = Statement::new(
          WHERE (h.consumer_id, h.order_key) IN (SELECT consumer_id, order_key FROM present)
          ORDER BY h.consumer_id, h.order_key
          FOR UPDATE OF h SKIP LOCKED
+     ), ready AS (
+         -- whether the claim's task may go now as far as its consumer's sequence goes, for
+         -- a key that has finished `done` of it (none, for a key without a row)
+         SELECT w.consumer_id, w.order_key,
+                c.sequence IS NULL
+                  OR eventq_internal.sequence_ready(c.sequence,
+                         coalesce((SELECT h.sequence_done FROM eventq_internal.key_heads h
+                                   WHERE h.consumer_id = w.consumer_id AND h.order_key = w.order_key), 0),
+                         (SELECT e.subject FROM eventq_internal.events e
+                          WHERE e.stream_id = c.stream_id AND e.seq = w.seq)) AS ok
+         FROM wanted w JOIN eventq_internal.consumers c ON c.id = w.consumer_id
      ), judged AS (
          SELECT l.consumer_id, l.order_key, w.seq,
                 l.head_seq IS NULL
                   AND NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
                                   WHERE t.consumer_id = l.consumer_id AND t.order_key = l.order_key
-                                    AND t.state = 'waiting') AS free,
+                                    AND t.state = 'waiting')
+                  AND (SELECT r.ok FROM ready r
+                       WHERE r.consumer_id = l.consumer_id AND r.order_key = l.order_key) AS free,
                 l.head_seq IS NULL
                   OR NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
                                  WHERE t.consumer_id = l.consumer_id AND t.seq = l.head_seq
@@ -79,7 +93,11 @@ static CLAIM: Statement = Statement::new(
          RETURNING h.consumer_id, h.order_key, h.head_seq
      ), inserted AS (
          INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
-         SELECT w.consumer_id, w.order_key, w.seq FROM wanted w
+         SELECT w.consumer_id, w.order_key,
+                CASE WHEN (SELECT r.ok FROM ready r
+                           WHERE r.consumer_id = w.consumer_id AND r.order_key = w.order_key)
+                     THEN w.seq END
+         FROM wanted w
          WHERE NOT EXISTS (SELECT 1 FROM present p
                            WHERE p.consumer_id = w.consumer_id AND p.order_key = w.order_key)
          ORDER BY 1, 2
@@ -99,9 +117,13 @@ static CLAIM: Statement = Statement::new(
      )
      SELECT consumer_id, order_key, head_seq, true FROM claimed
      UNION ALL
-     SELECT consumer_id, order_key, head_seq, true FROM inserted
+     SELECT consumer_id, order_key, head_seq, true FROM inserted WHERE head_seq IS NOT NULL
      UNION ALL
-     SELECT consumer_id, order_key, seq, false FROM judged WHERE NOT free AND stale",
+     SELECT consumer_id, order_key, seq, false FROM judged WHERE NOT free AND stale
+     UNION ALL
+     SELECT i.consumer_id, i.order_key, w.seq, false FROM inserted i
+     JOIN wanted w ON w.consumer_id = i.consumer_id AND w.order_key = i.order_key
+     WHERE i.head_seq IS NULL",
     &[INT_ARRAY, TEXT_ARRAY, BIGINT_ARRAY],
 );
 
@@ -274,22 +296,143 @@ static SETTLE: Statement = Statement::new(
     &[INT, TEXT_ARRAY],
 );
 
+// SETTLE for a consumer with a sequence. The head that finished adds its subject to the
+// key's finished ones; the next head is the oldest waiting task that its sequence lets go,
+// or that has waited `sequence_timeout` (released: the task says so in `last_error`). A key
+// whose waiting tasks all wait for their sequence keeps no head, and with a timeout, the
+// time the oldest of them is released (`blocked_until`, see `release_timed_out`). Only
+// the waiting tasks of the keys being settled are read.
+static SETTLE_SEQUENCED: Statement = Statement::new(
+    "WITH cfg AS (
+         SELECT c.stream_id, c.sequence, c.sequence_timeout
+         FROM eventq_internal.consumers c WHERE c.id = $1
+     ), heads AS (
+         SELECT h.order_key, h.head_seq, h.sequence_done FROM eventq_internal.key_heads h
+         WHERE h.consumer_id = $1 AND h.order_key = ANY ($2)
+     ), stale AS (
+         SELECT hd.order_key,
+                hd.sequence_done
+                  | coalesce((SELECT eventq_internal.sequence_bit(cfg.sequence, e.subject)
+                              FROM eventq_internal.tasks t
+                              JOIN eventq_internal.events e
+                                ON e.stream_id = cfg.stream_id AND e.seq = t.seq
+                              WHERE t.consumer_id = $1 AND t.seq = hd.head_seq
+                                AND t.state IN ('completed', 'discarded')), 0) AS done
+         FROM heads hd CROSS JOIN cfg
+         WHERE hd.head_seq IS NULL
+            OR NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
+                           WHERE t.consumer_id = $1 AND t.seq = hd.head_seq
+                             AND t.state IN ('available', 'scheduled', 'running', 'retryable'))
+     ), next AS (
+         SELECT DISTINCT ON (t.order_key) t.order_key, t.seq,
+                NOT eventq_internal.sequence_ready(cfg.sequence, s.done, e.subject) AS released
+         FROM stale s
+         CROSS JOIN cfg
+         JOIN eventq_internal.tasks t
+           ON t.consumer_id = $1 AND t.order_key = s.order_key AND t.state = 'waiting'
+         LEFT JOIN eventq_internal.events e ON e.stream_id = cfg.stream_id AND e.seq = t.seq
+         WHERE eventq_internal.sequence_ready(cfg.sequence, s.done, e.subject)
+            OR t.created_at <= pg_catalog.now() - cfg.sequence_timeout
+         ORDER BY t.order_key, t.seq
+     ), promoted AS (
+         UPDATE eventq_internal.tasks t
+         SET state = CASE WHEN t.run_at > pg_catalog.now() THEN 'scheduled' ELSE 'available' END
+                     ::eventq_internal.task_state,
+             last_error = CASE WHEN n.released THEN 'released by sequence_timeout'
+                               ELSE t.last_error END
+         FROM next n
+         WHERE t.consumer_id = $1 AND t.seq = n.seq AND t.state = 'waiting'
+         RETURNING t.order_key, t.seq
+     ), named AS (
+         UPDATE eventq_internal.key_heads h
+         SET head_seq = p.seq,
+             sequence_done = s.done,
+             blocked_until = CASE WHEN p.seq IS NULL THEN
+                                 (SELECT pg_catalog.min(t.created_at) FROM eventq_internal.tasks t
+                                  WHERE t.consumer_id = $1 AND t.order_key = s.order_key
+                                    AND t.state = 'waiting') + cfg.sequence_timeout
+                             END
+         FROM stale s CROSS JOIN cfg LEFT JOIN promoted p ON p.order_key = s.order_key
+         WHERE h.consumer_id = $1 AND h.order_key = s.order_key
+     )
+     SELECT n.order_key FROM next n
+     WHERE NOT EXISTS (SELECT 1 FROM promoted p WHERE p.order_key = n.order_key)",
+    &[INT, TEXT_ARRAY],
+);
+
+static SEQUENCED: Statement = Statement::new(
+    "SELECT sequence IS NOT NULL FROM eventq_internal.consumers WHERE id = $1",
+    &[INT],
+);
+
 /// Settles keys whose rows the caller holds.
 fn settle(client: &SpiClient<'_>, consumer_id: i32, mut locked: Vec<String>) {
-    if !locked.is_empty() {
-        // A waiting task made available may lie below where pulls start.
-        crate::pull_start::released(consumer_id);
+    if locked.is_empty() {
+        return;
     }
+    // A waiting task made available may lie below where pulls start.
+    crate::pull_start::released(consumer_id);
+    let sequenced = super::scalar::<bool>(&SEQUENCED, client, &[arg(consumer_id)]).unwrap_or(false);
+    let statement = if sequenced { &SETTLE_SEQUENCED } else { &SETTLE };
     // Each round promotes a waiting task or finds it gone; rounds end when none vanished.
     for _ in 0..1000 {
         if locked.is_empty() {
             break;
         }
-        locked = SETTLE
+        locked = statement
             .run(client, &[arg(consumer_id), arg(locked)])
             .filter_map(|row| column(&row, 1))
             .collect();
     }
+}
+
+// Keys whose waiting tasks all wait for the sequence and the oldest has waited its
+// `sequence_timeout`: locked (skipping busy ones) to be settled, which releases it.
+static TIMED_OUT: Statement = Statement::new(
+    "SELECT order_key FROM eventq_internal.key_heads
+     WHERE consumer_id = $1 AND blocked_until <= pg_catalog.now()
+     ORDER BY order_key LIMIT 1000
+     FOR UPDATE SKIP LOCKED",
+    &[INT],
+);
+
+/// Releases tasks that have waited their consumer's `sequence_timeout` (before pulls, and
+/// in every maintenance pass). Returns how many keys it settled.
+pub fn release_timed_out(client: &SpiClient<'_>, consumer_id: i32) -> usize {
+    let keys: Vec<String> =
+        TIMED_OUT.run(client, &[arg(consumer_id)]).filter_map(|row| column(&row, 1)).collect();
+    let n = keys.len();
+    settle(client, consumer_id, keys);
+    n
+}
+
+// A new sequence: what each key has finished of it is worked out again from its finished
+// tasks still kept, and every key with tasks waiting is settled under the new order.
+static RESEQUENCE: Statement = Statement::new(
+    "WITH cfg AS (
+         SELECT c.stream_id, c.sequence FROM eventq_internal.consumers c WHERE c.id = $1
+     ), recounted AS (
+         UPDATE eventq_internal.key_heads h
+         SET sequence_done = coalesce(
+                 (SELECT pg_catalog.bit_or(eventq_internal.sequence_bit(cfg.sequence, e.subject))
+                  FROM eventq_internal.tasks t
+                  JOIN eventq_internal.events e ON e.stream_id = cfg.stream_id AND e.seq = t.seq
+                  WHERE t.consumer_id = $1 AND t.order_key = h.order_key
+                    AND t.state IN ('completed', 'discarded')), 0),
+             blocked_until = NULL
+         FROM cfg
+         WHERE h.consumer_id = $1
+     )
+     SELECT DISTINCT order_key FROM eventq_internal.tasks
+     WHERE consumer_id = $1 AND state = 'waiting'",
+    &[INT],
+);
+
+/// After the consumer's sequence changed; the caller holds the consumer's lock.
+pub fn resequence(client: &SpiClient<'_>, consumer_id: i32) {
+    let keys: Vec<String> =
+        RESEQUENCE.run(client, &[arg(consumer_id)]).filter_map(|row| column(&row, 1)).collect();
+    settle_keys(client, consumer_id, keys, Busy::Wait);
 }
 
 /// Heads of a consumer finished: `(key, seq)` of each. Hands every such key to its next

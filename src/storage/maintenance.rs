@@ -118,6 +118,7 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
             let r = tasks::rescue_and_promote(client, id, stream_id, max_attempts, RESCUE_LIMIT);
             if keyed {
                 keys::recheck_for(client, id);
+                keys::release_timed_out(client, id);
             }
             r
         });

@@ -144,12 +144,13 @@ static SET_CLEANUP_SEQ: Statement = Statement::new(
 );
 
 // Rows of idle keys with nothing waiting (run under the drain lock, so that no drain is
-// inserting the same key meanwhile).
+// inserting the same key meanwhile). A row that remembers what the key has finished of
+// its consumer's sequence stays: forgetting it would hold the key's next tasks back again.
 static REMOVE_IDLE_KEYS: Statement = Statement::new(
     "DELETE FROM eventq_internal.key_heads h
      WHERE h.ctid = ANY (ARRAY (
              SELECT ctid FROM eventq_internal.key_heads
-             WHERE head_seq IS NULL LIMIT $1
+             WHERE head_seq IS NULL AND sequence_done = 0 LIMIT $1
              FOR UPDATE SKIP LOCKED))
        AND NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
                        WHERE t.consumer_id = h.consumer_id AND t.order_key = h.order_key
