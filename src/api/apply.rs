@@ -49,11 +49,12 @@ fn current(client: &SpiClient<'_>, spec: &Spec) -> Current {
     }
     let sql = format!(
         "SELECT name, stream, mode::text, subjects::text[], exclude::text[], ordering::text,
-                max_attempts, backoff::text, {}, {}, {}, paused
+                max_attempts, backoff::text, {}, {}, {}, paused, sequence, {}
          FROM eventq.consumers WHERE name = ANY ($1::text[])",
         micros_sql("backoff_base"),
         micros_sql("backoff_max"),
-        micros_sql("lease")
+        micros_sql("lease"),
+        micros_sql("sequence_timeout")
     );
     for row in client.select(&sql, None, &[arg(consumers)]).or_raise() {
         now.consumers.push(ConsumerNow {
@@ -69,6 +70,8 @@ fn current(client: &SpiClient<'_>, spec: &Spec) -> Current {
             backoff_max: row.get(10).ok().flatten().unwrap_or_default(),
             lease: row.get(11).ok().flatten().unwrap_or_default(),
             paused: row.get(12).ok().flatten().unwrap_or_default(),
+            sequence: row.get(13).ok().flatten(),
+            sequence_timeout: row.get(14).ok().flatten(),
         });
     }
     if !spec.grants.is_empty() {

@@ -52,6 +52,8 @@ pub struct ConsumerSpec {
     pub lease: Option<String>,
     pub start_at: Option<String>,
     pub paused: Option<bool>,
+    pub sequence: Option<Vec<String>>,
+    pub sequence_timeout: Option<String>,
     pub absent: bool,
 }
 
@@ -100,6 +102,9 @@ pub struct ConsumerNow {
     pub backoff_max: i64,
     pub lease: i64,
     pub paused: bool,
+    pub sequence: Option<Vec<String>>,
+    /// Microseconds.
+    pub sequence_timeout: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +256,8 @@ impl Spec {
                     &e,
                     &[
                         "name", "stream", "mode", "subjects", "exclude", "ordering", "max_attempts",
-                        "backoff", "backoff_base", "backoff_max", "lease", "start_at", "paused", "absent",
+                        "backoff", "backoff_base", "backoff_max", "lease", "start_at", "paused", "sequence",
+                        "sequence_timeout", "absent",
                     ],
                     &what,
                 )?;
@@ -268,6 +274,8 @@ impl Spec {
                     lease: text(&e, "lease", &what)?,
                     start_at: text(&e, "start_at", &what)?,
                     paused: flag(&e, "paused", &what)?,
+                    sequence: texts(&e, "sequence", &what)?,
+                    sequence_timeout: text(&e, "sequence_timeout", &what)?,
                     absent: flag(&e, "absent", &what)?.unwrap_or(false),
                     name,
                 };
@@ -325,7 +333,9 @@ impl Spec {
             })
             .collect();
         for c in &self.consumers {
-            all.extend([&c.backoff_base, &c.backoff_max, &c.lease].into_iter().flatten().cloned());
+            all.extend(
+                [&c.backoff_base, &c.backoff_max, &c.lease, &c.sequence_timeout].into_iter().flatten().cloned(),
+            );
         }
         all
     }
@@ -457,6 +467,17 @@ fn consumer_changes(c: &ConsumerSpec, n: &ConsumerNow, micros: &dyn Fn(&str) -> 
             wanted.backoff = Some(backoff.to_string());
             changed.push("backoff");
         }
+        // the list's order is its meaning: compared as written; none is an empty list
+        let sequence = c.sequence.clone().unwrap_or_default();
+        if sequence != n.sequence.clone().unwrap_or_default() {
+            wanted.sequence = Some(sequence);
+            changed.push("sequence");
+        }
+        let timeout = c.sequence_timeout.as_deref().map(micros);
+        if timeout != n.sequence_timeout && c.sequence_timeout.is_some() {
+            wanted.sequence_timeout = c.sequence_timeout.clone();
+            changed.push("sequence_timeout");
+        }
         let micros_text = |us: i64| format!("{us} microseconds");
         for (name, given, default, current, slot) in [
             ("backoff_base", &c.backoff_base, DEFAULT_BACKOFF_BASE, n.backoff_base, &mut wanted.backoff_base),
@@ -523,12 +544,14 @@ impl Change {
                          backoff => coalesce($8, 'exponential'),
                          backoff_base => coalesce($9::interval, '1 second'),
                          backoff_max => coalesce($10::interval, '1 hour'),
-                         lease => coalesce($11::interval, '30 seconds'), start_at => $12::timestamptz)"
+                         lease => coalesce($11::interval, '30 seconds'), start_at => $12::timestamptz,
+                         sequence => $13::text[], sequence_timeout => $14::interval)"
                 } else {
                     "SELECT eventq.alter_consumer($1, subjects => $3::text[], exclude => $4::text[],
                          mode => $5, ordering => $6, max_attempts => $7::int, backoff => $8,
                          backoff_base => $9::interval, backoff_max => $10::interval,
-                         lease => $11::interval, start_at => $12::timestamptz)"
+                         lease => $11::interval, start_at => $12::timestamptz,
+                         sequence => $13::text[], sequence_timeout => $14::interval)"
                 };
                 (
                     sql.to_string(),
@@ -545,6 +568,8 @@ impl Change {
                         t(&c.backoff_max),
                         t(&c.lease),
                         t(&if creating { c.start_at.clone() } else { None }),
+                        Param::TextArray(c.sequence.clone()),
+                        t(&c.sequence_timeout),
                     ],
                 )
             }
@@ -624,6 +649,8 @@ mod tests {
             backoff_max: 3600 * S,
             lease: 30 * S,
             paused: false,
+            sequence: None,
+            sequence_timeout: None,
         }
     }
 
@@ -752,6 +779,28 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_is_compared_in_order_and_removed_when_left_out() {
+        let now = Current {
+            consumers: vec![ConsumerNow {
+                ordering: "key".into(),
+                sequence: Some(vec!["a".into(), "b".into()]),
+                sequence_timeout: Some(60 * S),
+                ..consumer_now("c")
+            }],
+            ..Current::default()
+        };
+        let same = json!({"consumers": {"c": {"stream": "orders", "ordering": "key", "sequence": ["a", "b"],
+                                              "sequence_timeout": "1 minute"}}});
+        assert_eq!(changes(same, &now).unwrap(), vec![]);
+        let swapped = changes(json!({"consumers": {"c": {"stream": "orders", "ordering": "key", "sequence": ["b", "a"]}}}), &now).unwrap();
+        assert!(matches!(&swapped[..], [Change::AlterConsumer { changed, .. }] if changed == &["sequence"]), "{swapped:?}");
+        let removed = changes(json!({"consumers": {"c": {"stream": "orders", "ordering": "key"}}}), &now).unwrap();
+        let [Change::AlterConsumer { spec, changed }] = &removed[..] else { panic!("{removed:?}") };
+        assert_eq!(changed, &["sequence"]);
+        assert_eq!(spec.sequence, Some(vec![]));
+    }
+
+    #[test]
     fn a_consumer_cannot_move_streams_or_modes() {
         let now = Current { consumers: vec![consumer_now("c")], ..Current::default() };
         let moved = changes(json!({"consumers": {"c": {"stream": "payments"}}}), &now).unwrap_err();
@@ -801,7 +850,7 @@ mod tests {
         let (sql, params) = create.call();
         assert!(!sql.contains("DROP TABLE"));
         assert_eq!(params[0], Param::Text(Some("x'); DROP TABLE t; --".into())));
-        assert_eq!(params.len(), 12);
+        assert_eq!(params.len(), 14);
         let (sql, params) = Change::DropStream { name: "s".into(), force: false }.call();
         assert_eq!(sql, "SELECT eventq.drop_stream($1, force => false)");
         assert_eq!(params.len(), 1);

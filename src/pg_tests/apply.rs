@@ -64,6 +64,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn apply_sets_and_removes_a_sequence() {
+        let with = r#"{"streams": {"ap_s": {}}, "consumers": {"ap_seq": {"stream": "ap_s", "ordering": "key",
+                       "sequence": ["a.created", "a.paid"], "sequence_timeout": "10 minutes"}}}"#;
+        run(&format!("SELECT eventq.apply('{with}')"));
+        assert_eq!(
+            one::<String>("SELECT sequence::text || ' ' || sequence_timeout::text FROM eventq.consumers WHERE name = 'ap_seq'"),
+            Some("{a.created,a.paid} 00:10:00".into())
+        );
+        assert_eq!(actions(&format!("eventq.apply('{with}')")), "");
+        let without = r#"{"consumers": {"ap_seq": {"stream": "ap_s", "ordering": "key"}}}"#;
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.apply('{without}')->'changes'->0->>'settings'")),
+            Some(r#"["sequence"]"#.into())
+        );
+        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'ap_seq' AND sequence IS NULL AND sequence_timeout IS NULL"), 1);
+    }
+
+    #[pg_test]
     fn apply_can_do_only_what_its_caller_may() {
         run("CREATE ROLE ap_nobody");
         run("SET LOCAL ROLE ap_nobody");
