@@ -249,7 +249,8 @@ pub fn timers_passed(consumer: i32, full: bool, below: i64, changed: bool) {
         return;
     }
     if changed {
-        PASSED.with(|p| p.borrow_mut().push((consumer, full, below)));
+        let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        PASSED.with(|p| p.borrow_mut().push((consumer, full, below, subtransaction)));
         register_callback();
     } else {
         claim_timers(consumer, full, below);
@@ -324,8 +325,9 @@ pub fn forget(consumer: i32) {
 thread_local! {
     /// Consumers whose tasks this transaction may have made available below their start.
     static RELEASED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-    /// Timer passes of this transaction that changed tasks: (consumer, full, below).
-    static PASSED: RefCell<Vec<(i32, bool, i64)>> = const { RefCell::new(Vec::new()) };
+    /// Timer passes of this transaction that changed tasks: (consumer, full, below, and the
+    /// subtransaction whose rollback undoes them).
+    static PASSED: RefCell<Vec<(i32, bool, i64, pg_sys::SubTransactionId)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -345,8 +347,32 @@ pub fn released(consumer: i32) {
 
 fn register_callback() {
     if !CALLBACK_REGISTERED.with(Cell::get) {
-        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_subtransaction_end), std::ptr::null_mut());
+        }
         CALLBACK_REGISTERED.with(|r| r.set(true));
+    }
+}
+
+/// A timer pass in a subtransaction that rolls back changed nothing; one in a subtransaction
+/// that commits is its parent's now.
+#[pg_guard]
+unsafe extern "C-unwind" fn at_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    subtransaction: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => PASSED.with(|p| p.borrow_mut().retain(|e| e.3 != subtransaction)),
+        SUBXACT_EVENT_COMMIT_SUB => PASSED.with(|p| {
+            for e in p.borrow_mut().iter_mut().filter(|e| e.3 == subtransaction) {
+                e.3 = parent;
+            }
+        }),
+        _ => {}
     }
 }
 
@@ -361,7 +387,7 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             for consumer in RELEASED.with(|r| std::mem::take(&mut *r.borrow_mut())) {
                 reset_consumer(consumer);
             }
-            for (consumer, full, below) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+            for (consumer, full, below, _) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
                 claim_timers(consumer, full, below);
             }
         }

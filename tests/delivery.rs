@@ -331,3 +331,56 @@ fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
         db.batch_execute("UPDATE eventq_internal.key_heads SET head_seq = NULL").unwrap();
     }
 }
+
+/// An event's own retry settings, against the real clock: its tasks in every consumer
+/// retry after the event's backoff and give up after the event's attempts, counting leases
+/// that ran out; other events keep their consumer's policy.
+#[test]
+fn an_events_retry_settings_hold_in_every_consumer_with_real_leases() {
+    let cluster = Cluster::start("delivery-event-retry", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('r');
+         SELECT eventq.create_consumer('patient', 'r', max_attempts => 10, backoff => 'fixed', backoff_base => '1 hour');
+         SELECT eventq.create_consumer('other', 'r', max_attempts => 10, backoff => 'fixed', backoff_base => '1 hour');
+         SELECT eventq.publish('r', 'strict', max_attempts => 2, backoff => 'fixed', backoff_base => '50 milliseconds');
+         SELECT eventq.publish('r', 'lenient');",
+    )
+    .unwrap();
+    for consumer in ["patient", "other"] {
+        // attempt 1 fails: due again after the event's 50 ms, not the consumer's hour
+        let rows = db
+            .query(&format!("SELECT task_id, subject, attempt FROM eventq.pull('{consumer}', 10, lease => '200 milliseconds') ORDER BY seq"), &[])
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{consumer}");
+        let (strict, lenient): (i64, i64) = (rows[0].get(0), rows[1].get(0));
+        let retry = |db: &mut postgres::Client, task: i64| -> String {
+            db.query_one(&format!("SELECT eventq.retry('{consumer}', $1, 'failed')"), &[&task]).unwrap().get(0)
+        };
+        assert_eq!(retry(&mut db, strict), "retryable");
+        assert_eq!(retry(&mut db, lenient), "retryable");
+        let again = wait_for("the strict event's retry", Duration::from_secs(5), || {
+            let rows = db.query(&format!("SELECT task_id, attempt FROM eventq.pull('{consumer}', 10, lease => '200 milliseconds')"), &[]).unwrap();
+            match rows.first() {
+                Some(r) => Ok((r.get::<_, i64>(0), r.get::<_, i32>(1), rows.len())),
+                None => Err("nothing due".to_string()),
+            }
+        });
+        assert_eq!(again, (strict, 2, 1), "{consumer}: only the strict event is due again");
+        // attempt 2 is abandoned: its lease runs out, which uses up the event's two attempts
+        let state = wait_for("the lost lease", Duration::from_secs(5), || {
+            db.batch_execute(&format!("SELECT * FROM eventq.pull('{consumer}', 10)")).unwrap();
+            let s: String = db
+                .query_one(&format!("SELECT state FROM eventq.tasks WHERE consumer = '{consumer}' AND task_id = $1"), &[&strict])
+                .unwrap()
+                .get(0);
+            if s == "discarded" { Ok(s) } else { Err(s) }
+        });
+        assert_eq!(state, "discarded");
+        let lost: i64 = db
+            .query_one(&format!("SELECT count(*) FROM eventq.attempts WHERE consumer = '{consumer}' AND task_id = $1 AND outcome = 'lost'"), &[&strict])
+            .unwrap()
+            .get(0);
+        assert_eq!(lost, 1, "{consumer}");
+    }
+}

@@ -261,8 +261,9 @@ fn alter_consumer_with_sequence(
                 }
                 _ => {}
             }
-            if final_ordering == KeyOrdering::Key && (new_sequence.is_some() || sequence_timeout.is_some()) {
-                keys::resequence(client, current.id);
+            let sequence_changed = new_sequence.as_ref().is_some_and(|s| *s != current.sequence);
+            if final_ordering == KeyOrdering::Key && (sequence_changed || sequence_timeout.is_some()) {
+                keys::resequence(client, current.id, sequence_changed.then(|| current.sequence.clone()));
             }
         }
         if let Some(start_at) = start_at {

@@ -102,6 +102,36 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_sequence_holds_across_drain_chunks_alterations_and_cleanup() {
+        run("SELECT eventq.create_stream('sqc')");
+        run("SELECT eventq.create_consumer('sqc_c', 'sqc', ordering => 'key', sequence => '{a,b}')");
+        // the key's tasks fall into different chunks of one drain
+        run("SET LOCAL eventq.drain_batch_size = 1");
+        run("SELECT eventq.publish('sqc', 'b', key => 'k1'), eventq.publish('sqc', 'a', key => 'k1')");
+        assert_eq!(pulled("sqc_c"), "k1:a");
+        run("RESET eventq.drain_batch_size");
+        ack_running("sqc_c");
+        assert_eq!(pulled("sqc_c"), "k1:b");
+        ack_running("sqc_c");
+        // finished tasks cleaned up: the key remembers, through a new timeout and a new order
+        run("DELETE FROM eventq_internal.tasks WHERE state = 'completed'");
+        run("SELECT eventq.alter_consumer('sqc_c', sequence_timeout => '1 day')");
+        run("SELECT eventq.alter_consumer('sqc_c', sequence => '{b,a}')");
+        run("SELECT eventq.publish('sqc', 'a', key => 'k1')");
+        assert_eq!(pulled("sqc_c"), "k1:a");
+        ack_running("sqc_c");
+        // a sequence given to a consumer whose tasks are already due holds back those it should
+        run("SELECT eventq.create_consumer('sqc_late', 'sqc')");
+        run("SELECT eventq.publish('sqc', 'b', key => 'k2'), eventq.publish('sqc', 'a', key => 'k2')");
+        run("SELECT tests.maintain()");
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'available'");
+        run("SELECT eventq.alter_consumer('sqc_late', ordering => 'key', sequence => '{a,b}')");
+        assert_eq!(pulled("sqc_late"), "k2:a");
+        ack_running("sqc_late");
+        assert_eq!(pulled("sqc_late"), "k2:b");
+    }
+
+    #[pg_test]
     fn a_sequence_timeout_releases_a_task_and_says_so() {
         run("SELECT eventq.create_stream('sqt')");
         run("SELECT eventq.create_consumer('sqt_c', 'sqt', ordering => 'key', sequence => '{a.created,a.paid}', sequence_timeout => '1 minute')");

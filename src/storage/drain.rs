@@ -379,13 +379,12 @@ struct Route {
     start_at: Option<TimestampWithTimeZone>,
 }
 
-/// Routing state of one pass: consumers per stream, keys claimed so far, and how many
-/// events each consumer received.
+/// Routing state of one pass: consumers per stream, and how many events each consumer
+/// received.
 #[derive(Default)]
 struct FanOut {
     head_before: i64,
     routers: HashMap<i32, (Router, Vec<Route>)>,
-    keys_seen: HashSet<(i32, String)>,
     /// Consumers whose gaps this pass looked at.
     handled: BTreeSet<i32>,
     received: BTreeMap<String, i64>,
@@ -524,7 +523,12 @@ impl FanOut {
         let mut seq = Vec::new();
         let mut key = Vec::new();
         let mut deliver_at = Vec::new();
+        // The first task of each key in this chunk claims the key. Every chunk claims anew:
+        // a key its earlier chunks left without a head (a sequence held their tasks back)
+        // is settled again once this chunk's tasks are in, which may have brought the one
+        // it waits for.
         let mut claims: Vec<(i32, String, i64)> = Vec::new();
+        let mut keys_seen: HashSet<(i32, String)> = HashSet::new();
         let mut hits = Vec::new();
         for event in &events {
             hits.clear();
@@ -542,7 +546,7 @@ impl FanOut {
                 }
                 let task_key = if route.keyed { event.key.clone() } else { None };
                 if let Some(k) = &task_key {
-                    if self.keys_seen.insert((route.consumer_id, k.clone())) {
+                    if keys_seen.insert((route.consumer_id, k.clone())) {
                         claims.push((route.consumer_id, k.clone(), event.seq));
                     }
                 }

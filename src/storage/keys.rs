@@ -87,7 +87,7 @@ static CLAIM: Statement = Statement::new(
          FROM locked l
          JOIN wanted w ON w.consumer_id = l.consumer_id AND w.order_key = l.order_key
      ), claimed AS (
-         UPDATE eventq_internal.key_heads h SET head_seq = j.seq
+         UPDATE eventq_internal.key_heads h SET head_seq = j.seq, blocked_until = NULL
          FROM judged j
          WHERE j.free AND h.consumer_id = j.consumer_id AND h.order_key = j.order_key
          RETURNING h.consumer_id, h.order_key, h.head_seq
@@ -406,32 +406,69 @@ pub fn release_timed_out(client: &SpiClient<'_>, consumer_id: i32) -> usize {
     n
 }
 
-// A new sequence: what each key has finished of it is worked out again from its finished
-// tasks still kept, and every key with tasks waiting is settled under the new order.
+static LOCK_ALL_KEYS: Statement = Statement::new(
+    "SELECT order_key FROM eventq_internal.key_heads WHERE consumer_id = $1
+     ORDER BY order_key FOR UPDATE",
+    &[INT],
+);
+
+// A new sequence ($2 the old one). What each key had finished moves to its subjects' new
+// places, together with the finished tasks still kept (a key's finished tasks may be long
+// cleaned up: its bits are the only memory of them). Runs after the rows were locked, in a
+// statement of its own, so that it sees every finisher that held them.
 static RESEQUENCE: Statement = Statement::new(
     "WITH cfg AS (
          SELECT c.stream_id, c.sequence FROM eventq_internal.consumers c WHERE c.id = $1
-     ), recounted AS (
-         UPDATE eventq_internal.key_heads h
-         SET sequence_done = coalesce(
-                 (SELECT pg_catalog.bit_or(eventq_internal.sequence_bit(cfg.sequence, e.subject))
-                  FROM eventq_internal.tasks t
-                  JOIN eventq_internal.events e ON e.stream_id = cfg.stream_id AND e.seq = t.seq
-                  WHERE t.consumer_id = $1 AND t.order_key = h.order_key
-                    AND t.state IN ('completed', 'discarded')), 0),
-             blocked_until = NULL
-         FROM cfg
-         WHERE h.consumer_id = $1
      )
+     UPDATE eventq_internal.key_heads h
+     SET sequence_done =
+             coalesce((SELECT pg_catalog.bit_or(eventq_internal.sequence_bit(cfg.sequence, o.subject))
+                       FROM pg_catalog.unnest($2::text[]) WITH ORDINALITY AS o(subject, i)
+                       WHERE h.sequence_done & (1::bigint << (o.i::int - 1)) <> 0), 0)
+           | coalesce((SELECT pg_catalog.bit_or(eventq_internal.sequence_bit(cfg.sequence, e.subject))
+                       FROM eventq_internal.tasks t
+                       JOIN eventq_internal.events e ON e.stream_id = cfg.stream_id AND e.seq = t.seq
+                       WHERE t.consumer_id = $1 AND t.order_key = h.order_key
+                         AND t.state IN ('completed', 'discarded')), 0)
+     FROM cfg
+     WHERE h.consumer_id = $1",
+    &[INT, TEXT_ARRAY],
+);
+
+// Heads not yet leased that the (new) sequence holds back go back to waiting; and every
+// key with tasks waiting and no head in flight is returned, to be settled under the new
+// order (which also sets or clears when its oldest task is released).
+static REHEAD: Statement = Statement::new(
+    "WITH cfg AS (
+         SELECT c.stream_id, c.sequence FROM eventq_internal.consumers c WHERE c.id = $1
+     ), held_back AS (
+         UPDATE eventq_internal.tasks t SET state = 'waiting'
+         FROM eventq_internal.key_heads h, cfg, eventq_internal.events e
+         WHERE h.consumer_id = $1 AND t.consumer_id = $1 AND t.seq = h.head_seq
+           AND t.state IN ('available', 'scheduled')
+           AND e.stream_id = cfg.stream_id AND e.seq = t.seq
+           AND NOT eventq_internal.sequence_ready(cfg.sequence, h.sequence_done, e.subject)
+         RETURNING t.order_key
+     ), unheaded AS (
+         UPDATE eventq_internal.key_heads h SET head_seq = NULL
+         WHERE h.consumer_id = $1 AND h.order_key IN (SELECT order_key FROM held_back)
+     )
+     SELECT order_key FROM held_back
+     UNION
      SELECT DISTINCT order_key FROM eventq_internal.tasks
      WHERE consumer_id = $1 AND state = 'waiting'",
     &[INT],
 );
 
-/// After the consumer's sequence changed; the caller holds the consumer's lock.
-pub fn resequence(client: &SpiClient<'_>, consumer_id: i32) {
+/// After the consumer's sequence or its timeout changed (`old`: the sequence before, if
+/// it changed); the caller holds the consumer's lock.
+pub fn resequence(client: &SpiClient<'_>, consumer_id: i32, old: Option<Option<Vec<String>>>) {
+    LOCK_ALL_KEYS.run(client, &[arg(consumer_id)]).for_each(drop);
+    if let Some(old) = old {
+        RESEQUENCE.run(client, &[arg(consumer_id), arg(old.unwrap_or_default())]);
+    }
     let keys: Vec<String> =
-        RESEQUENCE.run(client, &[arg(consumer_id)]).filter_map(|row| column(&row, 1)).collect();
+        REHEAD.run(client, &[arg(consumer_id)]).filter_map(|row| column(&row, 1)).collect();
     settle_keys(client, consumer_id, keys, Busy::Wait);
 }
 
