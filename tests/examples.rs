@@ -78,8 +78,12 @@ const EXAMPLES: [Example; 3] = [
 ];
 
 fn build_rust_examples() {
+    // (its own target directory, whatever the test run's cargo set for ours)
     let status = Command::new("cargo")
         .args(["build", "--quiet", "--manifest-path", "examples/rust/Cargo.toml", "--bins"])
+        .args(["--target-dir", "examples/rust/target"])
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
         .status()
         .expect("cargo");
     assert!(status.success(), "the Rust examples do not build");
