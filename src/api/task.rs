@@ -148,6 +148,27 @@ fn retry_with_attempt(
     }))
 }
 
+/// Ends the running attempt of a task with a worker's verdict (`discard`, `ignore`);
+/// `false` if the task was not running (the attempt given).
+fn end_running(
+    call_name: &str,
+    consumer: Option<&str>,
+    task_id: Option<i64>,
+    outcome: Outcome,
+    reason: Option<&str>,
+    attempt: Option<i32>,
+) -> bool {
+    let call = super::access::enter();
+    let name = required(consumer, "consumer");
+    let task_id = required(task_id, "task_id");
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(&call, client, name, Mode::Task, call_name);
+            tasks::end_attempt(client, c.id, task_id, outcome, reason, attempt)
+        })
+    })
+}
+
 /// running -> discarded. `false` if the task was not running (the attempt given).
 #[pg_extern(name = "discard")]
 fn discard_with_attempt(
@@ -156,15 +177,7 @@ fn discard_with_attempt(
     reason: default!(Option<&str>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> bool {
-    let call = super::access::enter();
-    let name = required(consumer, "consumer");
-    let task_id = required(task_id, "task_id");
-    retrying(|| {
-        Spi::connect(|client| {
-            let c = consumer_for(&call, client, name, Mode::Task, "discard");
-            tasks::end_attempt(client, c.id, task_id, Outcome::Discard, reason, attempt)
-        })
-    })
+    end_running("discard", consumer, task_id, Outcome::Discard, reason, attempt)
 }
 
 /// running -> completed, recorded in the task's history as `ignored`: the handler had
@@ -176,15 +189,7 @@ fn ignore(
     reason: default!(Option<&str>, "NULL"),
     attempt: default!(Option<i32>, "NULL"),
 ) -> bool {
-    let call = super::access::enter();
-    let name = required(consumer, "consumer");
-    let task_id = required(task_id, "task_id");
-    retrying(|| {
-        Spi::connect(|client| {
-            let c = consumer_for(&call, client, name, Mode::Task, "ignore");
-            tasks::end_attempt(client, c.id, task_id, Outcome::Ignore, reason, attempt)
-        })
-    })
+    end_running("ignore", consumer, task_id, Outcome::Ignore, reason, attempt)
 }
 
 /// Keeps a running task leased for `lease` from now (NULL: the consumer's lease). Returns
