@@ -176,12 +176,14 @@ fn a_reload_applies_a_new_maintenance_interval() {
     )
     .unwrap();
     db.execute("SELECT eventq.publish('h', 'a')", &[]).unwrap();
+    // (the first drain waits for the launcher to start the database's worker, which on a
+    // loaded machine has taken longer than 5 s)
     wait_for_count(
         &mut db,
         "the task",
         "SELECT 1 FROM eventq.tasks WHERE state = 'available'",
         1,
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     // Leased and abandoned; nobody pulls, so only the worker's timer can rescue it.
     db.execute("SELECT * FROM eventq.pull('h_c', 1, lease => '100 milliseconds')", &[]).unwrap();
