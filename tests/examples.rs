@@ -11,71 +11,27 @@ use std::time::{Duration, Instant};
 
 const EVENTS: i64 = 30;
 
-struct Example {
-    name: &'static str,
-    publish: fn(&str, i64) -> Command,
-    worker: fn(&str) -> Command,
-}
-
-fn python(script: &str) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(format!("examples/python/{script}"));
+/// The example in `language`: its worker (`publish` false, args: consumer) or publisher
+/// (args: stream, count).
+fn example(language: &str, publish: bool, args: &[&str]) -> Command {
+    let mut c = match (language, publish) {
+        ("python", _) => Command::new("python3"),
+        ("node", _) => Command::new("node"),
+        (_, true) => Command::new("examples/rust/target/debug/publish"),
+        (_, false) => Command::new("examples/rust/target/debug/worker"),
+    };
+    match (language, publish) {
+        ("python", true) => c.arg("examples/python/publish.py"),
+        ("python", false) => c.arg("examples/python/worker.py"),
+        ("node", true) => c.arg("examples/node/publish.js"),
+        ("node", false) => c.arg("examples/node/worker.js"),
+        _ => c.env_remove("RUST_BACKTRACE"),
+    };
+    c.args(args);
     c
 }
 
-fn node(script: &str) -> Command {
-    let mut c = Command::new("node");
-    c.arg(format!("examples/node/{script}"));
-    c
-}
-
-fn rust(bin: &str) -> Command {
-    let mut c = Command::new(format!("examples/rust/target/debug/{bin}"));
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
-
-const EXAMPLES: [Example; 3] = [
-    Example {
-        name: "python",
-        publish: |s, n| {
-            let mut c = python("publish.py");
-            c.args([s, &n.to_string()]);
-            c
-        },
-        worker: |c| {
-            let mut w = python("worker.py");
-            w.arg(c);
-            w
-        },
-    },
-    Example {
-        name: "node",
-        publish: |s, n| {
-            let mut c = node("publish.js");
-            c.args([s, &n.to_string()]);
-            c
-        },
-        worker: |c| {
-            let mut w = node("worker.js");
-            w.arg(c);
-            w
-        },
-    },
-    Example {
-        name: "rust",
-        publish: |s, n| {
-            let mut c = rust("publish");
-            c.args([s, &n.to_string()]);
-            c
-        },
-        worker: |c| {
-            let mut w = rust("worker");
-            w.arg(c);
-            w
-        },
-    },
-];
+const LANGUAGES: [&str; 3] = ["python", "node", "rust"];
 
 fn build_rust_examples() {
     // (its own target directory, whatever the test run's cargo set for ours)
@@ -111,8 +67,8 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
     let cluster = Cluster::start("examples", &[PRELOAD]);
     let mut db = cluster.connect();
     let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", cluster.port);
-    for example in EXAMPLES {
-        let (stream, consumer) = (format!("ex_{}", example.name), format!("ex_{}_work", example.name));
+    for language in LANGUAGES {
+        let (stream, consumer) = (format!("ex_{language}"), format!("ex_{language}_work"));
         db.batch_execute(&format!(
             "SELECT eventq.create_stream('{stream}');
              SELECT eventq.create_consumer('{consumer}', '{stream}', max_attempts => 2,
@@ -121,22 +77,25 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
              TRUNCATE demo_orders"
         ))
         .unwrap();
-        let mut worker = (example.worker)(&consumer)
+        let mut worker = example(language, false, &[&consumer])
             .env("DATABASE_URL", &url)
             .stdout(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: cannot start the worker: {e}", example.name));
-        let published = (example.publish)(&stream, EVENTS).env("DATABASE_URL", &url).output().unwrap();
+            .unwrap_or_else(|e| panic!("{}: cannot start the worker: {e}", language));
+        let published = example(language, true, &[&stream, &EVENTS.to_string()])
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
         assert!(
             published.status.success(),
             "{}: the publisher failed: {}",
-            example.name,
+            language,
             String::from_utf8_lossy(&published.stderr)
         );
         let finished = format!(
             "SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state IN ('completed', 'discarded')"
         );
-        wait_for(&format!("{}: every task finished", example.name), Duration::from_secs(60), || {
+        wait_for(&format!("{}: every task finished", language), Duration::from_secs(60), || {
             match count(&mut db, &finished) {
                 EVENTS => Ok(()),
                 n => Err(format!("{n} of {EVENTS}")),
@@ -146,11 +105,11 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
         let outcomes = |db: &mut postgres::Client, outcome: &str| {
             count(db, &format!("SELECT 1 FROM eventq.attempts WHERE consumer = '{consumer}' AND outcome = '{outcome}'"))
         };
-        assert_eq!(outcomes(&mut db, "failed"), 3 * 2, "{}", example.name);
-        assert_eq!(outcomes(&mut db, "ignored"), 4, "{}", example.name);
-        assert_eq!(outcomes(&mut db, "completed"), EVENTS - 3 - 4, "{}", example.name);
-        assert_eq!(outcomes(&mut db, "lost"), 0, "{}", example.name);
-        assert_eq!(count(&mut db, "SELECT 1 FROM demo_orders"), EVENTS, "{}", example.name);
+        assert_eq!(outcomes(&mut db, "failed"), 3 * 2, "{}", language);
+        assert_eq!(outcomes(&mut db, "ignored"), 4, "{}", language);
+        assert_eq!(outcomes(&mut db, "completed"), EVENTS - 3 - 4, "{}", language);
+        assert_eq!(outcomes(&mut db, "lost"), 0, "{}", language);
+        assert_eq!(count(&mut db, "SELECT 1 FROM demo_orders"), EVENTS, "{}", language);
 
         // stopped in the middle of work: the batch in hand is reported, nothing stays leased
         db.batch_execute(&format!(
@@ -158,7 +117,7 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
                                          array_fill('{{}}'::jsonb, ARRAY[200]))"
         ))
         .unwrap();
-        wait_for(&format!("{}: work under way", example.name), Duration::from_secs(30), || {
+        wait_for(&format!("{}: work under way", language), Duration::from_secs(30), || {
             match count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'completed'")) {
                 n if n >= EVENTS - 3 + 10 => Ok(()),
                 n => Err(format!("{n} completed")),
@@ -166,12 +125,12 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
         });
         sigterm(&worker);
         let status = wait_exit(&mut worker, Duration::from_secs(10));
-        assert!(status.success(), "{}: the worker exited with {status}", example.name);
+        assert!(status.success(), "{}: the worker exited with {status}", language);
         assert_eq!(
             count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'running'")),
             0,
             "{}: a stopped worker left tasks running",
-            example.name
+            language
         );
     }
 }

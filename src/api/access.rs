@@ -46,8 +46,9 @@ use std::rc::Rc;
 const STORAGE_SCHEMA: &CStr = c"eventq_internal";
 const ADMIN_ROLE: &CStr = c"eventq_admin";
 
-/// The search path pinned to `pg_catalog` alone until dropped, for a function that works
-/// as its caller (`apply`) but must not resolve names through the caller's path either.
+/// The search path pinned to `pg_catalog` alone until dropped: held by every call of the
+/// API (`Call`), and by `apply`, which works as its caller but must not resolve names
+/// through the caller's path either.
 pub struct PinnedSearchPath {
     pushed_at: i32,
 }
@@ -55,7 +56,7 @@ pub struct PinnedSearchPath {
 #[must_use]
 pub fn pin_search_path() -> PinnedSearchPath {
     unsafe {
-        // SAFETY: as in `enter`.
+        // SAFETY: Postgres copies the path; pg_catalog only, not even pg_temp.
         let mut path = pg_sys::OverrideSearchPath {
             schemas: std::ptr::null_mut(),
             addCatalog: true,
@@ -70,6 +71,9 @@ pub fn pin_search_path() -> PinnedSearchPath {
 impl Drop for PinnedSearchPath {
     fn drop(&mut self) {
         unsafe {
+            // On an error raised inside a subtransaction that is still open, the abort
+            // that follows removes the override instead (popping it from another level
+            // would be an error of its own, raised while unwinding).
             if pg_sys::GetCurrentTransactionNestLevel() == self.pushed_at {
                 pg_sys::PopOverrideSearchPath();
             }
@@ -82,29 +86,19 @@ pub struct Call {
     caller: pg_sys::Oid,
     owner: pg_sys::Oid,
     saved_context: i32,
-    /// The (sub)transaction level the search path override was pushed at.
-    pushed_at: i32,
+    /// Popped after the identity is restored (fields drop after `Drop::drop`).
+    _path: PinnedSearchPath,
 }
 
 /// Starts a call of the API: pins the search path, checks the installed version, notes the
 /// caller, and switches to the storage's owner, until the returned guard is dropped.
 #[must_use]
 pub fn enter() -> Call {
-    let pushed_at = unsafe {
-        // SAFETY: Postgres copies the path; pg_catalog only, not even pg_temp.
-        let mut path = pg_sys::OverrideSearchPath {
-            schemas: std::ptr::null_mut(),
-            addCatalog: true,
-            addTemp: false,
-            generation: 0,
-        };
-        pg_sys::PushOverrideSearchPath(&mut path);
-        pg_sys::GetCurrentTransactionNestLevel()
-    };
+    let path = pin_search_path();
     let (mut caller, mut context) = (pg_sys::InvalidOid, 0);
     unsafe { pg_sys::GetUserIdAndSecContext(&mut caller, &mut context) };
     // Built before anything can fail, so that the guard undoes the push.
-    let mut call = Call { caller, owner: pg_sys::InvalidOid, saved_context: context, pushed_at };
+    let mut call = Call { caller, owner: pg_sys::InvalidOid, saved_context: context, _path: path };
     super::check_installed_version();
     call.owner = storage_owner();
     unsafe {
@@ -119,15 +113,7 @@ pub fn enter() -> Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        unsafe {
-            pg_sys::SetUserIdAndSecContext(self.caller, self.saved_context);
-            // On an error raised inside a subtransaction that is still open, the abort
-            // that follows removes the override instead (popping it from another level
-            // would be an error of its own, raised while unwinding).
-            if pg_sys::GetCurrentTransactionNestLevel() == self.pushed_at {
-                pg_sys::PopOverrideSearchPath();
-            }
-        }
+        unsafe { pg_sys::SetUserIdAndSecContext(self.caller, self.saved_context) };
     }
 }
 
