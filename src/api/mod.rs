@@ -212,13 +212,19 @@ pub fn drain_before_reading(client: &SpiClient<'_>, consumer_id: i32, nested: bo
         return;
     }
     // Drain here; while another drain holds the lock, wait for it to cover us, or for the
-    // lock.
+    // lock. A drain that could not take this consumer's lock exclusively left it a gap
+    // instead of its tasks (a new consumer's first drain needs that lock, and a maintenance
+    // pass or another worker's pull may hold it shared for a moment): drain again until the
+    // gap is filled, unless the consumer is being changed (a transaction holds its lock
+    // exclusively and may go on for long), in which case there is nothing to wait for.
     let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
+    let gap_to_wait_for = || {
+        has_gaps()
+            && crate::storage::locks::try_lock_consumer(consumer_id, crate::storage::locks::Mode::Shared)
+    };
     loop {
-        if drain_here() {
-            return;
-        }
-        if pending.is_some_and(wakeup::drained_through) || std::time::Instant::now() >= deadline {
+        let covered = drain_here() || pending.is_some_and(wakeup::drained_through);
+        if (covered && !gap_to_wait_for()) || std::time::Instant::now() >= deadline {
             return;
         }
         wakeup::nap();
