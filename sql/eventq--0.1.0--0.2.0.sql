@@ -8,7 +8,8 @@
 --   consumers get start_at, a cleanup position and a check of their patterns;
 --   the views no longer read staging;
 --   ack, retry, discard and extend_lease take the lease guard's attempt; ignore, and its
---   outcome in the attempts; events carry the retry settings they were published with;
+--   outcome in the attempts; retry_now and cancel (an operator's actions on tasks);
+--   events carry the retry settings they were published with;
 --   apply, and the grants view it reads; consumers' sequences (declared action order);
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
@@ -231,6 +232,21 @@ CREATE FUNCTION eventq."ignore"(
 ) RETURNS bool
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'ignore_wrapper';
+
+-- An operator's actions on tasks (the console's "retry now" and "discard").
+CREATE FUNCTION eventq."retry_now"(
+	"consumer" TEXT,
+	"task_ids" bigint[] DEFAULT NULL
+) RETURNS INT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'retry_now_wrapper';
+CREATE FUNCTION eventq."cancel"(
+	"consumer" TEXT,
+	"task_ids" bigint[],
+	"reason" TEXT DEFAULT NULL
+) RETURNS INT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_wrapper';
 
 -- Worker health.
 CREATE FUNCTION eventq."worker_health"() RETURNS TABLE (

@@ -236,6 +236,41 @@ fn redrive(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, 
     count
 }
 
+/// retryable -> available at once, for an operator who will not wait for the backoff
+/// (NULL: every retryable task). Returns how many tasks changed.
+#[pg_extern]
+fn retry_now(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>, "NULL")) -> i32 {
+    let call = super::access::enter();
+    let name = required(consumer, "consumer");
+    let ids = task_ids.map(|ids| ids.into_iter().flatten().collect::<Vec<i64>>());
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(&call, client, name, Mode::Task, "retry_now");
+            tasks::retry_now(client, c.id, ids.clone())
+        })
+    })
+}
+
+/// available, scheduled, retryable or running -> discarded: an operator's verdict on tasks
+/// not yet finished (waiting tasks are left to their key's head). Returns how many changed.
+#[pg_extern]
+fn cancel(
+    consumer: Option<&str>,
+    task_ids: Option<Vec<Option<i64>>>,
+    reason: default!(Option<&str>, "NULL"),
+) -> i32 {
+    let call = super::access::enter();
+    let name = required(consumer, "consumer");
+    let ids: Vec<i64> = required(task_ids, "task_ids").into_iter().flatten().collect();
+    let reason = reason.unwrap_or("cancelled");
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(&call, client, name, Mode::Task, "cancel");
+            tasks::cancel(client, c.id, ids.clone(), reason)
+        })
+    })
+}
+
 // The entry points the SQL of version 0.1.0 calls, by these symbol names and with these
 // arguments, for as long as a database still has that SQL installed: a call then reaches
 // `check_installed_version`, which asks for ALTER EXTENSION eventq UPDATE. (The functions

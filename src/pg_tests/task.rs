@@ -226,6 +226,64 @@ mod tests {
     }
 
     #[pg_test]
+    fn retry_now_makes_retryable_tasks_due_at_once() {
+        stream_with_consumer("tk_rn", "tk_rn_c", ", backoff => 'fixed', backoff_base => '1 hour'");
+        run("SELECT eventq.publish('tk_rn', 'a'), eventq.publish('tk_rn', 'b'), eventq.publish('tk_rn', 'c')");
+        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_rn_c', 3)").unwrap();
+        for t in &tasks[..2] {
+            run(&format!("SELECT eventq.retry('tk_rn_c', {t}, 'boom')"));
+        }
+        assert_eq!(count("SELECT * FROM eventq.pull('tk_rn_c', 10)"), 0);
+        // only retryable tasks: the running one is left alone
+        assert_eq!(one::<i32>(&format!("SELECT eventq.retry_now('tk_rn_c', ARRAY[{}, {}])", tasks[0], tasks[2])), Some(1));
+        assert_eq!(state("tk_rn_c", tasks[0]), Some("available".into()));
+        assert_eq!(state("tk_rn_c", tasks[1]), Some("retryable".into()));
+        assert_eq!(state("tk_rn_c", tasks[2]), Some("running".into()));
+        assert_eq!(one::<i32>("SELECT eventq.retry_now('tk_rn_c')"), Some(1));
+        assert_eq!(one::<i32>("SELECT eventq.retry_now('tk_rn_c')"), Some(0));
+        // the attempt count goes on from where it was
+        assert_eq!(
+            one::<String>("SELECT string_agg(task_id || ':' || attempt, ',' ORDER BY task_id) FROM eventq.pull('tk_rn_c', 10)"),
+            Some(format!("{}:2,{}:2", tasks[0], tasks[1]))
+        );
+        assert_error("SELECT eventq.retry_now('tk_rn_nobody')", "42704", "does not exist");
+    }
+
+    #[pg_test]
+    fn cancel_discards_unfinished_tasks_and_hands_their_keys_on() {
+        stream_with_consumer("tk_cn", "tk_cn_c", ", ordering => 'key'");
+        run("SELECT eventq.publish('tk_cn', 'a', key => 'k'), eventq.publish('tk_cn', 'b', key => 'k'),
+                    eventq.publish('tk_cn', 'c', key => 'j'), eventq.publish('tk_cn', 'd', key => 'i')");
+        crate::api::maintenance::pass_report();
+        // (now() is this transaction's start: a task promoted later must not look scheduled)
+        run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'waiting'");
+        let ids = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.tasks WHERE consumer = 'tk_cn_c'").unwrap();
+        let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+        assert_eq!(state("tk_cn_c", b), Some("waiting".into()));
+        // d is running: its worker's later ack changes nothing
+        let running = one::<i64>("SELECT task_id FROM eventq.pull('tk_cn_c', 1)").unwrap();
+        assert_eq!(running, a);
+        let d_lease = one::<i64>("SELECT task_id FROM eventq.pull('tk_cn_c', 2) ORDER BY task_id DESC LIMIT 1").unwrap();
+        assert_eq!(d_lease, d);
+        // a waiting task is left to its key's head
+        assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{a}, {b}, {d}], 'poison')")), Some(2));
+        assert_eq!(state("tk_cn_c", a), Some("discarded".into()));
+        assert_eq!(state("tk_cn_c", d), Some("discarded".into()));
+        assert_eq!(one::<String>(&format!("SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {a}")), Some("poison".into()));
+        assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_cn_c', ARRAY[{d}])")), Some(0));
+        assert_eq!(
+            one::<String>(&format!("SELECT string_agg(task_id || ':' || outcome || ':' || error, ',' ORDER BY task_id) FROM eventq.attempts WHERE consumer = 'tk_cn_c' AND task_id IN ({a}, {d})")),
+            Some(format!("{a}:discarded:poison,{d}:discarded:poison"))
+        );
+        // key k moved on to b
+        assert_eq!(state("tk_cn_c", b), Some("available".into()));
+        assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{c}])")), Some(1));
+        assert_eq!(one::<String>(&format!("SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {c}")), Some("cancelled".into()));
+        assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{c}])")), Some(0));
+        assert_eq!(one::<i32>("SELECT eventq.redrive('tk_cn_c')"), Some(3));
+    }
+
+    #[pg_test]
     fn extend_lease_only_for_running_tasks() {
         stream_with_consumer("tk_e", "tk_e_c", "");
         run("SELECT eventq.publish('tk_e', 'a')");

@@ -429,6 +429,69 @@ pub fn extend_lease(
     )
 }
 
+// An operator's "retry now": retryable tasks become available at once, keeping their
+// attempt count (a retryable task of a key-ordered consumer is its key's head, and stays so).
+static RETRY_NOW: Statement = Statement::indexed(
+    "WITH due AS (
+         UPDATE eventq_internal.tasks SET state = 'available', run_at = pg_catalog.now()
+         WHERE consumer_id = $1 AND state = 'retryable'
+           AND ($2::bigint[] IS NULL OR seq = ANY ($2))
+         RETURNING seq
+     )
+     SELECT pg_catalog.count(*)::int FROM due",
+    &[INT, BIGINT_ARRAY],
+);
+
+pub fn retry_now(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i64>>) -> i32 {
+    let due: i32 = super::scalar(&RETRY_NOW, client, &[arg(consumer_id), arg(task_ids)]).unwrap_or(0);
+    if due > 0 {
+        pull_start::released(consumer_id);
+    }
+    due
+}
+
+// An operator's verdict on tasks not yet finished: they end as discarded. A running task's
+// attempt is recorded as discarded, and its worker's later ack or retry changes nothing (as
+// after a lost lease). Waiting tasks are left alone: they are not their key's head, and a
+// consumer's sequence counts a subject as finished only when its head is settled; discard
+// the head, and the next one moves up. Rows a pull is leasing right now are waited for.
+static CANCEL: Statement = Statement::indexed(
+    "WITH target AS (
+         SELECT seq, state AS was FROM eventq_internal.tasks
+         WHERE consumer_id = $1 AND seq = ANY ($2)
+           AND state IN ('available', 'scheduled', 'retryable', 'running')
+         FOR UPDATE
+     ), ended AS (
+         UPDATE eventq_internal.tasks t
+         SET state = 'discarded', finished_at = pg_catalog.clock_timestamp(), lease_until = NULL,
+             last_error = $3
+         FROM target WHERE t.consumer_id = $1 AND t.seq = target.seq
+         RETURNING t.seq, t.attempt, t.started_at, t.order_key, target.was
+     ), recorded AS (
+         INSERT INTO eventq_internal.attempts
+             (consumer_id, task_id, attempt, outcome, error, started_at, finished_at)
+         SELECT $1, seq, attempt, 'discarded', $3, started_at, pg_catalog.clock_timestamp()
+         FROM ended WHERE was = 'running'
+     )
+     SELECT pg_catalog.count(*)::int,
+            pg_catalog.array_agg(order_key ORDER BY seq) FILTER (WHERE order_key IS NOT NULL),
+            pg_catalog.array_agg(seq ORDER BY seq) FILTER (WHERE order_key IS NOT NULL)
+     FROM ended",
+    &[INT, BIGINT_ARRAY, TEXT],
+);
+
+pub fn cancel(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>, reason: &str) -> i32 {
+    let Some(row) = CANCEL.first_row(client, &[arg(consumer_id), arg(task_ids), arg(reason)]) else {
+        return 0;
+    };
+    let keys: Vec<String> = column(&row, 2).unwrap_or_default();
+    let seqs: Vec<i64> = column(&row, 3).unwrap_or_default();
+    if !keys.is_empty() {
+        keys::advance(client, consumer_id, keys.into_iter().zip(seqs).collect(), Busy::Wait);
+    }
+    column(&row, 1).unwrap_or(0)
+}
+
 // Discarded tasks start over with a fresh attempt budget. Keyed tasks go through `waiting`
 // so that their keys are settled in key order (storage::keys).
 macro_rules! redrive {

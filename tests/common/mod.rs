@@ -354,3 +354,4 @@ pub fn script(db: &mut Client, sql: &str) {
         db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 }
+pub mod command;
