@@ -14,7 +14,7 @@ RUNAS := --runas postgres
 endif
 PGTEST_DIR ?= /tmp/eventq-pgtest
 
-.PHONY: all deps build install unit test chaos demo demo-stop bench bench-quick bench-deps soak clean
+.PHONY: all deps build install unit test chaos demo demo-stop console bench bench-quick bench-deps soak clean
 
 all: build
 
@@ -56,6 +56,15 @@ demo: install
 
 demo-stop:
 	@.ci/demo stop
+
+# The web console (the `eventq` command, cli/) against the demo database, started first if
+# it is not running. Ctrl-C stops the console; `make demo-stop` the database.
+CONSOLE_LISTEN ?= 127.0.0.1:8080
+DEMO_PORT ?= 54329
+console: install
+	@[ -f .demo/data/postmaster.pid ] || .ci/demo start
+	cargo build -p eventq-cli
+	DATABASE_URL=postgresql://postgres@127.0.0.1:$(DEMO_PORT)/postgres target/debug/eventq console --listen $(CONSOLE_LISTEN)
 
 # eventq side by side with a minimal hand-written queue, pgmq and PgQ on one fresh cluster:
 # throughput, end to end through the background worker, and a soak under a held snapshot.

@@ -162,6 +162,8 @@ fn workers_work_their_group_s_consumers_only() {
         "SELECT eventq.ignore('invoicing', 1)",
         "SELECT eventq.extend_lease('invoicing', 1, '1 minute')",
         "SELECT eventq.redrive('invoicing')",
+        "SELECT eventq.retry_now('invoicing')",
+        "SELECT eventq.cancel('invoicing', ARRAY[1::bigint])",
         "SELECT eventq.pause_consumer('invoicing')",
     ] {
         assert!(denied(&mut other, sql).contains("consumer \"invoicing\""), "{sql}");
@@ -188,6 +190,7 @@ fn a_manager_works_every_consumer_of_its_stream() {
     let mut auditor = cluster.connect_as("postgres", "auditor");
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.pull('invoicing', 10)"), 4);
     ok(&mut auditor, "SELECT eventq.redrive('invoicing'); SELECT eventq.alter_consumer('invoicing', subjects => '{>}')");
+    ok(&mut auditor, "SELECT eventq.retry_now('invoicing'); SELECT eventq.cancel('invoicing', ARRAY[1::bigint])");
     ok(&mut auditor, "SELECT eventq.create_consumer('audit', 'orders', mode => 'log', start_at => '-infinity')");
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.fetch('audit')"), 4);
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.events"), 4);

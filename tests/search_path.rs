@@ -192,6 +192,8 @@ fn decoys_on_every_search_path_are_never_called() {
     let t4: i64 = app.query_one("SELECT task_id FROM eventq.pull('work', 1)", &[]).unwrap().get(0);
     app.execute("SELECT eventq.ignore('work', $1, 'nothing to do')", &[&t4]).unwrap();
     for sql in [
+        "SELECT eventq.retry_now('work')",
+        "SELECT eventq.cancel('work', ARRAY[1::bigint, 2, 3], 'decoy check')",
         "SELECT eventq.redrive('work')",
         "SELECT * FROM eventq.pull('work', 10)",
         "SELECT * FROM eventq.pull('keyed', 10)",
