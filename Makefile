@@ -34,15 +34,18 @@ install: deps
 # The pure-logic tests alone: no Postgres involved.
 unit: deps
 	cargo test --lib core::
+	cargo test -p eventq-cli
 
 # Everything: pure-logic #[test]s, #[pg_test]s inside Postgres, then the integration tests
-# in tests/ against their own throwaway clusters. One test at a time: the machine is small
+# in tests/ against their own throwaway clusters (the `eventq` command's among them), then
+# the command's own unit tests. One test at a time: the machine is small
 # and the integration tests run several connections each.
 # pgrx's test runner installs with `sudo cp`, which would rewrite the library a running
 # server has mapped: .ci/bin/sudo replaces it by rename instead (see there).
 test: deps
 	@mkdir -p $(PGTEST_DIR) && chmod 777 $(PGTEST_DIR)
 	PATH="$(CURDIR)/.ci/bin:$$PATH" RUST_TEST_THREADS=1 cargo pgrx test pg15 $(RUNAS) --pgdata $(PGTEST_DIR)/data
+	cargo test -p eventq-cli
 
 # A longer seeded chaos run (tests/chaos.rs): make chaos SEED=7 MINUTES=10
 SEED ?= 20261127

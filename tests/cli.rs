@@ -6,10 +6,10 @@
 mod common;
 
 use common::command::{free_port, http, wait_for_http};
-use common::{count, wait_for, Cluster, PRELOAD};
+use common::{count, sigterm, wait_exit, wait_for_count, Cluster, PRELOAD};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn ok(mut c: Command) -> Output {
     let out = c.output().expect("eventq runs");
@@ -38,21 +38,6 @@ fn with_stdin(mut c: Command, input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the command did not stop within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigterm(child: &Child) {
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-}
-
 #[test]
 fn publish_one_event_and_json_lines_in_batches() {
     let cluster = Cluster::start("cli-publish", &[PRELOAD]);
@@ -65,12 +50,7 @@ fn publish_one_event_and_json_lines_in_batches() {
     let out = with_stdin(cluster.eventq(&["publish", "orders", "order.paid", "-", "--batch", "1000"]), &lines);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("published 2500 events"));
-    wait_for("the events to be drained", Duration::from_secs(30), || {
-        match count(&mut db, "SELECT 1 FROM eventq.events WHERE stream = 'orders'") {
-            2501 => Ok(()),
-            n => Err(format!("{n}")),
-        }
-    });
+    wait_for_count(&mut db, "the events to be drained", "SELECT 1 FROM eventq.events WHERE stream = 'orders'", 2501);
     assert_eq!(
         count(&mut db, &format!("SELECT 1 FROM eventq.events WHERE event_id = '{id}' AND key = 'k1' AND payload = '{{\"n\": 0}}'")),
         1
@@ -115,12 +95,7 @@ fn tail_prints_and_follows_what_a_stream_or_consumer_selects() {
          SELECT eventq.publish('orders', 'order.created', '{\"n\": 3}');",
     )
     .unwrap();
-    wait_for("the events to be drained", Duration::from_secs(30), || {
-        match count(&mut db, "SELECT 1 FROM eventq.events") {
-            3 => Ok(()),
-            n => Err(format!("{n}")),
-        }
-    });
+    wait_for_count(&mut db, "the events to be drained", "SELECT 1 FROM eventq.events", 3);
     let lines = |out: Output| -> Vec<serde_json::Value> {
         stdout(&out).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
     };
@@ -153,7 +128,13 @@ fn tail_prints_and_follows_what_a_stream_or_consumer_selects() {
             let _ = tx.send(line);
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // once the follower has listened and read, whatever is drained later reaches it
+    wait_for_count(
+        &mut db,
+        "the follower to read",
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'eventq' AND query LIKE 'SELECT seq, event_id%'",
+        1,
+    );
     db.batch_execute(
         "SELECT eventq.publish('orders', 'order.created', '{\"n\": 4}');
          SELECT eventq.publish('orders', 'order.paid', '{\"n\": 5}');",
@@ -194,12 +175,7 @@ fn work_acks_retries_and_stops_gracefully() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("every task to end", Duration::from_secs(60), || {
-        match count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state IN ('completed', 'discarded')") {
-            3 => Ok(()),
-            n => Err(format!("{n} ended")),
-        }
-    });
+    wait_for_count(&mut db, "every task to end", "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state IN ('completed', 'discarded')", 3);
     sigterm(&worker);
     assert!(wait_exit(&mut worker, Duration::from_secs(10)).success());
     let handled = std::fs::read_to_string(&log).unwrap();
@@ -222,12 +198,7 @@ fn work_acks_retries_and_stops_gracefully() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the slow task to run", Duration::from_secs(30), || {
-        match count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'") {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    });
+    wait_for_count(&mut db, "the slow task to run", "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'", 1);
     sigterm(&worker);
     assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 3);
@@ -284,12 +255,7 @@ fn status_shows_streams_consumers_and_health() {
          SELECT eventq.publish('orders', 'a') FROM generate_series(1, 7);",
     )
     .unwrap();
-    wait_for("the tasks", Duration::from_secs(30), || {
-        match count(&mut db, "SELECT 1 FROM eventq.tasks") {
-            7 => Ok(()),
-            n => Err(format!("{n}")),
-        }
-    });
+    wait_for_count(&mut db, "the tasks", "SELECT 1 FROM eventq.tasks", 7);
     let out = stdout(&ok(cluster.eventq(&["status"])));
     let mailer = out.lines().find(|l| l.starts_with("mailer ")).unwrap_or_else(|| panic!("{out}"));
     let cells: Vec<&str> = mailer.split_whitespace().collect();
@@ -335,12 +301,7 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["ids"].as_array().unwrap().len(), 3);
-    wait_for("the events", Duration::from_secs(30), || {
-        match count(&mut db, "SELECT 1 FROM eventq.events") {
-            4 => Ok(()),
-            n => Err(format!("{n}")),
-        }
-    });
+    wait_for_count(&mut db, "the events", "SELECT 1 FROM eventq.events", 4);
     assert_eq!(count(&mut db, &format!("SELECT 1 FROM eventq.events WHERE event_id = '{id}' AND key = 'k'")), 1);
     // the errors
     let (status, body) = post("/api/streams/nope/events", &auth, r#"{"subject": "a"}"#);
@@ -369,9 +330,24 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
         .spawn()
         .unwrap();
     wait_for_http(port, &mut unprivileged);
-    let (status, body) = http(port, "POST", "/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
+    let json = [("Content-Type", "application/json")];
+    let (status, body) = http(port, "POST", "/api/streams/orders/events", &json, r#"{"subject": "a"}"#);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("42501"), "{body}");
+    // what a page of another site could send: not JSON, or from its origin, or through a
+    // DNS name rebound to this machine
+    let (status, body) = http(port, "POST", "/api/streams/orders/events", &[("Content-Type", "text/plain")], r#"{"subject": "a"}"#);
+    assert_eq!(status, 415, "{body}");
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/streams/orders/events",
+        &[("Content-Type", "application/json"), ("Origin", "https://evil.example")],
+        r#"{"subject": "a"}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(port, "GET", "/", &[("Host", "evil.example:8080")], "");
+    assert_eq!(status, 421, "{body}");
     sigterm(&unprivileged);
     wait_exit(&mut unprivileged, Duration::from_secs(10));
     let port = free_port();

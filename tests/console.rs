@@ -8,7 +8,7 @@
 mod common;
 
 use common::command::{free_port, http, wait_for_http};
-use common::{count, wait_for, Cluster, PRELOAD};
+use common::{count, wait_for, wait_for_count, Cluster, PRELOAD};
 use postgres::Client;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -105,8 +105,13 @@ impl Browser {
         self.call("POST", &self.at(&format!("/element/{e}/click")), json!({}));
     }
 
+    fn script(&self, script: &str) -> Value {
+        self.call("POST", &self.at("/execute/sync"), json!({"script": script, "args": []}))
+    }
+
     /// Clicks a button whose form asks first, says yes, and waits for the page it leads to.
     fn confirm_click(&self, css: &str) {
+        self.script("document.documentElement.dataset.before = 'action'; return true;");
         self.click(css);
         wait_for("the confirmation", Duration::from_secs(10), || match self.raw("GET", &self.at("/alert/text"), Value::Null) {
             (200, _) => Ok(()),
@@ -114,8 +119,10 @@ impl Browser {
         });
         self.call("POST", &self.at("/alert/accept"), json!({}));
         wait_for("the page after the action", Duration::from_secs(10), || {
-            let url = self.url();
-            if url.contains("notice=") { Ok(()) } else { Err(url) }
+            let loaded = self.script(
+                "return document.readyState === 'complete' && !document.documentElement.dataset.before;",
+            );
+            if loaded == Value::Bool(true) { Ok(()) } else { Err(self.url()) }
         });
     }
 
@@ -205,10 +212,7 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
          FROM generate_series(1, 5) n;",
     )
     .unwrap();
-    wait_for("the tasks", Duration::from_secs(30), || match count(&mut db, "SELECT 1 FROM eventq.tasks") {
-        5 => Ok(()),
-        n => Err(format!("{n}")),
-    });
+    wait_for_count(&mut db, "the tasks", "SELECT 1 FROM eventq.tasks", 5);
     let pulled: Vec<i64> =
         db.query("SELECT task_id FROM eventq.pull('mailer', 3) ORDER BY task_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     let (t1, t2, t3) = (pulled[0], pulled[1], pulled[2]);
@@ -284,6 +288,12 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     b.confirm_click("#seek");
     assert_eq!(db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[]).unwrap().get::<_, i64>(0), 0);
     assert_eq!(b.text("td[data-field=\"cursor\"]"), "0");
+    // and by time, through seek(consumer, at)
+    db.batch_execute("SELECT eventq.commit('audit', (SELECT max(seq) FROM eventq.fetch('audit', 100)))").unwrap();
+    b.go(&format!("{base}/consumers/audit?preview_at=2000-01-01"));
+    assert_eq!(b.text("b[data-field=\"replayed\"]"), "6");
+    b.confirm_click("#seek");
+    assert_eq!(db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[]).unwrap().get::<_, i64>(0), 0);
 
     // events: searched, and one with the tasks it made
     b.go(&format!("{base}/events?stream=orders&subject=order.*&key=k2"));
@@ -291,6 +301,25 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     b.click("#events tbody td[data-column=\"seq\"] a");
     assert!(b.text("#tasks").contains("mailer"));
     assert!(b.text("#payload").contains("2"));
+
+    // what events carry is shown as text, never run as markup
+    db.batch_execute(
+        r#"SELECT eventq.publish('orders', 'order.created',
+               '{"html": "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\">"}',
+               key => '<b>bold</b>')"#,
+    )
+    .unwrap();
+    wait_for_count(&mut db, "the hostile event's task", "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'", 1);
+    let hostile: i64 = db
+        .query_one("SELECT task_id FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'", &[])
+        .unwrap()
+        .get(0);
+    for page in [format!("{base}/consumers/mailer/tasks/{hostile}"), format!("{base}/events/orders/{hostile}"), format!("{base}/consumers/mailer")] {
+        b.go(&page);
+        assert_eq!(b.script("return window.pwned === undefined && document.querySelectorAll('main b').length;"), json!(0), "{page}");
+    }
+    b.go(&format!("{base}/consumers/mailer/tasks/{hostile}"));
+    assert!(b.text("#payload").contains("<script>window.pwned = 1</script>"), "{}", b.text("#payload"));
 
     // read-only: nothing to click, and actions are refused
     let read_only = Console::start(&cluster, &["--read-only"]);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{count, wait_for, Cluster, PRELOAD};
+use common::{count, sigterm, wait_exit, wait_for, Cluster, PRELOAD};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,22 +43,6 @@ fn build_rust_examples() {
         .status()
         .expect("cargo");
     assert!(status.success(), "the Rust examples do not build");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the worker did not stop within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

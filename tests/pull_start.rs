@@ -3,7 +3,7 @@
 //! available again below that start must bring pulls back down to it: a pull rolled back
 //! (whole, to a savepoint, after an earlier savepoint was released, or prepared and then
 //! rolled back), rows someone else locked, a retry coming due, an expired lease, a
-//! redrive, a key handed on, consumer ids starting over. Each is tested after other pulls
+//! redrive, a retry brought forward, a key handed on, consumer ids starting over. Each is tested after other pulls
 //! have moved the start past the task, immediately (well within the age after which a start
 //! is reset anyway). The worker is off.
 
@@ -123,6 +123,13 @@ fn tasks_made_available_again_are_pulled_at_once() {
     assert_eq!(pull(&mut other, "r", 1), vec![all[13]]);
     worker.batch_execute(&format!("SELECT eventq.redrive('r', ARRAY[{dropped}])")).unwrap();
     assert_eq!(pull(&mut other, "r", 1), vec![dropped]);
+
+    // a retry brought forward (an operator's retry_now)
+    let later = again[3];
+    worker.batch_execute(&format!("SELECT eventq.retry('r', {later}, 'later', '1 hour')")).unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![all[14]]);
+    worker.batch_execute(&format!("SELECT eventq.retry_now('r', ARRAY[{later}])")).unwrap();
+    assert_eq!(pull(&mut other, "r", 1), vec![later]);
 }
 
 #[test]

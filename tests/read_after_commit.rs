@@ -104,6 +104,7 @@ fn after_a_restart() {
 /// come back empty (seen as an intermittent failure when the worker's first pass overlapped).
 #[test]
 fn a_pull_waits_out_a_shared_hold_on_its_new_consumer() {
+    use std::sync::mpsc;
     let cluster = Cluster::start("rac-gap", &[]);
     let mut db = cluster.connect();
     db.batch_execute("SELECT eventq.create_stream('s')").unwrap();
@@ -114,29 +115,65 @@ fn a_pull_waits_out_a_shared_hold_on_its_new_consumer() {
     )
     .unwrap();
     let id: i32 = db.query_one("SELECT id FROM eventq_internal.consumers WHERE name = 'c'", &[]).unwrap().get(0);
-    // the shared hold, queued behind the creation and granted when it commits
+    // the shared hold, queued behind the creation, granted when it commits, and let go
+    // only once the reader is seen waiting
     let mut holder = cluster.connect();
     let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let (release, released) = mpsc::channel::<()>();
     let hold = std::thread::spawn(move || {
         holder.batch_execute("BEGIN").unwrap();
         holder.execute("SELECT pg_advisory_xact_lock_shared(1702261874, $1)", &[&id]).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = released.recv_timeout(std::time::Duration::from_secs(30));
         holder.batch_execute("COMMIT").unwrap();
     });
-    common::wait_for("the holder to queue", std::time::Duration::from_secs(10), || {
-        match common::count(&mut db, &format!("SELECT count(*) FROM pg_locks WHERE pid = {holder_pid} AND locktype = 'advisory'")) {
-            1 => Ok(()),
-            n => Err(format!("{n} advisory locks")),
-        }
+    let advisory = |db: &mut postgres::Client, granted: &str| {
+        common::count(db, &format!("SELECT 1 FROM pg_locks WHERE pid = {holder_pid} AND locktype = 'advisory' {granted}"))
+    };
+    common::wait_for("the holder to queue", std::time::Duration::from_secs(10), || match advisory(&mut db, "") {
+        1 => Ok(()),
+        n => Err(format!("{n} advisory locks")),
     });
     db.batch_execute("COMMIT").unwrap();
-    common::wait_for("the holder to hold", std::time::Duration::from_secs(10), || {
-        match common::count(&mut db, &format!("SELECT count(*) FROM pg_locks WHERE pid = {holder_pid} AND locktype = 'advisory' AND granted")) {
-            1 => Ok(()),
-            n => Err(format!("{n} granted")),
-        }
+    common::wait_for("the holder to hold", std::time::Duration::from_secs(10), || match advisory(&mut db, "AND granted") {
+        1 => Ok(()),
+        n => Err(format!("{n} granted")),
     });
     let mut reader = cluster.connect();
-    assert_eq!(column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"), ["first"]);
+    let reader_pid: i32 = reader.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pull = std::thread::spawn(move || column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"));
+    // the reader waits (napping on its latch), or has already come back
+    common::wait_for("the reader to wait", std::time::Duration::from_secs(10), || {
+        let waiting = common::count(
+            &mut db,
+            &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {reader_pid} AND state = 'active' AND wait_event_type = 'Extension'"),
+        );
+        if waiting == 1 || pull.is_finished() { Ok(()) } else { Err("not yet".into()) }
+    });
+    release.send(()).unwrap();
+    assert_eq!(pull.join().unwrap(), ["first"]);
     hold.join().unwrap();
+}
+
+/// The wait above is not for a consumer being changed: a DBA's open transaction may go on
+/// for long, and the pull reads what there is at once, as it did before.
+#[test]
+fn a_pull_does_not_wait_for_a_consumer_being_changed() {
+    let cluster = Cluster::start("rac-ddl", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         BEGIN;
+         SELECT eventq.create_consumer('c', 's');
+         SELECT eventq.publish('s', 'first');
+         COMMIT;",
+    )
+    .unwrap();
+    let mut dba = cluster.connect();
+    dba.batch_execute("BEGIN; SELECT eventq.alter_consumer('c', max_attempts => 3)").unwrap();
+    let mut reader = cluster.connect();
+    let started = std::time::Instant::now();
+    column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "the pull waited {:?}", started.elapsed());
+    dba.batch_execute("COMMIT").unwrap();
+    assert_eq!(column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"), ["first"]);
 }

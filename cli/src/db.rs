@@ -6,7 +6,7 @@
 use futures_util::{stream, StreamExt};
 use std::str::FromStr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -101,16 +101,19 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 }
 
 /// A few connections shared by the console's requests: taken for one request and given
-/// back, reconnecting after one broke.
+/// back, reconnecting after one broke. At most `size` exist at once; a request beyond that
+/// waits for one, so a burst of requests cannot use up the server's connections.
 pub struct Pool {
     config: Config,
     read_only: bool,
-    idle: Mutex<Vec<Client>>,
+    idle: std::sync::Mutex<Vec<Client>>,
+    permits: Arc<Semaphore>,
 }
 
 pub struct Pooled {
     client: Option<Client>,
     pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Pooled {
@@ -122,13 +125,12 @@ impl std::ops::Deref for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
+        // Every statement the console runs is its own transaction, and none LISTENs: a
+        // connection that still works is as good as new.
         if let Some(client) = self.client.take() {
             if !client.is_closed() {
-                // (a pool busy at this instant just lets the connection go)
-                if let Ok(mut idle) = self.pool.idle.try_lock() {
-                    if idle.len() < 8 {
-                        idle.push(client);
-                    }
+                if let Ok(mut idle) = self.pool.idle.lock() {
+                    idle.push(client);
                 }
             }
         }
@@ -136,12 +138,18 @@ impl Drop for Pooled {
 }
 
 impl Pool {
-    pub fn new(config: Config, read_only: bool) -> Arc<Pool> {
-        Arc::new(Pool { config, read_only, idle: Mutex::new(Vec::new()) })
+    pub fn new(config: Config, read_only: bool, size: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            config,
+            read_only,
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        })
     }
 
     pub async fn get(self: &Arc<Pool>) -> Result<Pooled, Error> {
-        let reused = self.idle.lock().await.pop();
+        let permit = self.permits.clone().acquire_owned().await?;
+        let reused = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let client = match reused {
             Some(c) if !c.is_closed() => c,
             _ => {
@@ -154,6 +162,6 @@ impl Pool {
                 client
             }
         };
-        Ok(Pooled { client: Some(client), pool: self.clone() })
+        Ok(Pooled { client: Some(client), pool: self.clone(), _permit: permit })
     }
 }

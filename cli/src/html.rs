@@ -40,8 +40,8 @@ form.inline{display:inline}button{margin-right:.3em}.muted{color:#6b7280}
 label{margin-right:.8em}input[type=text]{width:12em}
 ";
 
-/// Elements with `data-refresh` reload their content from that URL every two seconds
-/// (while the page is visible); forms with `data-confirm` ask first.
+/// Elements with `data-refresh` reload their content from that URL every `data-every`
+/// milliseconds (while the page is visible); forms with `data-confirm` ask first.
 const SCRIPT: &str = "
 document.querySelectorAll('[data-refresh]').forEach(function (el) {
   setInterval(function () {
@@ -50,7 +50,7 @@ document.querySelectorAll('[data-refresh]').forEach(function (el) {
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) { if (html !== null) el.innerHTML = html; })
       .catch(function () {});
-  }, 2000);
+  }, Number(el.dataset.every) || 3000);
 });
 document.addEventListener('submit', function (e) {
   var question = e.target.dataset.confirm;

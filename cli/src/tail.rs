@@ -6,6 +6,7 @@
 
 use crate::db::{self, Error};
 use serde_json::{json, Value};
+use std::io::Write;
 use std::time::Duration;
 use tokio_postgres::Config;
 
@@ -27,10 +28,10 @@ pub struct Args {
     after: Option<i64>,
 }
 
-/// The events of stream $1 that the filter ($2 include, $3 exclude) and the asked
-/// subjects ($4, none: all) select.
+/// The events of stream $1 that the filter ($2 include, $3 exclude, $6 start_at) and the
+/// asked subjects ($4, none: all) select.
 const SELECTED: &str = "FROM eventq.events
-    WHERE stream = $1
+    WHERE stream = $1 AND ($6::text IS NULL OR published_at >= $6::text::timestamptz)
       AND EXISTS (SELECT 1 FROM unnest($2::text[]) p WHERE eventq.subject_matches(p, subject))
       AND NOT EXISTS (SELECT 1 FROM unnest($3::text[]) p WHERE eventq.subject_matches(p, subject))
       AND (cardinality($4::text[]) = 0
@@ -41,14 +42,18 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
     let stream_row = client
         .query_opt("SELECT name FROM eventq.streams WHERE name = $1", &[&args.target])
         .await?;
-    let (stream, include, exclude): (String, Vec<String>, Vec<String>) = match stream_row {
-        Some(_) => (args.target.clone(), vec![">".into()], Vec::new()),
+    // (a consumer with start_at receives only what was published from then on)
+    let (stream, include, exclude, since): (String, Vec<String>, Vec<String>, Option<String>) = match stream_row {
+        Some(_) => (args.target.clone(), vec![">".into()], Vec::new(), None),
         None => {
             let consumer = client
-                .query_opt("SELECT stream, subjects, exclude FROM eventq.consumers WHERE name = $1", &[&args.target])
+                .query_opt(
+                    "SELECT stream, subjects, exclude, start_at::text FROM eventq.consumers WHERE name = $1",
+                    &[&args.target],
+                )
                 .await?
                 .ok_or_else(|| format!("no stream or consumer named \"{}\" (that this role may see)", args.target))?;
-            (consumer.get(0), consumer.get(1), consumer.get(2))
+            (consumer.get(0), consumer.get(1), consumer.get(2), consumer.get(3))
         }
     };
     let read = client
@@ -67,7 +72,7 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
                                       HAVING count(*) > 0),
                                      (SELECT max(seq) FROM eventq.events WHERE stream = $1), 0)"
                 ),
-                &[&stream, &include, &exclude, &args.subjects, &args.last.max(0)],
+                &[&stream, &include, &exclude, &args.subjects, &args.last.max(0), &since],
             )
             .await?
             .get(0),
@@ -80,9 +85,10 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             client.batch_execute(&format!("LISTEN {}", db::channel_of(c.get(0)))).await?;
         }
     }
+    let mut out = std::io::stdout().lock();
     loop {
         loop {
-            let rows = client.query(&read, &[&stream, &include, &exclude, &args.subjects, &after]).await?;
+            let rows = client.query(&read, &[&stream, &include, &exclude, &args.subjects, &after, &since]).await?;
             for row in &rows {
                 let seq: i64 = row.get(0);
                 let line = json!({
@@ -95,8 +101,14 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
                     "headers": row.get::<_, Option<Value>>(5),
                     "published_at": row.get::<_, String>(6),
                 });
-                println!("{line}");
+                // a reader that went away (`| head`) ends the command quietly
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(());
+                }
                 after = seq;
+            }
+            if out.flush().is_err() {
+                return Ok(());
             }
             if rows.len() < 1000 {
                 break;

@@ -89,8 +89,9 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             }
             continue;
         }
-        for row in rows {
-            let task = Task {
+        let tasks: Vec<Task> = rows
+            .iter()
+            .map(|row| Task {
                 id: row.get(0),
                 event_id: row.get(1),
                 seq: row.get(2),
@@ -99,24 +100,62 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
                 payload: row.get(5),
                 headers: row.get(6),
                 attempt: row.get(7),
-            };
-            let verdict = run_one(&client, &args, &task, lease_seconds, &mut terminate, &mut interrupt, &mut stopping).await?;
-            report(&client, &args.consumer, &task, verdict).await?;
+            })
+            .collect();
+        // the leases were taken now: extend them, all that are in hand, every half lease
+        let every = Duration::from_secs_f64((lease_seconds / 2.0).max(0.1));
+        let mut leases = Leases {
+            timer: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+            lease: format!("{lease_seconds} seconds"),
+        };
+        for (i, task) in tasks.iter().enumerate() {
+            let signals = Signals { terminate: &mut terminate, interrupt: &mut interrupt, stopping: &mut stopping };
+            let verdict = run_one(&client, &args, task, &tasks[i..], &mut leases, signals).await?;
+            report(&client, &args.consumer, task, verdict).await?;
         }
     }
     eprintln!("eventq work: stopped");
     Ok(())
 }
 
-/// Runs the command for one task, extending its lease while it runs.
+struct Leases {
+    timer: tokio::time::Interval,
+    lease: String,
+}
+
+impl Leases {
+    /// Extends the leases of the tasks in hand (those its worker lost are left alone).
+    async fn extend(&self, client: &Client, consumer: &str, in_hand: &[Task]) -> Result<(), Error> {
+        for task in in_hand {
+            client
+                .execute(
+                    "SELECT eventq.extend_lease($1, $2, $3::text::interval, attempt => $4)",
+                    &[&consumer, &task.id, &self.lease, &task.attempt],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct Signals<'a> {
+    terminate: &'a mut tokio::signal::unix::Signal,
+    interrupt: &'a mut tokio::signal::unix::Signal,
+    stopping: &'a mut bool,
+}
+
+/// How long the command's pipes may stay open after it exited (a process it started in the
+/// background may hold them).
+const PIPES_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Runs the command for one task (the first of `in_hand`), keeping the leases in hand.
 async fn run_one(
     client: &Client,
     args: &Args,
     task: &Task,
-    lease_seconds: f64,
-    terminate: &mut tokio::signal::unix::Signal,
-    interrupt: &mut tokio::signal::unix::Signal,
-    stopping: &mut bool,
+    in_hand: &[Task],
+    leases: &mut Leases,
+    signals: Signals<'_>,
 ) -> Result<Verdict, Error> {
     let mut command = tokio::process::Command::new(&args.command[0]);
     command
@@ -131,6 +170,7 @@ async fn run_one(
         .env("EVENTQ_HEADERS", task.headers.as_ref().map(Value::to_string).unwrap_or_default())
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -144,37 +184,41 @@ async fn run_one(
         let _ = stdin.write_all(b"\n").await;
     });
     let mut stderr = child.stderr.take().expect("piped stderr");
+    // only the end of stderr is kept
     let reader = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let _ = stderr.read_to_end(&mut all).await;
-        all
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * ERROR_BYTES {
+                tail.drain(..tail.len() - ERROR_BYTES);
+            }
+        }
+        tail
     });
-    let extend_every = Duration::from_secs_f64((lease_seconds / 2.0).max(0.5));
-    let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + extend_every, extend_every);
     let mut interrupted = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
-            _ = extend.tick() => {
-                let lease = format!("{lease_seconds} seconds");
-                client
-                    .execute(
-                        "SELECT eventq.extend_lease($1, $2, $3::text::interval, attempt => $4)",
-                        &[&args.consumer, &task.id, &lease, &task.attempt],
-                    )
-                    .await?;
-            }
-            _ = terminate.recv() => interrupted |= signalled(&child, stopping),
-            _ = interrupt.recv() => interrupted |= signalled(&child, stopping),
+            _ = leases.timer.tick() => leases.extend(client, &args.consumer, in_hand).await?,
+            _ = signals.terminate.recv() => interrupted |= signalled(&child, signals.stopping),
+            _ = signals.interrupt.recv() => interrupted |= signalled(&child, signals.stopping),
         }
     };
-    let _ = writer.await;
-    let stderr = reader.await.unwrap_or_default();
+    writer.abort();
+    let stderr = match tokio::time::timeout(PIPES_AFTER_EXIT, reader).await {
+        Ok(Ok(tail)) => tail,
+        _ => Vec::new(),
+    };
     if status.success() && !interrupted {
         return Ok(Verdict::Done);
     }
     let tail = &stderr[stderr.len().saturating_sub(ERROR_BYTES)..];
-    let mut error = String::from_utf8_lossy(tail).trim().to_string();
+    // (text cannot hold NUL)
+    let mut error = String::from_utf8_lossy(tail).replace('\0', "").trim().to_string();
     if interrupted {
         error = format!("interrupted: {error}");
     }
@@ -188,11 +232,12 @@ async fn run_one(
 fn signalled(child: &tokio::process::Child, stopping: &mut bool) -> bool {
     if !*stopping {
         *stopping = true;
-        eprintln!("eventq work: stopping after the task in hand (signal again to interrupt it)");
+        eprintln!("eventq work: stopping after the tasks in hand (signal again to interrupt the command)");
         return false;
     }
+    // the command's whole process group (it has its own)
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
     }
     true
 }

@@ -211,20 +211,35 @@ pub fn drain_before_reading(client: &SpiClient<'_>, consumer_id: i32, nested: bo
         }
         return;
     }
-    // Drain here; while another drain holds the lock, wait for it to cover us, or for the
-    // lock. A drain that could not take this consumer's lock exclusively left it a gap
-    // instead of its tasks (a new consumer's first drain needs that lock, and a maintenance
-    // pass or another worker's pull may hold it shared for a moment): drain again until the
-    // gap is filled, unless the consumer is being changed (a transaction holds its lock
-    // exclusively and may go on for long), in which case there is nothing to wait for.
+    // A consumer with a routing gap (its creation, or drains that routed around a change)
+    // gets its tasks only from a drain that holds its lock exclusively, and a maintenance
+    // pass or another worker's pull may hold that lock shared for a moment. So take it here
+    // first, waiting those out, but not while this transaction holds the drain lock (which
+    // would stop every drain meanwhile), and not for a consumer being changed (its lock held
+    // or awaited exclusively by a transaction that may go on for long). Holding it, this
+    // transaction's own drain is the one that fills the gap.
     let deadline = std::time::Instant::now() + READ_AFTER_COMMIT_WAIT;
-    let gap_to_wait_for = || {
-        has_gaps()
-            && crate::storage::locks::try_lock_consumer(consumer_id, crate::storage::locks::Mode::Shared)
-    };
+    let mut holding = false;
+    if has_gaps() {
+        use crate::storage::locks;
+        holding = loop {
+            if locks::try_lock_consumer(consumer_id, locks::Mode::Exclusive) {
+                break true;
+            }
+            if locks::consumer_being_changed(client, consumer_id) || std::time::Instant::now() >= deadline {
+                break false;
+            }
+            wakeup::nap();
+        };
+    }
+    // Drain here; while another drain holds the lock, wait for it to cover us (unless we
+    // hold the consumer's lock: then only our drain can fill its gap), or for the lock.
     loop {
-        let covered = drain_here() || pending.is_some_and(wakeup::drained_through);
-        if (covered && !gap_to_wait_for()) || std::time::Instant::now() >= deadline {
+        if drain_here() {
+            return;
+        }
+        let covered = pending.is_some_and(wakeup::drained_through) && !(holding && has_gaps());
+        if covered || std::time::Instant::now() >= deadline {
             return;
         }
         wakeup::nap();

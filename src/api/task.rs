@@ -252,7 +252,8 @@ fn retry_now(consumer: Option<&str>, task_ids: default!(Option<Vec<Option<i64>>>
 }
 
 /// available, scheduled, retryable or running -> discarded: an operator's verdict on tasks
-/// not yet finished (waiting tasks are left to their key's head). Returns how many changed.
+/// not yet finished (waiting tasks are left to their key's head, running tasks with a key
+/// to their workers). Returns how many changed.
 #[pg_extern]
 fn cancel(
     consumer: Option<&str>,

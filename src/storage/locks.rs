@@ -19,6 +19,7 @@
 //! with eventq.
 
 use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
 
 const DRAIN: (u32, u32) = (1_702_261_873, 1);
 const CONSUMER: u32 = 1_702_261_874;
@@ -80,4 +81,24 @@ pub fn lock_stream(id: i32, mode: Mode) {
 
 pub fn try_lock_stream(id: i32, mode: Mode) -> bool {
     acquire((STREAM, id as u32), mode, false)
+}
+
+// Whether another transaction (or a prepared one) holds or awaits the consumer's lock
+// exclusively: the consumer is being created, changed or dropped, or a drain fills its gap.
+static CONSUMER_HELD_EXCLUSIVELY: super::Statement = super::Statement::new(
+    "SELECT EXISTS (
+         SELECT 1 FROM pg_catalog.pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ExclusiveLock'
+           AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                             WHERE d.datname = pg_catalog.current_database())
+           AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid())",
+    &[super::BIGINT, super::BIGINT],
+);
+
+/// Whether someone else holds or waits for the consumer's lock exclusively (a slow look at
+/// the lock table: only for a reader about to wait for that lock).
+pub fn consumer_being_changed(client: &SpiClient<'_>, id: i32) -> bool {
+    super::scalar::<bool>(&CONSUMER_HELD_EXCLUSIVELY, client, &[super::arg(CONSUMER as i64), super::arg(id as i64)])
+        .unwrap_or(false)
 }

@@ -452,14 +452,24 @@ pub fn retry_now(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<
 
 // An operator's verdict on tasks not yet finished: they end as discarded. A running task's
 // attempt is recorded as discarded, and its worker's later ack or retry changes nothing (as
-// after a lost lease). Waiting tasks are left alone: they are not their key's head, and a
-// consumer's sequence counts a subject as finished only when its head is settled; discard
-// the head, and the next one moves up. Rows a pull is leasing right now are waited for.
+// after a lost lease); but a running task with a key (key ordering) is left to its worker,
+// since its key must not move on while it runs. Waiting tasks are left alone too: they are
+// not their key's head, and a consumer's sequence counts a subject as finished only when
+// its head is settled; discard the head, and the next one moves up. Rows are found and
+// locked as ACK finds them (in the order of their ctids), so a bulk cancel and a worker's
+// batch ack cannot deadlock; a row that changed meanwhile (a pull leased it) is left out.
 static CANCEL: Statement = Statement::indexed(
     "WITH target AS (
-         SELECT seq, state AS was FROM eventq_internal.tasks
-         WHERE consumer_id = $1 AND seq = ANY ($2)
-           AND state IN ('available', 'scheduled', 'retryable', 'running')
+         SELECT t.seq, t.state AS was FROM eventq_internal.tasks t
+         WHERE t.ctid = ANY (ARRAY (
+                   SELECT task.ctid FROM unnest($2::bigint[]) AS id(seq)
+                   CROSS JOIN LATERAL (
+                       SELECT ctid FROM eventq_internal.tasks
+                       WHERE consumer_id = $1 AND seq = id.seq LIMIT 1
+                   ) task))
+           AND t.consumer_id = $1
+           AND (t.state IN ('available', 'scheduled', 'retryable')
+                OR (t.state = 'running' AND t.order_key IS NULL))
          FOR UPDATE
      ), ended AS (
          UPDATE eventq_internal.tasks t

@@ -354,4 +354,31 @@ pub fn script(db: &mut Client, sql: &str) {
         db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 }
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child process to exit, failing the test after `within`.
+pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not stop within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `SELECT … ` (counted) returns `expected` rows.
+pub fn wait_for_count(db: &mut Client, what: &str, sql: &str, expected: i64) {
+    wait_for(what, Duration::from_secs(60), || match count(db, sql) {
+        n if n == expected => Ok(()),
+        n => Err(format!("{n} rows, not {expected}")),
+    });
+}
+
 pub mod command;

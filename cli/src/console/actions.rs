@@ -30,7 +30,7 @@ fn allowed(app: &super::App, form: &Form) -> Result<(), Failure> {
     if app.read_only {
         return Err(Failure::new(StatusCode::FORBIDDEN, "the console is read-only"));
     }
-    if form.get("token") != Some(app.form_token.as_str()) {
+    if !super::same_secret(form.get("token").unwrap_or(""), &app.form_token) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "the form is stale or from elsewhere: reload the page"));
     }
     Ok(())
@@ -94,11 +94,23 @@ pub async fn consumer_action(State(app): State<Shared>, Path(name): Path<String>
 pub async fn seek(State(app): State<Shared>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let form = Form::parse(&body);
     allowed(&app, &form)?;
-    let seq: i64 = form
-        .get("seq")
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "seek needs a seq"))?;
     let db = app.pool.get().await?;
-    db.execute("SELECT eventq.seek($1, $2::bigint)", &[&name, &seq]).await?;
-    Ok(back_to(format!("/consumers/{}?notice={}", url(&name), url(&format!("The cursor is at {seq}.")))))
+    let (seq, at) = (form.get("seq").map(str::trim), form.get("at").map(str::trim));
+    match (seq, at) {
+        (Some(seq), _) => {
+            let seq: i64 = seq
+                .parse()
+                .map_err(|_| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a seq: {seq}")))?;
+            db.execute("SELECT eventq.seek($1, $2::bigint)", &[&name, &seq]).await?;
+        }
+        (None, Some(at)) => {
+            db.execute("SELECT eventq.seek($1, $2::text::timestamptz)", &[&name, &at]).await?;
+        }
+        (None, None) => return Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "seek needs a seq or a time")),
+    }
+    let cursor: i64 = db
+        .query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = $1", &[&name])
+        .await?
+        .get(0);
+    Ok(back_to(format!("/consumers/{}?notice={}", url(&name), url(&format!("The cursor is at {cursor}.")))))
 }

@@ -4,8 +4,9 @@
 //! An event: `{"subject": "order.created", "payload": {...}, "key": "...", "headers": {...}}`,
 //! and for a single event also `"dedup_key"` and `"deliver_at"`. Answers 201 with `{"id"}`
 //! or `{"ids": [...]}`; errors are `{"error", "sqlstate"}` with a status from eventq's
-//! SQLSTATE: 404 unknown stream, 422 invalid subject or payload, 403 no privilege, 401
-//! without the bearer token when `EVENTQ_TOKEN` is set.
+//! SQLSTATE: 404 unknown stream, 422 invalid subject or payload, 403 no privilege, 503 when
+//! trying again may work; 401 without the bearer token when `EVENTQ_TOKEN` is set, 415
+//! for a body not sent as `application/json`.
 
 use super::{status_of, Failure, Shared};
 use axum::body::Bytes;
@@ -39,10 +40,20 @@ fn authorized(expected: &str, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    super::same_secret(given, expected)
 }
 
+/// JSON only: a page of another origin cannot post it without a preflight, which is not
+/// answered.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[derive(Debug)]
 struct Event {
     subject: String,
     payload: Value,
@@ -82,6 +93,9 @@ pub async fn publish(State(app): State<Shared>, Path(stream): Path<String>, head
     }
     if app.read_only {
         return error(StatusCode::FORBIDDEN, "the console is read-only", None);
+    }
+    if !is_json(&headers) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the event as Content-Type: application/json", None);
     }
     let document: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

@@ -68,7 +68,7 @@ pub async fn overview(State(app): State<Shared>, Query(params): Query<Params>) -
     Ok(Html(page(
         "Overview",
         app.read_only,
-        &format!("<h1>Overview</h1>{workers_note}<div id=\"overview\" data-refresh=\"/?fragment=overview\">{body}</div>"),
+        &format!("<h1>Overview</h1>{workers_note}<div id=\"overview\" data-refresh=\"/?fragment=overview\" data-every=\"{}\">{body}</div>", app.refresh_ms),
     )))
 }
 
@@ -152,8 +152,9 @@ pub async fn consumer(State(app): State<Shared>, Path(name): Path<String>, Query
         }
     );
     body.push_str(&format!(
-        "<div data-refresh=\"/consumers/{}?fragment=counts\">{}</div>",
+        "<div data-refresh=\"/consumers/{}?fragment=counts\" data-every=\"{}\">{}</div>",
         url(&name),
+        app.refresh_ms,
         counts(&name, &c)
     ));
     if !app.read_only {
@@ -177,19 +178,21 @@ pub async fn consumer(State(app): State<Shared>, Path(name): Path<String>, Query
 }
 
 /// Keys whose tasks wait, the most first, with what holds each: its task in flight, or
-/// the consumer's sequence.
+/// the consumer's sequence. One pass over the consumer's unfinished tasks.
 async fn blocked_keys(db: &Client, name: &str) -> Result<String, Failure> {
     let rows = db
         .query(
-            "SELECT w.key, w.waiting, w.oldest,
-                    (SELECT format('task %s (%s, attempt %s)', h.task_id, h.state, h.attempt)
-                     FROM eventq.tasks h
-                     WHERE h.consumer = $1 AND h.key = w.key
-                       AND h.state IN ('available', 'running', 'retryable')
-                     ORDER BY h.task_id LIMIT 1)
-             FROM (SELECT key, count(*) AS waiting, min(task_id) AS oldest
-                   FROM eventq.tasks WHERE consumer = $1 AND state = 'waiting'
-                   GROUP BY key ORDER BY count(*) DESC, key LIMIT 20) w",
+            "SELECT key,
+                    count(*) FILTER (WHERE state = 'waiting') AS waiting,
+                    min(task_id) FILTER (WHERE state = 'waiting'),
+                    min(format('task %s (%s, attempt %s)', task_id, state, attempt))
+                        FILTER (WHERE state IN ('available', 'running', 'retryable'))
+             FROM eventq.tasks
+             WHERE consumer = $1 AND state IN ('waiting', 'available', 'running', 'retryable')
+               AND key IS NOT NULL
+             GROUP BY key
+             HAVING count(*) FILTER (WHERE state = 'waiting') > 0
+             ORDER BY waiting DESC, key LIMIT 20",
             &[&name],
         )
         .await?;
@@ -201,7 +204,7 @@ async fn blocked_keys(db: &Client, name: &str) -> Result<String, Failure> {
                 vec![
                     r.get::<_, Option<String>>(0).unwrap_or_default(),
                     r.get::<_, i64>(1).to_string(),
-                    r.get::<_, i64>(2).to_string(),
+                    r.get::<_, Option<i64>>(2).map(|t| t.to_string()).unwrap_or_default(),
                     r.get::<_, Option<String>>(3).unwrap_or_else(|| "its sequence (earlier subjects not finished)".into()),
                 ]
             })
@@ -469,10 +472,13 @@ async fn log_consumer(app: &super::App, db: &Client, name: &str, c: &Value, para
         if !app.read_only {
             body.push_str(&format!(
                 "<form method=\"post\" action=\"/consumers/{}/seek\" data-confirm=\"Move the cursor of {} to {target}?\">{}\
-                 <input type=\"hidden\" name=\"seq\" value=\"{target}\"><button id=\"seek\">Seek to {target}</button></form>",
+                 <input type=\"hidden\" name=\"{}\" value=\"{}\"><button id=\"seek\">Seek to {target}</button></form>",
                 url(name),
                 esc(name),
-                form_token(app)
+                form_token(app),
+                // by time, the seek is `seek(consumer, at)` itself
+                if preview_seq.is_some() { "seq" } else { "at" },
+                esc(&preview_seq.clone().or(preview_at.clone()).unwrap_or_default()),
             ));
         }
     }
@@ -489,21 +495,42 @@ pub async fn events(State(app): State<Shared>, Query(params): Query<Params>) -> 
         given(&params.since),
         given(&params.until),
     );
-    let rows = db
-        .query(
-            "SELECT stream, seq, event_id::text, subject, coalesce(key, ''),
-                    to_char(published_at, 'YYYY-MM-DD HH24:MI:SS.MS'), left(payload::text, 100)
-             FROM eventq.events
-             WHERE ($1::text IS NULL OR stream = $1)
-               AND ($2::text IS NULL OR eventq.subject_matches($2, subject))
-               AND ($3::text IS NULL OR key = $3)
-               AND ($4::text IS NULL OR event_id = $4::text::uuid)
-               AND ($5::text IS NULL OR published_at >= $5::text::timestamptz)
-               AND ($6::text IS NULL OR published_at < $6::text::timestamptz)
-             ORDER BY published_at DESC, seq DESC LIMIT 50",
-            &[&stream, &subject, &key, &id, &since, &until],
-        )
-        .await?;
+    // The newest first, by seq (commit order). Looked for among the newest 10 000 events,
+    // then the newest million, then all: a page of a busy log must not sort all of it.
+    let head: Option<i64> = db
+        .query_one("SELECT max(head_seq) FROM eventq.streams WHERE ($1::text IS NULL OR name = $1)", &[&stream])
+        .await?
+        .get(0);
+    let mut rows = Vec::new();
+    for window in [Some(10_000i64), Some(1_000_000), None] {
+        let after: Option<i64> = match (head, window) {
+            (Some(head), Some(w)) if head > w => Some(head - w),
+            (_, Some(_)) => continue,
+            (_, None) => None,
+        };
+        rows = db
+            .query(
+                &format!(
+                    "SELECT stream, seq, event_id::text, subject, coalesce(key, ''),
+                            to_char(published_at, 'YYYY-MM-DD HH24:MI:SS.MS'), left(payload::text, 100)
+                     FROM eventq.events
+                     WHERE ($1::text IS NULL OR stream = $1)
+                       AND ($2::text IS NULL OR eventq.subject_matches($2, subject))
+                       AND ($3::text IS NULL OR key = $3)
+                       AND ($4::text IS NULL OR event_id = $4::text::uuid)
+                       AND ($5::text IS NULL OR published_at >= $5::text::timestamptz)
+                       AND ($6::text IS NULL OR published_at < $6::text::timestamptz)
+                       {}
+                     ORDER BY seq DESC LIMIT 50",
+                    if after.is_some() { "AND seq > $7" } else { "AND $7::bigint IS NULL" }
+                ),
+                &[&stream, &subject, &key, &id, &since, &until, &after],
+            )
+            .await?;
+        if rows.len() >= 50 {
+            break;
+        }
+    }
     let t = Table {
         headers: vec!["stream", "seq", "event id", "subject", "key", "published", "payload"],
         rows: rows
