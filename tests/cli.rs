@@ -209,6 +209,12 @@ fn work_acks_retries_and_stops_gracefully() {
     ok(cluster.eventq(&["work", "runner", "--lease", "2 seconds", "--drain", "--", "sh", "-c", "cat > /dev/null; sleep 5"]));
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"), 0);
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 4);
+    // a batch: the tasks waiting their turn keep their leases too
+    db.batch_execute("SELECT eventq.publish('jobs', 'job.batched', '{}') FROM generate_series(1, 3)").unwrap();
+    wait_for_count(&mut db, "the batch's tasks", "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'available'", 3);
+    ok(cluster.eventq(&["work", "runner", "--batch", "3", "--lease", "2 seconds", "--drain", "--", "sh", "-c", "cat > /dev/null; sleep 1.5"]));
+    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"), 0);
+    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 7);
     let error = fails(cluster.eventq(&["work", "nobody", "--", "true"]));
     assert!(error.contains("no task consumer named \"nobody\""), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
