@@ -78,6 +78,13 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             .get(0),
     };
     if args.follow {
+        let workers: i64 = client.query_one("SELECT count(*) FROM eventq.workers", &[]).await?.get(0);
+        if workers == 0 {
+            eprintln!(
+                "eventq tail: no background worker reports to this role: new events show up once \
+                 something drains them (a pull, a fetch, run_maintenance())"
+            );
+        }
         let consumers = client
             .query("SELECT name FROM eventq.consumers WHERE stream = $1", &[&stream])
             .await?;
