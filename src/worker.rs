@@ -225,7 +225,9 @@ pub extern "C-unwind" fn eventq_worker_main(arg: pg_sys::Datum) {
         let now = Instant::now();
         if now >= next_timers {
             in_transaction("rescuing leases", &mut warnings, || {
-                let (_, errors) = Spi::connect(maintenance::timers);
+                // never the pass from the beginning, which under a held snapshot walks every
+                // dead entry and would hold up the drains (pulls make it)
+                let (_, errors) = Spi::connect(|client| maintenance::timers(client, false));
                 errors
             })
             .into_iter()
