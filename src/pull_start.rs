@@ -37,21 +37,11 @@
 //! snapshot held for minutes that was hundreds of thousands of entries per pull. So each
 //! entry also keeps `timers_from`, a time below which a pass found nothing left to do, and
 //! passes look only at times from there. It is a claim about committed rows a pass could
-//! lock. Two kinds of timer could still turn up before it, and each is kept in view:
-//! - one committed later by a transaction that started earlier (a pull, a retry or a drain
-//!   inside a long transaction). Every time such a transaction writes is at or after its
-//!   start. The claim is made a second before the pass's start: a transaction that ran
-//!   for less than half of that wrote nothing below any claim made by a pass that could not
-//!   see it. A longer one (`timers_written`) lowers the claim to its start when it commits
-//!   and moves the entry's timer epoch on; a pass whose epoch is no longer current claims
-//!   nothing, as its snapshot may have missed those rows. COMMIT PREPARED, which may run
-//!   anywhere, sends the database's claims back to the beginning.
-//! - one a pass skipped because another transaction had it locked, which then rolled back
-//!   (an ack, a cancel). A pass claims no further than the earliest expired lease or due
-//!   timer its snapshot still sees, locked or not.
-//! Changes behind eventq's back (a DBA's UPDATE) are caught by a pass from the beginning every `FULL_TIMER_PASS_EVERY`; the
-//! background worker never makes that pass, so that under a held snapshot (when the pass
-//! walks every dead entry) it never holds up the worker's drains.
+//! lock; a lease or retry whose time lies before it can still appear (committed later by a
+//! transaction that started earlier, or rolled back after a pass skipped its locked row). So
+//! the claim is made a second before the pass's start, which covers short transactions, and
+//! every `FULL_TIMER_PASS_EVERY` one pass starts from the beginning and replaces it: a timer
+//! that turns up late fires at most that much after it would have otherwise.
 
 use pgrx::pg_sys;
 use pgrx::{pg_guard, pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -66,12 +56,8 @@ const FREE: u64 = 0;
 const DELETED: u64 = u64::MAX;
 /// How long a start lives without a reset (microseconds).
 const RESET_AFTER: i64 = 1_000_000;
-/// A transaction that wrote timers and ran this long lowers the claims when it commits
-/// (microseconds; half the second of margin a pass's claim keeps).
-const LONG_WRITER: i64 = 500_000;
-/// How often a timer pass of a consumer starts from the beginning (microseconds): only a
-/// change made behind eventq's back needs it.
-const FULL_TIMER_PASS_EVERY: i64 = 60_000_000;
+/// How often a timer pass of a consumer starts from the beginning (microseconds).
+const FULL_TIMER_PASS_EVERY: i64 = 5_000_000;
 /// A timer pass from the beginning (TimestampTz's -infinity).
 pub const FROM_THE_BEGINNING: i64 = i64::MIN;
 
@@ -86,9 +72,6 @@ pub struct Entry {
     reset_at: AtomicI64,
     timers_from: AtomicI64,
     full_timer_pass_at: AtomicI64,
-    /// Moved on whenever `timers_from` is lowered: a pass that read an older epoch claims
-    /// nothing.
-    timers_epoch: AtomicU64,
 }
 
 pub struct Starts {
@@ -162,7 +145,7 @@ fn take(e: &'static Entry, key: u64) -> Option<&'static Entry> {
     let taken = current == FREE || current == DELETED;
     if taken {
         reset_locked(e);
-        lower_timers_locked(e, FROM_THE_BEGINNING);
+        e.timers_from.store(FROM_THE_BEGINNING, Ordering::Relaxed);
         e.full_timer_pass_at.store(i64::MIN, Ordering::Relaxed);
         e.key.store(key, Ordering::Release);
     }
@@ -236,19 +219,10 @@ pub fn raise(from: Start, lowest: i64) {
     unlock(e);
 }
 
-/// Where a timer pass starts, and what its claim needs afterwards.
-#[derive(Clone, Copy, Debug)]
-pub struct TimerPass {
-    /// A TimestampTz; FROM_THE_BEGINNING for a pass from the beginning.
-    pub from: i64,
-    pub full: bool,
-    epoch: u64,
-}
-
-/// Where a timer pass of the consumer starts. At most one pass per
-/// `FULL_TIMER_PASS_EVERY` is told to start from the beginning, and only if `may_be_full`.
-pub fn timers_from(consumer: i32, may_be_full: bool) -> TimerPass {
-    let full = TimerPass { from: FROM_THE_BEGINNING, full: true, epoch: u64::MAX };
+/// Where a timer pass of the consumer starts (a TimestampTz), and whether that is the
+/// beginning. At most one pass per `FULL_TIMER_PASS_EVERY` is told to start there.
+pub fn timers_from(consumer: i32) -> (i64, bool) {
+    let full = (FROM_THE_BEGINNING, true);
     let Some(e) = entry(consumer, true) else { return full };
     lock(e);
     if e.key.load(Ordering::Relaxed) != key_of(consumer) {
@@ -256,82 +230,44 @@ pub fn timers_from(consumer: i32, may_be_full: bool) -> TimerPass {
         return full;
     }
     let t = now();
-    let epoch = e.timers_epoch.load(Ordering::Relaxed);
     // (a clock set back counts as time passed)
-    let due = !(0..=FULL_TIMER_PASS_EVERY).contains(&t.saturating_sub(e.full_timer_pass_at.load(Ordering::Relaxed)));
-    let pass = if may_be_full && due {
+    let from = if !(0..=FULL_TIMER_PASS_EVERY).contains(&t.saturating_sub(e.full_timer_pass_at.load(Ordering::Relaxed))) {
         e.full_timer_pass_at.store(t, Ordering::Relaxed);
-        TimerPass { from: FROM_THE_BEGINNING, full: true, epoch }
+        full
     } else {
-        TimerPass { from: e.timers_from.load(Ordering::Relaxed), full: false, epoch }
+        (e.timers_from.load(Ordering::Relaxed), false)
     };
     unlock(e);
-    pass
+    from
 }
 
-/// A timer pass left no timer of the consumer before `below` (see the module comment for
-/// how the caller chose it). If the pass changed tasks, that holds once its transaction
-/// commits.
-pub fn timers_passed(consumer: i32, pass: TimerPass, below: i64, changed: bool) {
+/// A timer pass left no timer of the consumer before `below` (`timers_from` explains the
+/// second of margin the caller has taken off). If the pass changed tasks, that holds once
+/// its transaction commits.
+pub fn timers_passed(consumer: i32, full: bool, below: i64, changed: bool) {
     if !crate::wakeup::preloaded() {
         return;
     }
     if changed {
         let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
-        PASSED.with(|p| p.borrow_mut().push((consumer, pass, below, subtransaction)));
+        PASSED.with(|p| p.borrow_mut().push((consumer, full, below, subtransaction)));
         register_callback();
     } else {
-        claim_timers(consumer, pass, below);
+        claim_timers(consumer, full, below);
     }
 }
 
-fn claim_timers(consumer: i32, pass: TimerPass, below: i64) {
+fn claim_timers(consumer: i32, full: bool, below: i64) {
     let Some(e) = entry(consumer, false) else { return };
     lock(e);
     if e.key.load(Ordering::Relaxed) == key_of(consumer)
-        && e.timers_epoch.load(Ordering::Relaxed) == pass.epoch
-        && (pass.full || e.timers_from.load(Ordering::Relaxed) < below)
+        && (full || e.timers_from.load(Ordering::Relaxed) < below)
     {
         // A pass from the beginning replaces the claim: one made before the clock was set
         // back may lie in the future.
         e.timers_from.store(below, Ordering::Relaxed);
     }
     unlock(e);
-}
-
-/// Brings the claim down to `to` (a TimestampTz) if it is above, and voids the claims of
-/// passes under way.
-fn lower_timers_locked(e: &Entry, to: i64) {
-    if e.timers_from.load(Ordering::Relaxed) > to {
-        e.timers_from.store(to, Ordering::Relaxed);
-    }
-    e.timers_epoch.fetch_add(1, Ordering::Relaxed);
-}
-
-fn lower_timers(consumer: i32, to: i64) {
-    if let Some(e) = entry(consumer, false) {
-        lock(e);
-        if e.key.load(Ordering::Relaxed) == key_of(consumer) {
-            lower_timers_locked(e, to);
-        }
-        unlock(e);
-    }
-}
-
-/// This transaction writes timers of `consumer` (leases, retries, tasks scheduled for
-/// later), all at or after its start: if it has run long when it commits, passes look from
-/// there again.
-pub fn timers_written(consumer: i32) {
-    if !crate::wakeup::preloaded() {
-        return;
-    }
-    WRITTEN.with(|w| {
-        let mut w = w.borrow_mut();
-        if !w.contains(&consumer) {
-            w.push(consumer);
-        }
-    });
-    register_callback();
 }
 
 fn reset_consumer(consumer: i32) {
@@ -342,13 +278,9 @@ fn reset_consumer(consumer: i32) {
     }
 }
 
-/// Resets the start of every consumer of this database, and sends its timer passes back to
-/// the beginning (COMMIT PREPARED: a prepared transaction may have written anything).
+/// Resets the start of every consumer of this database (COMMIT PREPARED).
 pub fn reset_database() {
-    each_of_database(database(), |e| {
-        reset_locked(e);
-        lower_timers_locked(e, FROM_THE_BEGINNING);
-    });
+    each_of_database(database(), reset_locked);
 }
 
 /// Forgets the consumers of a database: it was dropped, or eventq is created there anew
@@ -356,7 +288,7 @@ pub fn reset_database() {
 pub fn forget_database(oid: u32) {
     each_of_database(oid as u64, |e| {
         reset_locked(e);
-        lower_timers_locked(e, FROM_THE_BEGINNING);
+        e.timers_from.store(FROM_THE_BEGINNING, Ordering::Relaxed);
         e.key.store(DELETED, Ordering::Release);
     });
 }
@@ -395,9 +327,7 @@ thread_local! {
     static RELEASED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     /// Timer passes of this transaction that changed tasks: (consumer, full, below, and the
     /// subtransaction whose rollback undoes them).
-    static PASSED: RefCell<Vec<(i32, TimerPass, i64, pg_sys::SubTransactionId)>> = const { RefCell::new(Vec::new()) };
-    /// Consumers whose timers this transaction wrote.
-    static WRITTEN: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static PASSED: RefCell<Vec<(i32, bool, i64, pg_sys::SubTransactionId)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -457,25 +387,13 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
             for consumer in RELEASED.with(|r| std::mem::take(&mut *r.borrow_mut())) {
                 reset_consumer(consumer);
             }
-            // A transaction shorter than the second passes leave as margin wrote nothing
-            // before any claim a pass could have made without seeing it (see the module
-            // comment); a longer one brings the claims down to its start. Before this
-            // transaction's own claims, which a lowering voids.
-            let started = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-            let written = WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut()));
-            if now().saturating_sub(started) >= LONG_WRITER {
-                for consumer in written {
-                    lower_timers(consumer, started);
-                }
-            }
-            for (consumer, pass, below, _) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
-                claim_timers(consumer, pass, below);
+            for (consumer, full, below, _) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                claim_timers(consumer, full, below);
             }
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             RELEASED.with(|r| r.borrow_mut().clear());
             PASSED.with(|p| p.borrow_mut().clear());
-            WRITTEN.with(|w| w.borrow_mut().clear());
         }
         _ => {}
     }

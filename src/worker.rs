@@ -225,9 +225,7 @@ pub extern "C-unwind" fn eventq_worker_main(arg: pg_sys::Datum) {
         let now = Instant::now();
         if now >= next_timers {
             in_transaction("rescuing leases", &mut warnings, || {
-                // never the pass from the beginning, which under a held snapshot walks every
-                // dead entry and would hold up the drains (pulls make it)
-                let (_, errors) = Spi::connect(|client| maintenance::timers(client, false));
+                let (_, errors) = Spi::connect(maintenance::timers);
                 errors
             })
             .into_iter()

@@ -53,7 +53,7 @@ fn pull(
             // Expired leases and due retries of this consumer; skipped while the consumer
             // is being changed (its lock is held), and never waiting for anyone.
             if locks::try_lock_consumer(c.id, locks::Mode::Shared) {
-                tasks::rescue_and_promote(client, c.id, c.stream_id, c.policy.max_attempts, RESCUE_LIMIT, true);
+                tasks::rescue_and_promote(client, c.id, c.stream_id, c.policy.max_attempts, RESCUE_LIMIT);
                 if c.ordering == KeyOrdering::Key {
                     keys::settle_rechecked(client, c.id);
                     if c.sequence.is_some() {

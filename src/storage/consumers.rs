@@ -321,7 +321,6 @@ static REPLAY: Statement = Statement::new(
 pub fn replay(client: &SpiClient<'_>, c: &Consumer, since: TimestampWithTimeZone) -> i64 {
     // Tasks of old events, below where pulls start.
     crate::pull_start::released(c.id);
-    crate::pull_start::timers_written(c.id);
     let Some(row) = REPLAY.first_row(client, &[arg(c.id), arg(since)]) else { return 0 };
     let keys: Vec<String> = column(&row, 2).unwrap_or_default();
     if !keys.is_empty() {
@@ -418,7 +417,6 @@ static FORGET_KEY_ORDER: Statement = Statement::new(
 
 /// Turns key ordering off; the caller holds the consumer's lock.
 pub fn forget_key_order(client: &SpiClient<'_>, id: i32) {
-    crate::pull_start::timers_written(id);
     crate::pull_start::released(id);
     FORGET_KEY_ORDER.run(client, &[arg(id)]);
 }

@@ -470,7 +470,6 @@ impl FanOut {
     /// Fills the consumer's gaps; an open gap (a consumer's creation) ends at `open_end`.
     fn fill_gaps(&mut self, client: &SpiClient<'_>, consumer_id: i32, open_end: i64) {
         self.handled.insert(consumer_id);
-        crate::pull_start::timers_written(consumer_id);
         let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(open_end)])
         else {
             return;
@@ -545,8 +544,6 @@ impl FanOut {
                 if route.mode != Mode::Task {
                     continue;
                 }
-                // (some may be scheduled for later: see pull_start)
-                crate::pull_start::timers_written(route.consumer_id);
                 let task_key = if route.keyed { event.key.clone() } else { None };
                 if let Some(k) = &task_key {
                     if keys_seen.insert((route.consumer_id, k.clone())) {

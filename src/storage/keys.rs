@@ -367,8 +367,6 @@ static SEQUENCED: Statement = Statement::new(
 
 /// Settles keys whose rows the caller holds.
 fn settle(client: &SpiClient<'_>, consumer_id: i32, mut locked: Vec<String>) {
-    // a key's next task may be scheduled for later
-    crate::pull_start::timers_written(consumer_id);
     if locked.is_empty() {
         return;
     }

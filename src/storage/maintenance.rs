@@ -83,7 +83,7 @@ pub struct Pass {
 /// Everything, once: what `run_maintenance()` does.
 pub fn run(client: &SpiClient<'_>, options: drain::Options, keep_finished_seconds: i64) -> Pass {
     let mut pass = Pass { drained: drain::drain(client, options), ..Pass::default() };
-    let (rescued, errors) = timers(client, true);
+    let (rescued, errors) = timers(client);
     pass.rescued = rescued;
     pass.errors.extend(errors);
     let (cleaned, errors) = cleanup(client, keep_finished_seconds);
@@ -93,8 +93,7 @@ pub fn run(client: &SpiClient<'_>, options: drain::Options, keep_finished_second
 }
 
 /// Expired leases and due timers of every task consumer, and keys left for a recheck.
-/// `may_be_full`: see `tasks::rescue_and_promote` (false for the background worker).
-pub fn timers(client: &SpiClient<'_>, may_be_full: bool) -> (Rescued, Vec<String>) {
+pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
     let mut rescued = Rescued::default();
     let mut errors = Vec::new();
     if restore_in_progress(client) {
@@ -116,7 +115,7 @@ pub fn timers(client: &SpiClient<'_>, may_be_full: bool) -> (Rescued, Vec<String
             if !locks::try_lock_consumer(id, locks::Mode::Shared) {
                 return Rescued::default();
             }
-            let r = tasks::rescue_and_promote(client, id, stream_id, max_attempts, RESCUE_LIMIT, may_be_full);
+            let r = tasks::rescue_and_promote(client, id, stream_id, max_attempts, RESCUE_LIMIT);
             if keyed {
                 keys::recheck_for(client, id);
                 keys::release_timed_out(client, id);

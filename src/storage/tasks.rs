@@ -34,9 +34,7 @@ use pgrx::spi::SpiClient;
 /// stream); scheduled and retryable tasks whose time has come become available.
 /// Times before $4 were dealt with by an earlier pass (see pull_start: the indexes hold a
 /// dead entry for every task acked or promoted since the last vacuum). The last column is
-/// where the next pass may start if this one was not cut short by its limit: no further
-/// than the earliest timer still there (a row skipped as locked comes back if its locker
-/// rolls back), and a second before this pass.
+/// where the next pass may start if this one was not cut short by its limit.
 static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
     "WITH expired AS (
          SELECT t.seq,
@@ -77,16 +75,7 @@ static RESCUE_AND_PROMOTE: Statement = Statement::indexed(
             (SELECT pg_catalog.count(*) FROM rescued WHERE state = 'discarded'),
             d.keys, d.seqs,
             (SELECT pg_catalog.count(*) FROM promoted),
-            LEAST(
-                pg_catalog.now() - interval '1 second',
-                -- timers this pass left, locked by others or not (and those it changed:
-                -- this statement's snapshot sees them as they were)
-                (SELECT pg_catalog.min(t.lease_until) FROM eventq_internal.tasks t
-                 WHERE t.consumer_id = $1 AND t.state = 'running'
-                   AND t.lease_until >= $4 AND t.lease_until < pg_catalog.now()),
-                (SELECT pg_catalog.min(t.run_at) FROM eventq_internal.tasks t
-                 WHERE t.consumer_id = $1 AND t.state IN ('scheduled', 'retryable')
-                   AND t.run_at >= $4 AND t.run_at <= pg_catalog.now()))
+            pg_catalog.now() - interval '1 second'
      FROM (SELECT pg_catalog.array_agg(order_key ORDER BY seq) AS keys, pg_catalog.array_agg(seq ORDER BY seq) AS seqs
            FROM rescued WHERE state = 'discarded' AND order_key IS NOT NULL) d",
     &[INT, INT, BIGINT, TIMESTAMPTZ, INT],
@@ -110,18 +99,15 @@ impl std::ops::AddAssign for Rescued {
     }
 }
 
-/// `may_be_full`: whether this pass may be the periodic one from the beginning (see
-/// pull_start); the background worker's passes are not.
 pub fn rescue_and_promote(
     client: &SpiClient<'_>,
     consumer_id: i32,
     stream_id: i32,
     max_attempts: i32,
     limit: i64,
-    may_be_full: bool,
 ) -> Rescued {
-    let pass = pull_start::timers_from(consumer_id, may_be_full);
-    let from_arg = TimestampWithTimeZone::try_from(pass.from).unwrap_or(TimestampWithTimeZone::negative_infinity());
+    let (from, full) = pull_start::timers_from(consumer_id);
+    let from_arg = TimestampWithTimeZone::try_from(from).unwrap_or(TimestampWithTimeZone::negative_infinity());
     let Some(row) = RESCUE_AND_PROMOTE
         .first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg), arg(stream_id)])
     else {
@@ -141,7 +127,7 @@ pub fn rescue_and_promote(
     if rescued.lost + rescued.discarded < limit && rescued.promoted < limit {
         if let Some(below) = column::<TimestampWithTimeZone>(&row, 6) {
             let changed = rescued.lost + rescued.discarded + rescued.promoted > 0;
-            pull_start::timers_passed(consumer_id, pass, below.into_inner(), changed);
+            pull_start::timers_passed(consumer_id, full, below.into_inner(), changed);
         }
     }
     rescued
@@ -221,7 +207,6 @@ pub fn lease(
     lease_micros: i64,
 ) -> Vec<Leased> {
     let mut orphans = Vec::new();
-    pull_start::timers_written(consumer_id);
     let start = pull_start::read(consumer_id);
     let mut lowest_available = None;
     let leased: Vec<Leased> = LEASE
@@ -394,9 +379,6 @@ pub fn end_attempt(
     error: Option<&str>,
     attempt: Option<i32>,
 ) -> bool {
-    if matches!(outcome, Outcome::Retry { .. }) {
-        pull_start::timers_written(consumer_id);
-    }
     let (state, delay, recorded_as) = match outcome {
         Outcome::Retry { delay_micros } => ("retryable", delay_micros, "failed"),
         Outcome::FailAndDiscard => ("discarded", 0, "failed"),
@@ -440,7 +422,6 @@ pub fn extend_lease(
     micros: i64,
     attempt: Option<i32>,
 ) -> Option<TimestampWithTimeZone> {
-    pull_start::timers_written(consumer_id);
     super::scalar(
         &EXTEND_LEASE,
         client,
