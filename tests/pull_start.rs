@@ -259,14 +259,20 @@ fn a_lease_committed_after_passes_moved_past_it_still_expires() {
         .unwrap();
     assert_eq!(leased.len(), 1);
     // passes from b skip the locked row and claim the time before them
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
-    while std::time::Instant::now() < until {
-        assert!(pull(&mut b, "l", 1).is_empty());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pulls_find_nothing_for_a_while(&mut b, "l");
     a.batch_execute("COMMIT").unwrap();
     // the lease, long expired, appears behind the claim: a pass from the beginning finds it
     rescued_within(&mut b, "l", 8);
+}
+
+/// Passes go by for a second and a half, each claiming the time a second before it, while
+/// pulls find nothing.
+fn pulls_find_nothing_for_a_while(b: &mut Client, consumer: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert!(pull(b, consumer, 1).is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The next pull of `consumer` gets its task again (attempt 2) within `seconds`.
@@ -298,11 +304,7 @@ fn an_expired_lease_behind_a_rolled_back_ack_still_expires() {
     ))
     .unwrap();
     a.batch_execute(&format!("BEGIN; SELECT eventq.ack('k', ARRAY[{}]::bigint[])", task[0])).unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
-    while std::time::Instant::now() < until {
-        assert!(pull(&mut b, "k", 1).is_empty());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pulls_find_nothing_for_a_while(&mut b, "k");
     a.batch_execute("ROLLBACK").unwrap();
     rescued_within(&mut b, "k", 8);
 }
@@ -318,11 +320,7 @@ fn a_lease_of_a_prepared_transaction_still_expires() {
     a.batch_execute("BEGIN").unwrap();
     assert_eq!(a.query("SELECT task_id FROM eventq.pull('p', 1, lease => '1 millisecond')", &[]).unwrap().len(), 1);
     a.batch_execute("PREPARE TRANSACTION 'lease'").unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
-    while std::time::Instant::now() < until {
-        assert!(pull(&mut b, "p", 1).is_empty());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pulls_find_nothing_for_a_while(&mut b, "p");
     a.batch_execute("COMMIT PREPARED 'lease'").unwrap();
     rescued_within(&mut b, "p", 8);
 }
