@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::command::{free_port, http, wait_for_http};
+use common::command::http;
 use common::{count, sigterm, wait_exit, wait_for_count, Cluster, PRELOAD};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
@@ -282,15 +282,7 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
          CREATE ROLE reader LOGIN;",
     )
     .unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = cluster
-        .eventq(&["console", "--listen", &listen])
-        .env("EVENTQ_TOKEN", "s3cret")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(port, &mut server);
+    let (mut server, port) = cluster.console("postgres", Some("s3cret"), &[]);
     let auth = [("Authorization", "Bearer s3cret"), ("Content-Type", "application/json")];
     let post = |path: &str, headers: &[(&str, &str)], body: &str| http(port, "POST", path, headers, body);
     let (status, body) = post("/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
@@ -326,16 +318,7 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     assert!(wait_exit(&mut server, Duration::from_secs(10)).success());
 
     // a role without `publish` on the stream: 403; a read-only console: 403 before asking
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut unprivileged = cluster
-        .eventq(&["console", "--listen", &listen])
-        .env("DATABASE_URL", cluster.url_as("reader"))
-        .env_remove("EVENTQ_TOKEN")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(port, &mut unprivileged);
+    let (mut unprivileged, port) = cluster.console("reader", None, &[]);
     let json = [("Content-Type", "application/json")];
     let (status, body) = http(port, "POST", "/api/streams/orders/events", &json, r#"{"subject": "a"}"#);
     assert_eq!(status, 403, "{body}");
@@ -356,15 +339,7 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     assert_eq!(status, 421, "{body}");
     sigterm(&unprivileged);
     wait_exit(&mut unprivileged, Duration::from_secs(10));
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut read_only = cluster
-        .eventq(&["console", "--listen", &listen, "--read-only"])
-        .env_remove("EVENTQ_TOKEN")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(port, &mut read_only);
+    let (mut read_only, port) = cluster.console("postgres", None, &["--read-only"]);
     let (status, body) = http(port, "POST", "/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
     assert_eq!(status, 403, "{body}");
     sigterm(&read_only);

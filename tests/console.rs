@@ -174,12 +174,7 @@ struct Console {
 
 impl Console {
     fn start(cluster: &Cluster, extra: &[&str]) -> Console {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["console", "--listen", &listen];
-        args.extend_from_slice(extra);
-        let mut child = cluster.eventq(&args).stderr(Stdio::null()).spawn().unwrap();
-        wait_for_http(port, &mut child);
+        let (child, port) = cluster.console("postgres", None, extra);
         Console { child, base: format!("http://127.0.0.1:{port}") }
     }
 }

@@ -45,6 +45,24 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `eventq console` on a free local port, as `user`, with `EVENTQ_TOKEN` set to `token`
+    /// (or unset), once it answers; the child and its port.
+    pub fn console(&self, user: &str, token: Option<&str>, extra: &[&str]) -> (std::process::Child, u16) {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = self.eventq(&["console", "--listen", &listen]);
+        command.args(extra).env("DATABASE_URL", self.url_as(user)).stderr(std::process::Stdio::null());
+        match token {
+            Some(t) => command.env("EVENTQ_TOKEN", t),
+            None => command.env_remove("EVENTQ_TOKEN"),
+        };
+        let mut child = command.spawn().unwrap();
+        wait_for_http(port, &mut child);
+        (child, port)
+    }
+}
+
 /// A free local TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
