@@ -14,6 +14,7 @@
 --   privileges: role eventq_admin, grants, consumers' owners; storage closed to everyone
 --   but the extension's owner; views that show each role its own part; payloads limited
 --   in size;
+--   counts of tasks and events kept by triggers, for the views;
 --   backups: every table registered for pg_dump, staged events marked with their cluster,
 --   drains and maintenance wait while a dump is restored.
 
@@ -420,8 +421,100 @@ CREATE FUNCTION eventq."revoke"(
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'revoke_wrapper';
 
+-- Counts of tasks per consumer and state, and of events per stream, for the views.
+-- How many tasks each consumer has in each state, and how many events each stream holds,
+-- for the views (sql/views.sql): counting the rows themselves took seconds at a million
+-- events. Every statement that inserts, updates or deletes tasks or events adds its net
+-- change here, from a trigger that sees the statement's rows as transition tables; so no
+-- code path can forget to count, and a count commits or rolls back with its change.
+-- Insert-only, without indexes: a statement adds one row per (consumer, state) it changed,
+-- without waiting for any other transaction, and the rows of two statements never
+-- conflict. Maintenance folds the rows into one per (consumer, state) every pass
+-- (storage::retention::fold_counts), so that the views sum a few rows per consumer.
+-- Not dumped: a restore loads tasks and events after creating the extension, and these
+-- triggers count the rows as they are loaded.
+-- Hazard: a restore with the triggers disabled (pg_restore --data-only --disable-triggers,
+-- or session_replication_role = replica) leaves the counts short.
+CREATE TABLE eventq_internal.task_counts (
+    consumer_id integer NOT NULL,
+    state       eventq_internal.task_state NOT NULL,
+    tasks       bigint NOT NULL
+);
+CREATE TABLE eventq_internal.event_counts (
+    stream_id integer NOT NULL,
+    events    bigint NOT NULL
+);
+-- Folding deletes rows: with no key to name them by, a publication that publishes deletes
+-- needs the whole row (see staged).
+ALTER TABLE eventq_internal.task_counts REPLICA IDENTITY FULL;
+ALTER TABLE eventq_internal.event_counts REPLICA IDENTITY FULL;
+
+CREATE FUNCTION eventq_internal.count_tasks() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $count_tasks$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+        SELECT n.consumer_id, n.state, count(*) FROM new_tasks n GROUP BY n.consumer_id, n.state;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+        SELECT o.consumer_id, o.state, -count(*) FROM old_tasks o GROUP BY o.consumer_id, o.state;
+    ELSE
+        INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+        SELECT d.consumer_id, d.state, sum(d.n)
+        FROM (SELECT o.consumer_id, o.state, -1 AS n FROM old_tasks o
+              UNION ALL
+              SELECT n.consumer_id, n.state, 1 FROM new_tasks n) d
+        GROUP BY d.consumer_id, d.state
+        HAVING sum(d.n) <> 0;
+    END IF;
+    RETURN NULL;
+END
+$count_tasks$;
+
+CREATE FUNCTION eventq_internal.count_events() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $count_events$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO eventq_internal.event_counts (stream_id, events)
+        SELECT n.stream_id, count(*) FROM new_events n GROUP BY n.stream_id;
+    ELSE
+        INSERT INTO eventq_internal.event_counts (stream_id, events)
+        SELECT o.stream_id, -count(*) FROM old_events o GROUP BY o.stream_id;
+    END IF;
+    RETURN NULL;
+END
+$count_events$;
+
+-- One trigger per kind of statement: Postgres allows transition tables only on triggers
+-- for a single event. Updates of events (none today) would not change the counts.
+CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON eventq_internal.tasks
+    REFERENCING NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_tasks();
+CREATE TRIGGER tasks_counted_on_update AFTER UPDATE ON eventq_internal.tasks
+    REFERENCING OLD TABLE AS old_tasks NEW TABLE AS new_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_tasks();
+CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON eventq_internal.tasks
+    REFERENCING OLD TABLE AS old_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_tasks();
+CREATE TRIGGER events_counted_on_insert AFTER INSERT ON eventq_internal.events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_events();
+CREATE TRIGGER events_counted_on_delete AFTER DELETE ON eventq_internal.events
+    REFERENCING OLD TABLE AS old_events
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_events();
+
+-- The counts start from the rows there are. The triggers above already hold off every
+-- writer of tasks and events until this update commits.
+INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+SELECT consumer_id, state, count(*) FROM eventq_internal.tasks GROUP BY consumer_id, state;
+INSERT INTO eventq_internal.event_counts (stream_id, events)
+SELECT stream_id, count(*) FROM eventq_internal.events GROUP BY stream_id;
+
 -- The views, as of 0.2.0 (as sql/views.sql creates them).
--- Views for people and dashboards. They count and join on every read: fine for a console
+-- Views for people and dashboards. Counts of tasks and events come from the counts kept
+-- beside them (task_counts, event_counts); the rest joins on every read: fine for a console
 -- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
 -- transaction would otherwise keep staging from being truncated.
 --
@@ -466,7 +559,8 @@ WHERE (SELECT eventq_internal.caller_is_admin())
 CREATE VIEW eventq.streams WITH (security_barrier) AS
 SELECT s.name,
        s.retention,
-       (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
+       (SELECT coalesce(sum(n.events), 0) FROM eventq_internal.event_counts n
+         WHERE n.stream_id = s.id)::bigint AS events,
        (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
        (SELECT min(e.published_at) FROM eventq_internal.events e
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
@@ -478,9 +572,32 @@ WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
+-- A log consumer's unread events: how many match its filter after its cursor, and when the
+-- first of them was published. A function, planned on its own: inside the view, the
+-- estimated cost of counting a stream made Postgres compile every read of the view with
+-- JIT (80 ms each), task consumers or not. Its cost grows with the unread events.
+CREATE FUNCTION eventq_internal.unread(stream_id integer, after_seq bigint, include_re text,
+                                       exclude_re text, start_at timestamptz,
+                                       OUT events bigint, OUT oldest_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE SET jit = off
+BEGIN ATOMIC
+    SELECT pg_catalog.count(*), pg_catalog.min(e.published_at)
+    FROM eventq_internal.events e
+    WHERE e.stream_id OPERATOR(pg_catalog.=) unread.stream_id
+      AND e.seq OPERATOR(pg_catalog.>) unread.after_seq
+      AND (unread.include_re IS NULL OR e.subject OPERATOR(pg_catalog.~) unread.include_re)
+      AND (unread.exclude_re IS NULL OR e.subject OPERATOR(pg_catalog.!~) unread.exclude_re)
+      AND (unread.start_at IS NULL OR e.published_at OPERATOR(pg_catalog.>=) unread.start_at);
+END;
+
+-- The counts per state come from task_counts (sql/schema.sql), which the triggers on tasks
+-- keep, not from counting tasks: that took seconds at a million events.
 -- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
--- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
--- been due, or how old the first unread event of a log consumer is.
+-- after its cursor. `oldest_due_age`: for a task consumer, how long the task it would work
+-- next has been due (since it was made, unless it was held back or retried): the first
+-- available one in pull order, or a retry or delayed task whose time has come, if that was
+-- due earlier (two index lookups, where the oldest of all available tasks would need a
+-- scan of them all); for a log consumer, how old the first unread event is.
 CREATE VIEW eventq.consumers WITH (security_barrier) AS
 SELECT c.name,
        s.name AS stream,
@@ -496,20 +613,23 @@ SELECT c.name,
                  WHERE x.consumer_id = c.id), 0)::bigint AS expired,
        CASE c.mode
          WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
-         ELSE (SELECT count(*) FROM eventq_internal.events e
-               WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                 AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                 AND (c.start_at IS NULL OR e.published_at >= c.start_at))
+         ELSE (SELECT u.events FROM eventq_internal.unread(c.stream_id, c.cursor_seq, c.include_re,
+                                                           c.exclude_re, c.start_at) u)
        END AS lag,
        CASE c.mode
-         WHEN 'task' THEN CASE WHEN isfinite(t.oldest_due) THEN now() - t.oldest_due END
-         ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
-                       WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                         AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                         AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                         AND (c.start_at IS NULL OR e.published_at >= c.start_at)
-                       ORDER BY e.seq LIMIT 1)
+         WHEN 'task' THEN
+           now() - least(
+                    (SELECT CASE WHEN isfinite(tk.run_at) THEN tk.run_at ELSE tk.created_at END
+                     FROM eventq_internal.tasks tk
+                     WHERE tk.consumer_id = c.id AND tk.state = 'available'
+                     ORDER BY tk.seq LIMIT 1),
+                    (SELECT tk.run_at FROM eventq_internal.tasks tk
+                     WHERE tk.consumer_id = c.id AND tk.state IN ('scheduled', 'retryable')
+                       AND tk.run_at <= now()
+                     ORDER BY tk.run_at LIMIT 1))
+         ELSE now() - (SELECT u.oldest_at FROM eventq_internal.unread(c.stream_id, c.cursor_seq,
+                                                                      c.include_re, c.exclude_re,
+                                                                      c.start_at) u)
        END AS oldest_due_age,
        CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
        c.subjects,
@@ -527,18 +647,17 @@ SELECT c.name,
        c.sequence_timeout
 FROM eventq_internal.caller_consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
-           count(*) FILTER (WHERE tk.state = 'waiting') AS waiting,
-           count(*) FILTER (WHERE tk.state = 'running') AS running,
-           count(*) FILTER (WHERE tk.state = 'retryable') AS retryable,
-           count(*) FILTER (WHERE tk.state = 'completed') AS completed,
-           count(*) FILTER (WHERE tk.state = 'discarded') AS discarded,
-           min(tk.run_at) FILTER (WHERE tk.state IN ('available', 'scheduled', 'retryable')
-                                    AND tk.run_at <= now()) AS oldest_due
-    FROM eventq_internal.tasks tk
-    WHERE tk.consumer_id = c.id
-) t ON c.mode = 'task';
+LEFT JOIN (
+    SELECT n.consumer_id,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state IN ('available', 'scheduled')), 0)::bigint AS available,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'waiting'), 0)::bigint AS waiting,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'running'), 0)::bigint AS running,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'retryable'), 0)::bigint AS retryable,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'completed'), 0)::bigint AS completed,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'discarded'), 0)::bigint AS discarded
+    FROM eventq_internal.task_counts n
+    GROUP BY n.consumer_id
+) t ON t.consumer_id = c.id AND c.mode = 'task';
 
 CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,

@@ -1,4 +1,5 @@
--- Views for people and dashboards. They count and join on every read: fine for a console
+-- Views for people and dashboards. Counts of tasks and events come from the counts kept
+-- beside them (task_counts, event_counts); the rest joins on every read: fine for a console
 -- or a test, not for a hot loop. None reads staging: a dashboard idling inside a
 -- transaction would otherwise keep staging from being truncated.
 --
@@ -43,7 +44,8 @@ WHERE (SELECT eventq_internal.caller_is_admin())
 CREATE VIEW eventq.streams WITH (security_barrier) AS
 SELECT s.name,
        s.retention,
-       (SELECT count(*) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS events,
+       (SELECT coalesce(sum(n.events), 0) FROM eventq_internal.event_counts n
+         WHERE n.stream_id = s.id)::bigint AS events,
        (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
        (SELECT min(e.published_at) FROM eventq_internal.events e
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
@@ -55,9 +57,32 @@ WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
+-- A log consumer's unread events: how many match its filter after its cursor, and when the
+-- first of them was published. A function, planned on its own: inside the view, the
+-- estimated cost of counting a stream made Postgres compile every read of the view with
+-- JIT (80 ms each), task consumers or not. Its cost grows with the unread events.
+CREATE FUNCTION eventq_internal.unread(stream_id integer, after_seq bigint, include_re text,
+                                       exclude_re text, start_at timestamptz,
+                                       OUT events bigint, OUT oldest_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE SET jit = off
+BEGIN ATOMIC
+    SELECT pg_catalog.count(*), pg_catalog.min(e.published_at)
+    FROM eventq_internal.events e
+    WHERE e.stream_id OPERATOR(pg_catalog.=) unread.stream_id
+      AND e.seq OPERATOR(pg_catalog.>) unread.after_seq
+      AND (unread.include_re IS NULL OR e.subject OPERATOR(pg_catalog.~) unread.include_re)
+      AND (unread.exclude_re IS NULL OR e.subject OPERATOR(pg_catalog.!~) unread.exclude_re)
+      AND (unread.start_at IS NULL OR e.published_at OPERATOR(pg_catalog.>=) unread.start_at);
+END;
+
+-- The counts per state come from task_counts (sql/schema.sql), which the triggers on tasks
+-- keep, not from counting tasks: that took seconds at a million events.
 -- `lag`: for a task consumer, its unfinished tasks; for a log consumer, the matching events
--- after its cursor. `oldest_due_age`: how long the oldest task that could be pulled now has
--- been due, or how old the first unread event of a log consumer is.
+-- after its cursor. `oldest_due_age`: for a task consumer, how long the task it would work
+-- next has been due (since it was made, unless it was held back or retried): the first
+-- available one in pull order, or a retry or delayed task whose time has come, if that was
+-- due earlier (two index lookups, where the oldest of all available tasks would need a
+-- scan of them all); for a log consumer, how old the first unread event is.
 CREATE VIEW eventq.consumers WITH (security_barrier) AS
 SELECT c.name,
        s.name AS stream,
@@ -73,20 +98,23 @@ SELECT c.name,
                  WHERE x.consumer_id = c.id), 0)::bigint AS expired,
        CASE c.mode
          WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
-         ELSE (SELECT count(*) FROM eventq_internal.events e
-               WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                 AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                 AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                 AND (c.start_at IS NULL OR e.published_at >= c.start_at))
+         ELSE (SELECT u.events FROM eventq_internal.unread(c.stream_id, c.cursor_seq, c.include_re,
+                                                           c.exclude_re, c.start_at) u)
        END AS lag,
        CASE c.mode
-         WHEN 'task' THEN CASE WHEN isfinite(t.oldest_due) THEN now() - t.oldest_due END
-         ELSE now() - (SELECT e.published_at FROM eventq_internal.events e
-                       WHERE e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-                         AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-                         AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-                         AND (c.start_at IS NULL OR e.published_at >= c.start_at)
-                       ORDER BY e.seq LIMIT 1)
+         WHEN 'task' THEN
+           now() - least(
+                    (SELECT CASE WHEN isfinite(tk.run_at) THEN tk.run_at ELSE tk.created_at END
+                     FROM eventq_internal.tasks tk
+                     WHERE tk.consumer_id = c.id AND tk.state = 'available'
+                     ORDER BY tk.seq LIMIT 1),
+                    (SELECT tk.run_at FROM eventq_internal.tasks tk
+                     WHERE tk.consumer_id = c.id AND tk.state IN ('scheduled', 'retryable')
+                       AND tk.run_at <= now()
+                     ORDER BY tk.run_at LIMIT 1))
+         ELSE now() - (SELECT u.oldest_at FROM eventq_internal.unread(c.stream_id, c.cursor_seq,
+                                                                      c.include_re, c.exclude_re,
+                                                                      c.start_at) u)
        END AS oldest_due_age,
        CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
        c.subjects,
@@ -104,18 +132,17 @@ SELECT c.name,
        c.sequence_timeout
 FROM eventq_internal.caller_consumers c
 JOIN eventq_internal.streams s ON s.id = c.stream_id
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE tk.state IN ('available', 'scheduled')) AS available,
-           count(*) FILTER (WHERE tk.state = 'waiting') AS waiting,
-           count(*) FILTER (WHERE tk.state = 'running') AS running,
-           count(*) FILTER (WHERE tk.state = 'retryable') AS retryable,
-           count(*) FILTER (WHERE tk.state = 'completed') AS completed,
-           count(*) FILTER (WHERE tk.state = 'discarded') AS discarded,
-           min(tk.run_at) FILTER (WHERE tk.state IN ('available', 'scheduled', 'retryable')
-                                    AND tk.run_at <= now()) AS oldest_due
-    FROM eventq_internal.tasks tk
-    WHERE tk.consumer_id = c.id
-) t ON c.mode = 'task';
+LEFT JOIN (
+    SELECT n.consumer_id,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state IN ('available', 'scheduled')), 0)::bigint AS available,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'waiting'), 0)::bigint AS waiting,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'running'), 0)::bigint AS running,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'retryable'), 0)::bigint AS retryable,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'completed'), 0)::bigint AS completed,
+           coalesce(sum(n.tasks) FILTER (WHERE n.state = 'discarded'), 0)::bigint AS discarded
+    FROM eventq_internal.task_counts n
+    GROUP BY n.consumer_id
+) t ON t.consumer_id = c.id AND c.mode = 'task';
 
 CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,

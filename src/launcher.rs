@@ -104,7 +104,10 @@ pub extern "C-unwind" fn eventq_launcher_main(_arg: pg_sys::Datum) {
         // Workers that ended: by themselves (no extension, an error) or told to.
         workers.retain(|oid, worker| {
             let alive = worker.pid().is_ok()
-                || matches!(worker.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted));
+                || matches!(
+                    worker.pid(),
+                    Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)
+                );
             if !alive && wakeup::state_of(*oid).is_some_and(|(s, _)| s == wakeup::State::Running) {
                 // ended on its own (an error, a crash): another in a while
                 ended_at.insert(*oid, now);
@@ -191,7 +194,10 @@ pub fn install_hooks() {
 enum Concern {
     None,
     /// The databases must have no connections while it runs; `dropped` once it succeeded.
-    Databases { oids: Vec<u32>, dropped: bool },
+    Databases {
+        oids: Vec<u32>,
+        dropped: bool,
+    },
     CreateExtension,
     CommitPrepared,
 }
@@ -233,7 +239,10 @@ unsafe fn concern(statement: *mut pg_sys::Node) -> Concern {
         match (*statement).type_ {
             T_DropdbStmt => {
                 let stmt = statement as *mut pg_sys::DropdbStmt;
-                Concern::Databases { oids: database_oid((*stmt).dbname).into_iter().collect(), dropped: true }
+                Concern::Databases {
+                    oids: database_oid((*stmt).dbname).into_iter().collect(),
+                    dropped: true,
+                }
             }
             T_CreatedbStmt => {
                 let stmt = statement as *mut pg_sys::CreatedbStmt;
@@ -242,12 +251,18 @@ unsafe fn concern(statement: *mut pg_sys::Node) -> Concern {
             }
             T_AlterDatabaseStmt => {
                 let stmt = statement as *mut pg_sys::AlterDatabaseStmt;
-                Concern::Databases { oids: database_oid((*stmt).dbname).into_iter().collect(), dropped: false }
+                Concern::Databases {
+                    oids: database_oid((*stmt).dbname).into_iter().collect(),
+                    dropped: false,
+                }
             }
             T_RenameStmt => {
                 let stmt = statement as *mut pg_sys::RenameStmt;
                 if (*stmt).renameType == pg_sys::ObjectType::OBJECT_DATABASE {
-                    Concern::Databases { oids: database_oid((*stmt).subname).into_iter().collect(), dropped: false }
+                    Concern::Databases {
+                        oids: database_oid((*stmt).subname).into_iter().collect(),
+                        dropped: false,
+                    }
                 } else {
                     Concern::None
                 }
@@ -288,7 +303,9 @@ unsafe extern "C-unwind" fn process_utility(
     let concern = unsafe { concern((*pstmt).utilityStmt) };
     let run = || unsafe {
         match PREVIOUS_PROCESS_UTILITY {
-            Some(previous) => previous(pstmt, query, read_only_tree, context, params, env, dest, qc),
+            Some(previous) => {
+                previous(pstmt, query, read_only_tree, context, params, env, dest, qc)
+            }
             None => pg_sys::standard_ProcessUtility(
                 pstmt,
                 query,

@@ -201,7 +201,10 @@ pub fn read(consumer: i32) -> Start {
     if !(0..=RESET_AFTER).contains(&(now() - e.reset_at.load(Ordering::Relaxed))) {
         reset_locked(e);
     }
-    let start = Start { seq: e.start.load(Ordering::Relaxed), read: Some((e, key, e.epoch.load(Ordering::Relaxed))) };
+    let start = Start {
+        seq: e.start.load(Ordering::Relaxed),
+        read: Some((e, key, e.epoch.load(Ordering::Relaxed))),
+    };
     unlock(e);
     start
 }
@@ -231,7 +234,9 @@ pub fn timers_from(consumer: i32) -> (i64, bool) {
     }
     let t = now();
     // (a clock set back counts as time passed)
-    let from = if !(0..=FULL_TIMER_PASS_EVERY).contains(&t.saturating_sub(e.full_timer_pass_at.load(Ordering::Relaxed))) {
+    let from = if !(0..=FULL_TIMER_PASS_EVERY)
+        .contains(&t.saturating_sub(e.full_timer_pass_at.load(Ordering::Relaxed)))
+    {
         e.full_timer_pass_at.store(t, Ordering::Relaxed);
         full
     } else {
@@ -366,7 +371,9 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
 ) {
     use pg_sys::SubXactEvent::*;
     match event {
-        SUBXACT_EVENT_ABORT_SUB => PASSED.with(|p| p.borrow_mut().retain(|e| e.3 != subtransaction)),
+        SUBXACT_EVENT_ABORT_SUB => {
+            PASSED.with(|p| p.borrow_mut().retain(|e| e.3 != subtransaction))
+        }
         SUBXACT_EVENT_COMMIT_SUB => PASSED.with(|p| {
             for e in p.borrow_mut().iter_mut().filter(|e| e.3 == subtransaction) {
                 e.3 = parent;
@@ -380,14 +387,18 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
 /// ProcArrayEndTransaction). Touches only shared atomics: it must not fail. A transaction
 /// that rolls back made nothing available; a prepared one is seen to at COMMIT PREPARED.
 #[pg_guard]
-unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn at_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             for consumer in RELEASED.with(|r| std::mem::take(&mut *r.borrow_mut())) {
                 reset_consumer(consumer);
             }
-            for (consumer, full, below, _) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+            for (consumer, full, below, _) in PASSED.with(|p| std::mem::take(&mut *p.borrow_mut()))
+            {
                 claim_timers(consumer, full, below);
             }
         }

@@ -155,7 +155,8 @@ fn claim(database: u32) -> Option<usize> {
             let existing =
                 shared.slots.iter().position(|s| s.database.load(Ordering::Acquire) == database);
             let claimed = existing.or_else(|| {
-                let free = shared.slots.iter().position(|s| s.database.load(Ordering::Acquire) == 0)?;
+                let free =
+                    shared.slots.iter().position(|s| s.database.load(Ordering::Acquire) == 0)?;
                 let s = &shared.slots[free];
                 // One publishing commit counted from the start: after a restart (or a
                 // promotion), what was staged before is undrained until a drain says so.
@@ -187,7 +188,10 @@ fn now() -> i64 {
 /// Launcher side: the database's state, claiming a slot for it (`None` when all are taken).
 pub fn state_of(database: u32) -> Option<(State, i64)> {
     let slot = &SHARED.get().slots[claim(database)?];
-    Some((State::from(slot.state.load(Ordering::Acquire)), slot.state_since.load(Ordering::Acquire)))
+    Some((
+        State::from(slot.state.load(Ordering::Acquire)),
+        slot.state_since.load(Ordering::Acquire),
+    ))
 }
 
 pub fn set_state(database: u32, state: State) {

@@ -29,10 +29,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// A repeating failure is logged at most this often.
 const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-static INSTALLED_VERSION: Statement = Statement::new(
-    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'",
-    &[],
-);
+static INSTALLED_VERSION: Statement =
+    Statement::new("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'eventq'", &[]);
 
 /// Whether this database has eventq's SQL, and of this library's version. With another
 /// one (a new build installed, the server restarted, ALTER EXTENSION UPDATE not run yet)
@@ -373,7 +371,11 @@ pub fn run_in_helper(job: Job) -> Option<serde_json::Value> {
         pg_sys::dsm_detach(segment);
         report
     };
-    if finished { report } else { None }
+    if finished {
+        report
+    } else {
+        None
+    }
 }
 
 /// Starts a helper that drains; see `run_in_helper`.
@@ -398,7 +400,8 @@ pub extern "C-unwind" fn eventq_helper_main(arg: pg_sys::Datum) {
                 matches!(Spi::connect(installed), Installed::Current)
                     .then(|| crate::api::maintenance::pass_report().0)
             });
-            let text = serde_json::to_vec(&report.flatten().unwrap_or_default()).unwrap_or_default();
+            let text =
+                serde_json::to_vec(&report.flatten().unwrap_or_default()).unwrap_or_default();
             let handle = arg.value() as u32;
             if handle != 0 && text.len() <= REPORT_BYTES - 4 {
                 unsafe {
@@ -421,7 +424,11 @@ pub extern "C-unwind" fn eventq_helper_main(arg: pg_sys::Datum) {
                     }
                     drain::drain(
                         client,
-                        drain::Options { wait: true, truncate: true, chunk: gucs::drain_batch_size() },
+                        drain::Options {
+                            wait: true,
+                            truncate: true,
+                            chunk: gucs::drain_batch_size(),
+                        },
                     )
                 })
             });

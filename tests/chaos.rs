@@ -9,7 +9,8 @@
 //!   first) and each transaction's publish order;
 //! - a log reader saw seq strictly increase and never missed an event;
 //! - tasks of a key ran one after the other, in seq order;
-//! - no task was acked twice.
+//! - no task was acked twice;
+//! - the counts the views show are the rows there are.
 //!
 //! `make test` runs a short one; `make chaos SEED=… MINUTES=…` runs longer
 //! (CHAOS_SEED, CHAOS_SECONDS).
@@ -39,7 +40,10 @@ struct Conn {
 
 impl Conn {
     fn new(cluster: &Cluster) -> Conn {
-        Conn { url: format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port), client: None }
+        Conn {
+            url: format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port),
+            client: None,
+        }
     }
 
     fn get(&mut self) -> Option<&mut Client> {
@@ -132,7 +136,10 @@ fn publisher(world: &World, seed: u64) {
                     db.batch_execute("SAVEPOINT s")?;
                 }
                 let id: String = db
-                    .query_one("SELECT eventq.publish('chaos', $1, key => $2)::text", &[&subject, &key])?
+                    .query_one(
+                        "SELECT eventq.publish('chaos', $1, key => $2)::text",
+                        &[&subject, &key],
+                    )?
                     .get(0);
                 if savepoint && rng.chance(30) {
                     db.batch_execute("ROLLBACK TO SAVEPOINT s")?;
@@ -152,7 +159,12 @@ fn publisher(world: &World, seed: u64) {
                 let commit = rng.chance(80);
                 let due = Instant::now() + Duration::from_millis(rng.below(1500));
                 let mut model = world.model.lock().unwrap();
-                model.txs.push(Tx { events: events.clone(), began, committed: None, outcome: Outcome::Unknown });
+                model.txs.push(Tx {
+                    events: events.clone(),
+                    began,
+                    committed: None,
+                    outcome: Outcome::Unknown,
+                });
                 let index = model.txs.len() - 1;
                 world.prepared.lock().unwrap().push((gid, commit, due, index));
                 return Ok(Outcome::Unknown);
@@ -165,9 +177,12 @@ fn publisher(world: &World, seed: u64) {
         })();
         match result {
             Ok(Outcome::Unknown) => {}
-            Ok(Outcome::RolledBack) => {
-                world.model.lock().unwrap().txs.push(Tx { events, began, committed: None, outcome: Outcome::RolledBack })
-            }
+            Ok(Outcome::RolledBack) => world.model.lock().unwrap().txs.push(Tx {
+                events,
+                began,
+                committed: None,
+                outcome: Outcome::RolledBack,
+            }),
             Ok(Outcome::Committed) => {
                 let outcome = match db.batch_execute("COMMIT") {
                     Ok(()) => Outcome::Committed,
@@ -182,7 +197,12 @@ fn publisher(world: &World, seed: u64) {
             Err(e) => {
                 // failed before COMMIT: nothing of it can have committed
                 conn.failed(&e);
-                world.model.lock().unwrap().txs.push(Tx { events, began, committed: None, outcome: Outcome::RolledBack });
+                world.model.lock().unwrap().txs.push(Tx {
+                    events,
+                    began,
+                    committed: None,
+                    outcome: Outcome::RolledBack,
+                });
             }
         }
     }
@@ -262,11 +282,17 @@ fn worker(world: &World, seed: u64, consumers: Arc<Mutex<Vec<String>>>) {
                 let Some(db) = conn.get() else { break };
                 let result: Result<(), postgres::Error> = (|| {
                     if roll < 8 {
-                        db.execute("SELECT eventq.retry($1, $2, 'chaos', '30 milliseconds', $3)", &[&consumer, &task, &attempt])?;
+                        db.execute(
+                            "SELECT eventq.retry($1, $2, 'chaos', '30 milliseconds', $3)",
+                            &[&consumer, &task, &attempt],
+                        )?;
                     } else if roll < 10 && consumer != "keyed" {
                         // (not on the keyed consumer: redriving it at the end would reorder
                         // its key after the fact)
-                        db.execute("SELECT eventq.discard($1, $2, 'chaos', $3)", &[&consumer, &task, &attempt])?;
+                        db.execute(
+                            "SELECT eventq.discard($1, $2, 'chaos', $3)",
+                            &[&consumer, &task, &attempt],
+                        )?;
                     } else if roll < 14 {
                         // abandoned: the lease runs out
                     } else {
@@ -275,10 +301,19 @@ fn worker(world: &World, seed: u64, consumers: Arc<Mutex<Vec<String>>>) {
                             thread::sleep(Duration::from_millis(450));
                         }
                         let n: i32 = db
-                            .query_one("SELECT eventq.ack($1, ARRAY[$2::bigint], ARRAY[$3::int])", &[&consumer, &task, &attempt])?
+                            .query_one(
+                                "SELECT eventq.ack($1, ARRAY[$2::bigint], ARRAY[$3::int])",
+                                &[&consumer, &task, &attempt],
+                            )?
                             .get(0);
                         if n == 1 {
-                            *world.model.lock().unwrap().acks.entry((consumer.clone(), task)).or_default() += 1;
+                            *world
+                                .model
+                                .lock()
+                                .unwrap()
+                                .acks
+                                .entry((consumer.clone(), task))
+                                .or_default() += 1;
                         }
                     }
                     Ok(())
@@ -411,7 +446,8 @@ fn chaos() {
                     }
                     r
                 } else if rng.chance(20) {
-                    let doomed = consumers.lock().unwrap().iter().find(|c| c.starts_with("temp_")).cloned();
+                    let doomed =
+                        consumers.lock().unwrap().iter().find(|c| c.starts_with("temp_")).cloned();
                     match doomed {
                         Some(name) => {
                             consumers.lock().unwrap().retain(|c| *c != name);
@@ -437,7 +473,9 @@ fn chaos() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut crashes = 0;
     while Instant::now() < deadline {
-        thread::sleep(Duration::from_secs(6).min(deadline.saturating_duration_since(Instant::now())));
+        thread::sleep(
+            Duration::from_secs(6).min(deadline.saturating_duration_since(Instant::now())),
+        );
         if Instant::now() + Duration::from_secs(2) < deadline {
             world.restarting.store(true, Ordering::Relaxed);
             world.cluster.pg_ctl(&["-m", "immediate", "stop"]);
@@ -452,6 +490,9 @@ fn chaos() {
         t.join().unwrap();
     }
     world.settled.store(true, Ordering::Relaxed);
+
+    // The counts the views show survived every crash, rollback and drop.
+    common::assert_counts_match_rows(&mut world.cluster.connect(), "after the chaos");
 
     // Finish the work: everything drained, every discarded task redriven, every task acked.
     // A PREPARE whose answer was lost to a restart may have left a prepared transaction
@@ -468,7 +509,9 @@ fn chaos() {
         for consumer in &final_consumers {
             db.execute("SELECT eventq.redrive($1)", &[consumer]).unwrap();
             loop {
-                let rows = db.query("SELECT task_id, attempt FROM eventq.pull($1, 1000)", &[consumer]).unwrap();
+                let rows = db
+                    .query("SELECT task_id, attempt FROM eventq.pull($1, 1000)", &[consumer])
+                    .unwrap();
                 if rows.is_empty() {
                     break;
                 }
@@ -494,7 +537,8 @@ fn chaos() {
             .query_one("SELECT count(*) FROM eventq.tasks WHERE state <> 'completed'", &[])
             .unwrap()
             .get(0);
-        let staged: i64 = db.query_one("SELECT count(*) FROM eventq_internal.staged", &[]).unwrap().get(0);
+        let staged: i64 =
+            db.query_one("SELECT count(*) FROM eventq_internal.staged", &[]).unwrap().get(0);
         if unfinished == 0 && staged == 0 {
             Ok(())
         } else {
@@ -519,7 +563,10 @@ fn chaos() {
 
     // The log: committed events, nothing rolled back.
     let logged: HashMap<String, (i64, String, String)> = db
-        .query("SELECT event_id::text, seq, key, subject FROM eventq.events WHERE stream = 'chaos'", &[])
+        .query(
+            "SELECT event_id::text, seq, key, subject FROM eventq.events WHERE stream = 'chaos'",
+            &[],
+        )
         .unwrap()
         .into_iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
@@ -527,14 +574,22 @@ fn chaos() {
     for tx in &model.txs {
         for (id, _, _) in &tx.events {
             match tx.outcome {
-                Outcome::Committed => assert!(logged.contains_key(id), "committed event {id} missing"),
-                Outcome::RolledBack => assert!(!logged.contains_key(id), "rolled back event {id} logged"),
+                Outcome::Committed => {
+                    assert!(logged.contains_key(id), "committed event {id} missing")
+                }
+                Outcome::RolledBack => {
+                    assert!(!logged.contains_key(id), "rolled back event {id} logged")
+                }
                 Outcome::Unknown => {}
             }
         }
     }
-    let published: HashSet<&String> = model.txs.iter().flat_map(|t| t.events.iter().map(|e| &e.0)).collect();
-    assert!(logged.keys().all(|id| published.contains(id)), "the log holds events nobody published");
+    let published: HashSet<&String> =
+        model.txs.iter().flat_map(|t| t.events.iter().map(|e| &e.0)).collect();
+    assert!(
+        logged.keys().all(|id| published.contains(id)),
+        "the log holds events nobody published"
+    );
     assert!(logged.keys().all(|id| seen_by_reader.contains(id)), "the log reader missed events");
 
     // Publish order within a transaction, and happens-before across transactions.
@@ -577,7 +632,10 @@ fn chaos() {
         let mut extra: Vec<&i64> = have.difference(&expected).collect();
         missing.sort();
         extra.sort();
-        assert!(missing.is_empty() && extra.is_empty(), "{consumer}: missing tasks for {missing:?}, extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{consumer}: missing tasks for {missing:?}, extra {extra:?}"
+        );
         assert!(tasks.values().all(|s| s == "completed"), "{consumer}: unfinished tasks");
     }
     assert!(model.acks.values().all(|&n| n == 1), "a task was acked twice");

@@ -33,7 +33,8 @@ fn stdout(out: &Output) -> String {
 }
 
 fn with_stdin(mut c: Command, input: &str) -> Output {
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -43,28 +44,47 @@ fn publish_one_event_and_json_lines_in_batches() {
     let cluster = Cluster::start("cli-publish", &[PRELOAD]);
     let mut db = cluster.connect();
     db.batch_execute("SELECT eventq.create_stream('orders')").unwrap();
-    let out = ok(cluster.eventq(&["publish", "orders", "order.created", r#"{"n": 0}"#, "--key", "k1"]));
+    let out =
+        ok(cluster.eventq(&["publish", "orders", "order.created", r#"{"n": 0}"#, "--key", "k1"]));
     let id = stdout(&out).trim().to_string();
     assert_eq!(id.len(), 36, "an event id: {id}");
     let lines: String = (1..=2500).map(|n| format!("{{\"n\": {n}}}\n")).collect();
-    let out = with_stdin(cluster.eventq(&["publish", "orders", "order.paid", "-", "--batch", "1000"]), &lines);
+    let out = with_stdin(
+        cluster.eventq(&["publish", "orders", "order.paid", "-", "--batch", "1000"]),
+        &lines,
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("published 2500 events"));
-    wait_for_count(&mut db, "the events to be drained", "SELECT 1 FROM eventq.events WHERE stream = 'orders'", 2501);
+    wait_for_count(
+        &mut db,
+        "the events to be drained",
+        "SELECT 1 FROM eventq.events WHERE stream = 'orders'",
+        2501,
+    );
     assert_eq!(
         count(&mut db, &format!("SELECT 1 FROM eventq.events WHERE event_id = '{id}' AND key = 'k1' AND payload = '{{\"n\": 0}}'")),
         1
     );
     // in input order, one batch after the other
     assert_eq!(
-        count(&mut db, "SELECT 1 FROM (SELECT (payload->>'n')::int AS n, row_number() OVER (ORDER BY seq) AS r
-                        FROM eventq.events WHERE subject = 'order.paid') x WHERE n <> r"),
+        count(
+            &mut db,
+            "SELECT 1 FROM (SELECT (payload->>'n')::int AS n, row_number() OVER (ORDER BY seq) AS r
+                        FROM eventq.events WHERE subject = 'order.paid') x WHERE n <> r"
+        ),
         0
     );
     // a bad line stops before its batch, saying how many went before
-    let out = with_stdin(cluster.eventq(&["publish", "orders", "x", "--batch", "2"]), "{}\n{}\n{}\nnot json\n");
+    let out = with_stdin(
+        cluster.eventq(&["publish", "orders", "x", "--batch", "2"]),
+        "{}\n{}\n{}\nnot json\n",
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 4 is not JSON"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 4 is not JSON"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // eventq's errors, with their SQLSTATE
     let error = fails(cluster.eventq(&["publish", "nope", "a", "{}"]));
     assert!(error.contains("stream \"nope\" does not exist") && error.contains("42704"), "{error}");
@@ -100,11 +120,17 @@ fn tail_prints_and_follows_what_a_stream_or_consumer_selects() {
         stdout(&out).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
     };
     let all = lines(ok(cluster.eventq(&["tail", "orders"])));
-    assert_eq!(all.iter().map(|e| e["payload"]["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        all.iter().map(|e| e["payload"]["n"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(all[1]["subject"], "order.paid");
     assert_eq!(all[1]["key"], "k");
     let newest = lines(ok(cluster.eventq(&["tail", "orders", "-n", "2"])));
-    assert_eq!(newest.iter().map(|e| e["payload"]["n"].as_i64().unwrap()).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        newest.iter().map(|e| e["payload"]["n"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [2, 3]
+    );
     let created = lines(ok(cluster.eventq(&["tail", "orders", "--subjects", "order.created"])));
     assert_eq!(created.len(), 2);
     // a consumer: its stream through its filter
@@ -184,11 +210,20 @@ fn work_acks_retries_and_stops_gracefully() {
     assert_eq!(lines.len(), 2, "{handled}");
     assert!(lines.iter().all(|l| l.contains("job.ok") && l.contains("\"n\"")), "{handled}");
     assert_eq!(
-        common::column(&mut db, "SELECT attempt || ':' || outcome || ':' || error FROM eventq.attempts
-                                 WHERE consumer = 'runner' AND outcome = 'failed' ORDER BY attempt"),
+        common::column(
+            &mut db,
+            "SELECT attempt || ':' || outcome || ':' || error FROM eventq.attempts
+                                 WHERE consumer = 'runner' AND outcome = 'failed' ORDER BY attempt"
+        ),
         ["1:failed:cannot do job.bad (attempt 1)", "2:failed:cannot do job.bad (attempt 2)"]
     );
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 2);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"
+        ),
+        2
+    );
 
     // SIGTERM while a command runs: it finishes, its task is acked, the worker exits 0
     db.batch_execute("SELECT eventq.publish('jobs', 'job.slow', '{}')").unwrap();
@@ -198,23 +233,94 @@ fn work_acks_retries_and_stops_gracefully() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_count(&mut db, "the slow task to run", "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'", 1);
+    wait_for_count(
+        &mut db,
+        "the slow task to run",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'",
+        1,
+    );
     sigterm(&worker);
     assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 3);
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'"), 0);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"
+        ),
+        3
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'running'"
+        ),
+        0
+    );
 
     // a command that outlives half its lease has the lease extended, not lost
     db.batch_execute("SELECT eventq.publish('jobs', 'job.long', '{}')").unwrap();
-    ok(cluster.eventq(&["work", "runner", "--lease", "2 seconds", "--drain", "--", "sh", "-c", "cat > /dev/null; sleep 5"]));
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"), 0);
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 4);
+    ok(cluster.eventq(&[
+        "work",
+        "runner",
+        "--lease",
+        "2 seconds",
+        "--drain",
+        "--",
+        "sh",
+        "-c",
+        "cat > /dev/null; sleep 5",
+    ]));
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"
+        ),
+        4
+    );
     // a batch: the tasks waiting their turn keep their leases too
-    db.batch_execute("SELECT eventq.publish('jobs', 'job.batched', '{}') FROM generate_series(1, 3)").unwrap();
-    wait_for_count(&mut db, "the batch's tasks", "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'available'", 3);
-    ok(cluster.eventq(&["work", "runner", "--batch", "3", "--lease", "2 seconds", "--drain", "--", "sh", "-c", "cat > /dev/null; sleep 1.5"]));
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"), 0);
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"), 7);
+    db.batch_execute(
+        "SELECT eventq.publish('jobs', 'job.batched', '{}') FROM generate_series(1, 3)",
+    )
+    .unwrap();
+    wait_for_count(
+        &mut db,
+        "the batch's tasks",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'available'",
+        3,
+    );
+    ok(cluster.eventq(&[
+        "work",
+        "runner",
+        "--batch",
+        "3",
+        "--lease",
+        "2 seconds",
+        "--drain",
+        "--",
+        "sh",
+        "-c",
+        "cat > /dev/null; sleep 1.5",
+    ]));
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.attempts WHERE consumer = 'runner' AND outcome = 'lost'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq.tasks WHERE consumer = 'runner' AND state = 'completed'"
+        ),
+        7
+    );
     let error = fails(cluster.eventq(&["work", "nobody", "--", "true"]));
     assert!(error.contains("no task consumer named \"nobody\""), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,7 +345,10 @@ fn apply_a_yaml_file_is_idempotent_and_dry_runs_change_nothing() {
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.streams"), 0);
     let applied = ok(cluster.eventq(&["apply", path]));
     assert_eq!(stdout(&applied).lines().count(), 3, "{}", stdout(&applied));
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq.consumers WHERE name = 'mailer' AND max_attempts = 5"), 1);
+    assert_eq!(
+        count(&mut db, "SELECT 1 FROM eventq.consumers WHERE name = 'mailer' AND max_attempts = 5"),
+        1
+    );
     let again = ok(cluster.eventq(&["apply", path]));
     assert_eq!(stdout(&again), "", "nothing left to change");
     assert!(String::from_utf8_lossy(&again.stderr).contains("changed 0 things"));
@@ -267,7 +376,10 @@ fn status_shows_streams_consumers_and_health() {
     let cells: Vec<&str> = mailer.split_whitespace().collect();
     // consumer, stream, mode, then available (paused is empty)
     assert_eq!(&cells[..4], ["mailer", "orders", "task", "7"], "{out}");
-    assert!(out.lines().any(|l| l.starts_with("orders ") && l.split_whitespace().nth(3) == Some("7")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("orders ") && l.split_whitespace().nth(3) == Some("7")),
+        "{out}"
+    );
     assert!(out.contains("oldest snapshot"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("postgres ")), "the worker's row: {out}");
 }
@@ -284,35 +396,61 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     .unwrap();
     let (mut server, port) = cluster.console("postgres", Some("s3cret"), &[]);
     let auth = [("Authorization", "Bearer s3cret"), ("Content-Type", "application/json")];
-    let post = |path: &str, headers: &[(&str, &str)], body: &str| http(port, "POST", path, headers, body);
+    let post =
+        |path: &str, headers: &[(&str, &str)], body: &str| http(port, "POST", path, headers, body);
     let (status, body) = post("/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
     assert_eq!(status, 401, "{body}");
-    let (status, body) = post("/api/streams/orders/events", &[("Authorization", "Bearer wrong")], r#"{"subject": "a"}"#);
+    let (status, body) = post(
+        "/api/streams/orders/events",
+        &[("Authorization", "Bearer wrong")],
+        r#"{"subject": "a"}"#,
+    );
     assert_eq!(status, 401, "{body}");
-    let (status, body) = post("/api/streams/orders/events", &auth, r#"{"subject": "order.created", "payload": {"n": 1}, "key": "k"}"#);
+    let (status, body) = post(
+        "/api/streams/orders/events",
+        &auth,
+        r#"{"subject": "order.created", "payload": {"n": 1}, "key": "k"}"#,
+    );
     assert_eq!(status, 201, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (status, body) = post(
         "/api/streams/orders/events",
         &auth,
         r#"[{"subject": "b.1"}, {"subject": "b.2", "payload": [1]}, {"subject": "b.3", "headers": {"h": 1}}]"#,
     );
     assert_eq!(status, 201, "{body}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["ids"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["ids"].as_array().unwrap().len(),
+        3
+    );
     wait_for_count(&mut db, "the events", "SELECT 1 FROM eventq.events", 4);
-    assert_eq!(count(&mut db, &format!("SELECT 1 FROM eventq.events WHERE event_id = '{id}' AND key = 'k'")), 1);
+    assert_eq!(
+        count(
+            &mut db,
+            &format!("SELECT 1 FROM eventq.events WHERE event_id = '{id}' AND key = 'k'")
+        ),
+        1
+    );
     // the errors
     let (status, body) = post("/api/streams/nope/events", &auth, r#"{"subject": "a"}"#);
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("42704") && body.contains("stream \\\"nope\\\" does not exist"), "{body}");
-    let (status, body) = post("/api/streams/orders/events", &auth, r#"{"subject": "not a subject"}"#);
+    assert!(
+        body.contains("42704") && body.contains("stream \\\"nope\\\" does not exist"),
+        "{body}"
+    );
+    let (status, body) =
+        post("/api/streams/orders/events", &auth, r#"{"subject": "not a subject"}"#);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("22023"), "{body}");
     let (status, body) = post("/api/streams/orders/events", &auth, r#"{"payload": {}}"#);
     assert_eq!(status, 422, "{body}");
     let (status, body) = post("/api/streams/orders/events", &auth, "{not json");
     assert_eq!(status, 400, "{body}");
-    let (status, body) = post("/api/streams/orders/events", &auth, r#"[{"subject": "a", "dedup_key": "d"}]"#);
+    let (status, body) =
+        post("/api/streams/orders/events", &auth, r#"[{"subject": "a", "dedup_key": "d"}]"#);
     assert_eq!(status, 422, "{body}");
     sigterm(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(10)).success());
@@ -320,12 +458,19 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     // a role without `publish` on the stream: 403; a read-only console: 403 before asking
     let (mut unprivileged, port) = cluster.console("reader", None, &[]);
     let json = [("Content-Type", "application/json")];
-    let (status, body) = http(port, "POST", "/api/streams/orders/events", &json, r#"{"subject": "a"}"#);
+    let (status, body) =
+        http(port, "POST", "/api/streams/orders/events", &json, r#"{"subject": "a"}"#);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("42501"), "{body}");
     // what a page of another site could send: not JSON, or from its origin, or through a
     // DNS name rebound to this machine
-    let (status, body) = http(port, "POST", "/api/streams/orders/events", &[("Content-Type", "text/plain")], r#"{"subject": "a"}"#);
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/streams/orders/events",
+        &[("Content-Type", "text/plain")],
+        r#"{"subject": "a"}"#,
+    );
     assert_eq!(status, 415, "{body}");
     let (status, body) = http(
         port,
@@ -340,7 +485,8 @@ fn http_publishing_maps_eventq_errors_to_statuses() {
     sigterm(&unprivileged);
     wait_exit(&mut unprivileged, Duration::from_secs(10));
     let (mut read_only, port) = cluster.console("postgres", None, &["--read-only"]);
-    let (status, body) = http(port, "POST", "/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
+    let (status, body) =
+        http(port, "POST", "/api/streams/orders/events", &[], r#"{"subject": "a"}"#);
     assert_eq!(status, 403, "{body}");
     sigterm(&read_only);
     wait_exit(&mut read_only, Duration::from_secs(10));

@@ -42,13 +42,17 @@ impl Browser {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--window-size=1500,1000"]}}}}),
         );
-        b.session = created["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_string();
+        b.session = created["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
         b
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let (status, text) = self.raw(method, path, body);
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: {status} {text}"));
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: {status} {text}"));
         assert!(status == 200, "{method} {path}: {status} {text}");
         v["value"].clone()
     }
@@ -81,7 +85,10 @@ impl Browser {
     }
 
     fn find(&self, css: &str) -> String {
-        self.find_all(css).into_iter().next().unwrap_or_else(|| panic!("no {css} on {}", self.url()))
+        self.find_all(css)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no {css} on {}", self.url()))
     }
 
     /// The element's text; found again if a refresh replaced it meanwhile.
@@ -113,16 +120,22 @@ impl Browser {
     fn confirm_click(&self, css: &str) {
         self.script("document.documentElement.dataset.before = 'action'; return true;");
         self.click(css);
-        wait_for("the confirmation", Duration::from_secs(10), || match self.raw("GET", &self.at("/alert/text"), Value::Null) {
-            (200, _) => Ok(()),
-            (status, text) => Err(format!("{status} {text}")),
+        wait_for("the confirmation", Duration::from_secs(10), || {
+            match self.raw("GET", &self.at("/alert/text"), Value::Null) {
+                (200, _) => Ok(()),
+                (status, text) => Err(format!("{status} {text}")),
+            }
         });
         self.call("POST", &self.at("/alert/accept"), json!({}));
         wait_for("the page after the action", Duration::from_secs(10), || {
             let loaded = self.script(
                 "return document.readyState === 'complete' && !document.documentElement.dataset.before;",
             );
-            if loaded == Value::Bool(true) { Ok(()) } else { Err(self.url()) }
+            if loaded == Value::Bool(true) {
+                Ok(())
+            } else {
+                Err(self.url())
+            }
         });
     }
 
@@ -187,7 +200,12 @@ impl Drop for Console {
 }
 
 fn task_state(db: &mut Client, task: i64) -> String {
-    db.query_one("SELECT state FROM eventq.tasks WHERE consumer = 'mailer' AND task_id = $1", &[&task]).unwrap().get(0)
+    db.query_one(
+        "SELECT state FROM eventq.tasks WHERE consumer = 'mailer' AND task_id = $1",
+        &[&task],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn cell(b: &Browser, row_css: &str, column: &str) -> String {
@@ -208,8 +226,12 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     )
     .unwrap();
     wait_for_count(&mut db, "the tasks", "SELECT 1 FROM eventq.tasks", 5);
-    let pulled: Vec<i64> =
-        db.query("SELECT task_id FROM eventq.pull('mailer', 3) ORDER BY task_id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let pulled: Vec<i64> = db
+        .query("SELECT task_id FROM eventq.pull('mailer', 3) ORDER BY task_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let (t1, t2, t3) = (pulled[0], pulled[1], pulled[2]);
     db.execute("SELECT eventq.ack('mailer', ARRAY[$1::bigint])", &[&t1]).unwrap();
     db.execute("SELECT eventq.retry('mailer', $1, 'smtp timeout')", &[&t2]).unwrap();
@@ -223,30 +245,48 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     // the overview: the counts the database holds
     b.go(&format!("{base}/"));
     let mailer = "#consumers tr:has(a[href=\"/consumers/mailer\"])";
-    for (column, expected) in [("available", "2"), ("retryable", "1"), ("completed", "1"), ("discarded", "1"), ("running", "0")] {
+    for (column, expected) in [
+        ("available", "2"),
+        ("retryable", "1"),
+        ("completed", "1"),
+        ("discarded", "1"),
+        ("running", "0"),
+    ] {
         assert_eq!(cell(&b, mailer, column), expected, "{column}");
     }
     assert_eq!(cell(&b, "#streams tr:has(a[href=\"/events?stream=orders\"])", "events"), "5");
-    assert!(!b.find_all("#workers tbody tr td[data-column=\"pid\"]").is_empty(), "the worker's row");
+    assert!(
+        !b.find_all("#workers tbody tr td[data-column=\"pid\"]").is_empty(),
+        "the worker's row"
+    );
     assert!(b.text("#health").contains("oldest snapshot"));
     if let Ok(path) = std::env::var("EVENTQ_SCREENSHOT") {
         b.screenshot(&path);
     }
     // it refreshes itself
-    db.batch_execute("SELECT eventq.publish('orders', 'order.created', '{\"n\": 6}', key => 'k6')").unwrap();
-    wait_for("the overview to refresh", Duration::from_secs(15), || match cell(&b, mailer, "available").as_str() {
-        "3" => Ok(()),
-        other => Err(other.to_string()),
+    db.batch_execute("SELECT eventq.publish('orders', 'order.created', '{\"n\": 6}', key => 'k6')")
+        .unwrap();
+    wait_for("the overview to refresh", Duration::from_secs(15), || {
+        match cell(&b, mailer, "available").as_str() {
+            "3" => Ok(()),
+            other => Err(other.to_string()),
+        }
     });
 
     // the consumer page and its actions
     b.go(&format!("{base}/consumers/mailer"));
     assert_eq!(b.text("#counts td[data-state=\"available\"]"), "3");
     b.confirm_click("#pause");
-    assert!(db.query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[]).unwrap().get::<_, bool>(0));
+    assert!(db
+        .query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[])
+        .unwrap()
+        .get::<_, bool>(0));
     assert_eq!(b.text("#paused"), "paused");
     b.confirm_click("#resume");
-    assert!(!db.query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[]).unwrap().get::<_, bool>(0));
+    assert!(!db
+        .query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[])
+        .unwrap()
+        .get::<_, bool>(0));
 
     b.click(&format!("#tasks tr[data-task=\"{t2}\"] input[type=checkbox]"));
     b.confirm_click("#retry-now");
@@ -263,7 +303,10 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
 
     // filtered by state
     b.go(&format!("{base}/consumers/mailer?state=discarded"));
-    let discarded = count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND state = 'discarded'");
+    let discarded = count(
+        &mut db,
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND state = 'discarded'",
+    );
     assert_eq!(b.find_all("#tasks tbody tr[data-task]").len() as i64, discarded);
 
     // a task: its attempts and payload
@@ -275,20 +318,36 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     assert_eq!(task_state(&mut db, t2), "discarded");
 
     // a log consumer: a preview of what a seek replays, then the seek
-    db.batch_execute("SELECT eventq.commit('audit', (SELECT max(seq) FROM eventq.fetch('audit', 100)))").unwrap();
+    db.batch_execute(
+        "SELECT eventq.commit('audit', (SELECT max(seq) FROM eventq.fetch('audit', 100)))",
+    )
+    .unwrap();
     b.go(&format!("{base}/consumers/audit?preview_seq=0"));
     assert_eq!(b.text("b[data-field=\"replayed\"]"), "6");
     assert_eq!(b.text("b[data-field=\"again\"]"), "6");
     assert_eq!(b.find_all("#replay tbody tr").len(), 6);
     b.confirm_click("#seek");
-    assert_eq!(db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[]).unwrap().get::<_, i64>(0), 0);
+    assert_eq!(
+        db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
     assert_eq!(b.text("td[data-field=\"cursor\"]"), "0");
     // and by time, through seek(consumer, at)
-    db.batch_execute("SELECT eventq.commit('audit', (SELECT max(seq) FROM eventq.fetch('audit', 100)))").unwrap();
+    db.batch_execute(
+        "SELECT eventq.commit('audit', (SELECT max(seq) FROM eventq.fetch('audit', 100)))",
+    )
+    .unwrap();
     b.go(&format!("{base}/consumers/audit?preview_at=2000-01-01"));
     assert_eq!(b.text("b[data-field=\"replayed\"]"), "6");
     b.confirm_click("#seek");
-    assert_eq!(db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[]).unwrap().get::<_, i64>(0), 0);
+    assert_eq!(
+        db.query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = 'audit'", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
 
     // events: searched, and one with the tasks it made
     b.go(&format!("{base}/events?stream=orders&subject=order.*&key=k2"));
@@ -304,17 +363,39 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
                key => '<b>bold</b>')"#,
     )
     .unwrap();
-    wait_for_count(&mut db, "the hostile event's task", "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'", 1);
+    wait_for_count(
+        &mut db,
+        "the hostile event's task",
+        "SELECT 1 FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'",
+        1,
+    );
     let hostile: i64 = db
-        .query_one("SELECT task_id FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'", &[])
+        .query_one(
+            "SELECT task_id FROM eventq.tasks WHERE consumer = 'mailer' AND key = '<b>bold</b>'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    for page in [format!("{base}/consumers/mailer/tasks/{hostile}"), format!("{base}/events/orders/{hostile}"), format!("{base}/consumers/mailer")] {
+    for page in [
+        format!("{base}/consumers/mailer/tasks/{hostile}"),
+        format!("{base}/events/orders/{hostile}"),
+        format!("{base}/consumers/mailer"),
+    ] {
         b.go(&page);
-        assert_eq!(b.script("return window.pwned === undefined && document.querySelectorAll('main b').length;"), json!(0), "{page}");
+        assert_eq!(
+            b.script(
+                "return window.pwned === undefined && document.querySelectorAll('main b').length;"
+            ),
+            json!(0),
+            "{page}"
+        );
     }
     b.go(&format!("{base}/consumers/mailer/tasks/{hostile}"));
-    assert!(b.text("#payload").contains("<script>window.pwned = 1</script>"), "{}", b.text("#payload"));
+    assert!(
+        b.text("#payload").contains("<script>window.pwned = 1</script>"),
+        "{}",
+        b.text("#payload")
+    );
 
     // read-only: nothing to click, and actions are refused
     let read_only = Console::start(&cluster, &["--read-only"]);
@@ -326,7 +407,16 @@ fn the_console_shows_the_database_and_its_actions_change_it() {
     assert_eq!(status, 403);
     // and without the form's token, the writable console refuses too
     let port: u16 = console.base.rsplit(':').next().unwrap().parse().unwrap();
-    let (status, _) = http(port, "POST", "/consumers/mailer/actions", &[("Content-Type", "application/x-www-form-urlencoded")], "action=pause");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/consumers/mailer/actions",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "action=pause",
+    );
     assert_eq!(status, 403);
-    assert!(!db.query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[]).unwrap().get::<_, bool>(0));
+    assert!(!db
+        .query_one("SELECT paused FROM eventq.consumers WHERE name = 'mailer'", &[])
+        .unwrap()
+        .get::<_, bool>(0));
 }

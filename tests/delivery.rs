@@ -252,11 +252,14 @@ fn every_committed_event_reaches_every_matching_consumer_once() {
 fn pull_in_repeatable_read_sees_what_others_drained_after_its_snapshot() {
     let cluster = Cluster::start("delivery-rr", &[]);
     let mut db = cluster.connect();
-    common::script(&mut db, "SELECT eventq.create_stream('rr');
+    common::script(
+        &mut db,
+        "SELECT eventq.create_stream('rr');
          SELECT eventq.create_consumer('rr_c', 'rr');
          SELECT eventq.publish('rr', 'a');
          SELECT eventq.run_maintenance();
-         SELECT eventq.publish('rr', 'b');");
+         SELECT eventq.publish('rr', 'b');",
+    );
     let mut other = cluster.connect();
     let mut tx = db
         .build_transaction()
@@ -296,8 +299,10 @@ fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
     )
     .unwrap();
     for round in 0..6 {
-        db.batch_execute(&format!("SELECT eventq.publish('race', 'first{round}', key => 'k')")).unwrap();
-        let head: i64 = db.query_one("SELECT task_id FROM eventq.pull('race_c')", &[]).unwrap().get(0);
+        db.batch_execute(&format!("SELECT eventq.publish('race', 'first{round}', key => 'k')"))
+            .unwrap();
+        let head: i64 =
+            db.query_one("SELECT task_id FROM eventq.pull('race_c')", &[]).unwrap().get(0);
         // a large drain, with the next task of the key somewhere in it
         db.batch_execute(&format!(
             "BEGIN;
@@ -310,7 +315,9 @@ fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
         .unwrap();
         let drainer = {
             let cluster = cluster.clone();
-            thread::spawn(move || cluster.connect().batch_execute("SELECT eventq.run_maintenance()").unwrap())
+            thread::spawn(move || {
+                cluster.connect().batch_execute("SELECT eventq.run_maintenance()").unwrap()
+            })
         };
         thread::sleep(Duration::from_millis(50 * round));
         let acked: i32 = db
@@ -320,14 +327,24 @@ fn a_key_handed_over_while_a_drain_adds_to_it_is_not_stranded() {
         assert_eq!(acked, 1);
         drainer.join().unwrap();
         let next: Vec<(i64, String)> = db
-            .query("SELECT task_id, subject FROM eventq.pull('race_c', 100) WHERE subject <> 'other'", &[])
+            .query(
+                "SELECT task_id, subject FROM eventq.pull('race_c', 100) WHERE subject <> 'other'",
+                &[],
+            )
             .unwrap()
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        assert_eq!(next.iter().map(|n| n.1.clone()).collect::<Vec<_>>(), [format!("second{round}")], "round {round}");
+        assert_eq!(
+            next.iter().map(|n| n.1.clone()).collect::<Vec<_>>(),
+            [format!("second{round}")],
+            "round {round}"
+        );
         db.execute("SELECT eventq.ack('race_c', ARRAY[$1::bigint])", &[&next[0].0]).unwrap();
-        db.batch_execute("UPDATE eventq_internal.tasks SET state = 'completed' WHERE state <> 'completed'").unwrap();
+        db.batch_execute(
+            "UPDATE eventq_internal.tasks SET state = 'completed' WHERE state <> 'completed'",
+        )
+        .unwrap();
         db.batch_execute("UPDATE eventq_internal.key_heads SET head_seq = NULL").unwrap();
     }
 }
@@ -355,7 +372,9 @@ fn an_events_retry_settings_hold_in_every_consumer_with_real_leases() {
         assert_eq!(rows.len(), 2, "{consumer}");
         let (strict, lenient): (i64, i64) = (rows[0].get(0), rows[1].get(0));
         let retry = |db: &mut postgres::Client, task: i64| -> String {
-            db.query_one(&format!("SELECT eventq.retry('{consumer}', $1, 'failed')"), &[&task]).unwrap().get(0)
+            db.query_one(&format!("SELECT eventq.retry('{consumer}', $1, 'failed')"), &[&task])
+                .unwrap()
+                .get(0)
         };
         assert_eq!(retry(&mut db, strict), "retryable");
         assert_eq!(retry(&mut db, lenient), "retryable");
@@ -374,7 +393,11 @@ fn an_events_retry_settings_hold_in_every_consumer_with_real_leases() {
                 .query_one(&format!("SELECT state FROM eventq.tasks WHERE consumer = '{consumer}' AND task_id = $1"), &[&strict])
                 .unwrap()
                 .get(0);
-            if s == "discarded" { Ok(s) } else { Err(s) }
+            if s == "discarded" {
+                Ok(s)
+            } else {
+                Err(s)
+            }
         });
         assert_eq!(state, "discarded");
         let lost: i64 = db

@@ -51,7 +51,8 @@ fn every_sql_block_of_every_recipe_runs() {
         let mut db = cluster.connect_to(&name);
         db.batch_execute("CREATE EXTENSION eventq").unwrap();
         for (i, block) in blocks.iter().enumerate() {
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| script(&mut db, block)));
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| script(&mut db, block)));
             if let Err(e) = run {
                 let message = e.downcast_ref::<String>().cloned().unwrap_or_default();
                 panic!("{}, SQL block {}: {message}", show(&path), i + 1);

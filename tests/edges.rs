@@ -21,7 +21,9 @@ fn keys_too_long_for_an_index_are_refused_at_publish() {
     for sql in [
         format!("SELECT eventq.publish('s', 'a', key => '{long}')"),
         format!("SELECT eventq.publish('s', 'a', dedup_key => '{long}')"),
-        format!("SELECT eventq.publish_batch('s', '{{a}}', '{{\"{{}}\"}}', keys => ARRAY['{long}'])"),
+        format!(
+            "SELECT eventq.publish_batch('s', '{{a}}', '{{\"{{}}\"}}', keys => ARRAY['{long}'])"
+        ),
     ] {
         assert_eq!(fails_with(&mut db, &sql), "22023");
     }
@@ -48,12 +50,21 @@ fn edge_values_of_times_and_intervals() {
     ] {
         assert_eq!(fails_with(&mut db, sql), "22023", "{sql}");
     }
-    common::script(&mut db, "SELECT eventq.publish('s', 'far', deliver_at => '100000-01-01');
+    common::script(
+        &mut db,
+        "SELECT eventq.publish('s', 'far', deliver_at => '100000-01-01');
          SELECT eventq.publish('s', 'now');
-         SELECT eventq.run_maintenance();");
+         SELECT eventq.run_maintenance();",
+    );
     let task: i64 = db.query_one("SELECT task_id FROM eventq.pull('c')", &[]).unwrap().get(0);
-    assert_eq!(fails_with(&mut db, &format!("SELECT eventq.retry('c', {task}, delay => '500 years')")), "22023");
-    assert_eq!(fails_with(&mut db, &format!("SELECT eventq.extend_lease('c', {task}, '500 years')")), "22023");
+    assert_eq!(
+        fails_with(&mut db, &format!("SELECT eventq.retry('c', {task}, delay => '500 years')")),
+        "22023"
+    );
+    assert_eq!(
+        fails_with(&mut db, &format!("SELECT eventq.extend_lease('c', {task}, '500 years')")),
+        "22023"
+    );
     db.batch_execute(&format!("SELECT eventq.retry('c', {task}, delay => '99 years')")).unwrap();
     // a stored time nobody could enter any more does not break the views
     db.batch_execute(
@@ -80,7 +91,8 @@ fn one_streams_failure_does_not_stop_maintenance() {
     .unwrap();
     thread::sleep(Duration::from_millis(1100));
     db.batch_execute("SELECT eventq.publish('good', 'new')").unwrap();
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["drained_events"], 3, "{report}");
     assert_eq!(report["expired_events"], 1, "{report}");
     let errors = report["errors"].as_array().unwrap();
@@ -105,7 +117,8 @@ fn retention_hands_every_expired_key_on() {
          UPDATE eventq_internal.events SET published_at = now() - interval '2 hours' WHERE subject = 'head';");
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'waiting'"), 4000);
     db.batch_execute("SET work_mem = '64kB'").unwrap();
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["expired_tasks"], 4000, "{report}");
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'available'"), 4000);
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'waiting'"), 0);
@@ -119,9 +132,12 @@ fn tasks_without_their_event_expire_when_pulled() {
     let cluster = Cluster::start("edge-orphans", &[]);
     let mut db = cluster.connect();
     stream_with(&mut db, "SELECT eventq.create_consumer('c', 's');");
-    common::script(&mut db, "SELECT eventq.publish('s', 'gone'); SELECT eventq.publish('s', 'kept');
+    common::script(
+        &mut db,
+        "SELECT eventq.publish('s', 'gone'); SELECT eventq.publish('s', 'kept');
          SELECT eventq.run_maintenance();
-         DELETE FROM eventq_internal.events WHERE subject = 'gone';");
+         DELETE FROM eventq_internal.events WHERE subject = 'gone';",
+    );
     assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["kept"]);
     assert_eq!(column(&mut db, "SELECT expired::text FROM eventq.consumers"), ["1"]);
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE subject IS NULL"), 0);
@@ -133,17 +149,24 @@ fn retention_waits_for_a_replay() {
     let cluster = Cluster::start("edge-replay-retention", &[]);
     let mut db = cluster.connect();
     stream_with(&mut db, "SELECT eventq.create_consumer('c', 's');");
-    common::script(&mut db, "SELECT eventq.alter_stream('s', '1 hour');
+    common::script(
+        &mut db,
+        "SELECT eventq.alter_stream('s', '1 hour');
          SELECT eventq.publish('s', 'e') FROM generate_series(1, 10);
          SELECT eventq.run_maintenance();
-         UPDATE eventq_internal.events SET published_at = now() - interval '2 hours';");
+         UPDATE eventq_internal.events SET published_at = now() - interval '2 hours';",
+    );
     let mut replayer = cluster.connect();
-    replayer.batch_execute("BEGIN; SELECT eventq.alter_consumer('c', start_at => '-infinity')").unwrap();
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    replayer
+        .batch_execute("BEGIN; SELECT eventq.alter_consumer('c', start_at => '-infinity')")
+        .unwrap();
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["skipped_streams"], 1, "{report}");
     assert_eq!(report["expired_events"], 0, "{report}");
     replayer.batch_execute("COMMIT").unwrap();
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["expired_events"], 10, "{report}");
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq_internal.tasks"), 0);
 }
@@ -159,14 +182,18 @@ fn dedup_claims_outlive_nothing_they_guard() {
         .query_one("SELECT eventq.publish('s', 'a', dedup_key => 'once')::text", &[])
         .unwrap()
         .get(0);
-    common::script(&mut db, "SELECT eventq.alter_stream('s', '1 hour');
+    common::script(
+        &mut db,
+        "SELECT eventq.alter_stream('s', '1 hour');
          SELECT eventq.run_maintenance();
          UPDATE eventq_internal.events SET published_at = now() - interval '2 hours';
-         UPDATE eventq_internal.dedup SET published_at = now() - interval '2 hours';");
+         UPDATE eventq_internal.dedup SET published_at = now() - interval '2 hours';",
+    );
     // a worker holds the event's task: retention must keep the event for now
     let mut worker = cluster.connect();
     worker.batch_execute("BEGIN; SELECT * FROM eventq.pull('c')").unwrap();
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["held_events"], 1, "{report}");
     let again: String = db
         .query_one("SELECT eventq.publish('s', 'a', dedup_key => 'once')::text", &[])
@@ -184,11 +211,15 @@ fn switching_to_key_ordering_keeps_one_task_per_key_in_flight() {
     let cluster = Cluster::start("edge-switch", &[]);
     let mut db = cluster.connect();
     stream_with(&mut db, "SELECT eventq.create_consumer('c', 's');");
-    common::script(&mut db, "SELECT eventq.publish('s', 'k' || n, key => 'k') FROM generate_series(1, 3) n;
+    common::script(
+        &mut db,
+        "SELECT eventq.publish('s', 'k' || n, key => 'k') FROM generate_series(1, 3) n;
          SELECT eventq.publish('s', 'j' || n, key => 'j') FROM generate_series(1, 3) n;
-         SELECT eventq.run_maintenance();");
+         SELECT eventq.run_maintenance();",
+    );
     // one of key j is already running when the switch comes
-    let running: i64 = db.query_one("SELECT task_id FROM eventq.tasks WHERE subject = 'j2'", &[]).unwrap().get(0);
+    let running: i64 =
+        db.query_one("SELECT task_id FROM eventq.tasks WHERE subject = 'j2'", &[]).unwrap().get(0);
     db.batch_execute(&format!(
         "UPDATE eventq_internal.tasks SET state = 'running', attempt = 1, lease_until = now() + interval '1 hour'
          WHERE seq = {running}"
@@ -224,7 +255,8 @@ fn start_at_and_replays_are_deterministic() {
     // finish everything; clean up half of it; replay: both halves come back
     let tasks = column(&mut db, "SELECT task_id::text FROM eventq.pull('all', 10)");
     assert_eq!(tasks.len(), 2);
-    db.batch_execute(&format!("SELECT eventq.ack('all', ARRAY[{}]::bigint[])", tasks.join(","))).unwrap();
+    db.batch_execute(&format!("SELECT eventq.ack('all', ARRAY[{}]::bigint[])", tasks.join(",")))
+        .unwrap();
     db.batch_execute(&format!(
         "DELETE FROM eventq_internal.tasks t USING eventq_internal.consumers c
          WHERE c.id = t.consumer_id AND c.name = 'all' AND t.seq = {}",
@@ -233,7 +265,10 @@ fn start_at_and_replays_are_deterministic() {
     .unwrap();
     db.batch_execute("SELECT eventq.alter_consumer('all', start_at => '-infinity')").unwrap();
     assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('all', 10)"), ["early", "late"]);
-    let history = column(&mut db, "SELECT outcome FROM eventq.attempts WHERE consumer = 'all' ORDER BY task_id, attempt");
+    let history = column(
+        &mut db,
+        "SELECT outcome FROM eventq.attempts WHERE consumer = 'all' ORDER BY task_id, attempt",
+    );
     assert!(history.contains(&"completed".to_string()), "{history:?}");
 }
 
@@ -248,6 +283,7 @@ fn cleanup_finds_old_finished_tasks_behind_recent_ones() {
          UPDATE eventq_internal.tasks SET state = 'completed', attempt = 1,
                 finished_at = CASE WHEN seq <= (SELECT min(seq) + 11999 FROM eventq_internal.tasks)
                                    THEN now() ELSE now() - interval '2 hours' END;");
-    let report: serde_json::Value = db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
+    let report: serde_json::Value =
+        db.query_one("SELECT eventq.run_maintenance()", &[]).unwrap().get(0);
     assert_eq!(report["removed_finished_tasks"], 3000, "{report}");
 }

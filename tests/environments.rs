@@ -91,7 +91,9 @@ fn read_only_transactions_read_and_refuse_to_publish() {
 /// order, and a pull right after COMMIT PREPARED sees them, with or without the worker.
 #[test]
 fn prepared_transactions_deliver_at_commit_prepared() {
-    for settings in [&["max_prepared_transactions = 10"][..], &[PRELOAD, "max_prepared_transactions = 10"][..]] {
+    for settings in
+        [&["max_prepared_transactions = 10"][..], &[PRELOAD, "max_prepared_transactions = 10"][..]]
+    {
         let cluster = Cluster::start("env-2pc", settings);
         let mut db = cluster.connect();
         db.batch_execute(
@@ -112,10 +114,13 @@ fn prepared_transactions_deliver_at_commit_prepared() {
             db.batch_execute(&format!("COMMIT PREPARED 'pub{round}'")).unwrap();
             let first = db.query_one("SELECT task_id, subject FROM eventq.pull('c')", &[]).unwrap();
             assert_eq!(first.get::<_, String>(1), format!("p{round}a"));
-            db.execute("SELECT eventq.ack('c', ARRAY[$1::bigint])", &[&first.get::<_, i64>(0)]).unwrap();
-            let second = db.query_one("SELECT task_id, subject FROM eventq.pull('c')", &[]).unwrap();
+            db.execute("SELECT eventq.ack('c', ARRAY[$1::bigint])", &[&first.get::<_, i64>(0)])
+                .unwrap();
+            let second =
+                db.query_one("SELECT task_id, subject FROM eventq.pull('c')", &[]).unwrap();
             assert_eq!(second.get::<_, String>(1), format!("p{round}b"));
-            db.execute("SELECT eventq.ack('c', ARRAY[$1::bigint])", &[&second.get::<_, i64>(0)]).unwrap();
+            db.execute("SELECT eventq.ack('c', ARRAY[$1::bigint])", &[&second.get::<_, i64>(0)])
+                .unwrap();
         }
         // a prepared transaction that rolls back leaves nothing
         publisher
@@ -132,11 +137,14 @@ fn prepared_transactions_deliver_at_commit_prepared() {
 fn a_hot_standby_reads_the_replicated_log() {
     let primary = Cluster::start("env-primary", &[PRELOAD, "max_wal_senders = 4"]);
     let mut db = primary.connect();
-    common::script(&mut db, "SELECT eventq.create_stream('s');
+    common::script(
+        &mut db,
+        "SELECT eventq.create_stream('s');
          SELECT eventq.create_consumer('l', 's', mode => 'log');
          SELECT eventq.create_consumer('c', 's');
          SELECT eventq.publish('s', 'before');
-         SELECT eventq.run_maintenance();");
+         SELECT eventq.run_maintenance();",
+    );
     let standby = primary.standby("env-standby");
     let mut replica = standby.connect();
     assert_eq!(column(&mut replica, "SELECT pg_is_in_recovery()::text"), ["true"]);
@@ -155,7 +163,10 @@ fn a_hot_standby_reads_the_replicated_log() {
              SELECT * FROM eventq.events; SELECT * FROM eventq.tasks; SELECT * FROM eventq.attempts",
         )
         .unwrap();
-    assert_eq!(column(&mut replica, "SELECT available::text FROM eventq.consumers WHERE name = 'c'"), ["2"]);
+    assert_eq!(
+        column(&mut replica, "SELECT available::text FROM eventq.consumers WHERE name = 'c'"),
+        ["2"]
+    );
     assert_eq!(fails_with(&mut replica, "SELECT eventq.publish('s', 'x')"), "25006");
     assert_eq!(fails_with(&mut replica, "SELECT * FROM eventq.pull('c')"), "25006");
     assert_eq!(fails_with(&mut replica, "SELECT eventq.commit('l', 1)"), "25006");
@@ -183,7 +194,10 @@ fn triggers_on_staging_fire() {
     )
     .unwrap();
     assert_eq!(column(&mut db, "SELECT subject FROM audit ORDER BY 1"), ["one", "three", "two"]);
-    assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["one", "two", "three"]);
+    assert_eq!(
+        column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"),
+        ["one", "two", "three"]
+    );
     // and so does a CHECK constraint
     db.batch_execute(
         "DROP TRIGGER audit ON eventq_internal.staged;

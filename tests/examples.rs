@@ -101,12 +101,16 @@ fn each_examples_worker_handles_every_event_and_stops_gracefully() {
                                          array_fill('{{}}'::jsonb, ARRAY[200]))"
         ))
         .unwrap();
-        wait_for(&format!("{}: work under way", language), Duration::from_secs(30), || {
-            match count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'completed'")) {
+        wait_for(
+            &format!("{}: work under way", language),
+            Duration::from_secs(30),
+            || {
+                match count(&mut db, &format!("SELECT 1 FROM eventq.tasks WHERE consumer = '{consumer}' AND state = 'completed'")) {
                 n if n >= EVENTS - 3 + 10 => Ok(()),
                 n => Err(format!("{n} completed")),
             }
-        });
+            },
+        );
         sigterm(&worker);
         let status = wait_exit(&mut worker, Duration::from_secs(10));
         assert!(status.success(), "{}: the worker exited with {status}", language);

@@ -12,8 +12,14 @@ use postgres::Client;
 /// Runs `sql` with `value` as $1; returns the SQLSTATE and message it failed with.
 fn refusal(db: &mut Client, sql: &str, value: &str) -> (String, String) {
     match db.execute(sql, &[&value]) {
-        Ok(_) => panic!("{sql} accepted {} bytes starting {:?}", value.len(), &value[..value.len().min(40)]),
-        Err(e) => (sqlstate(&e), e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default()),
+        Ok(_) => panic!(
+            "{sql} accepted {} bytes starting {:?}",
+            value.len(),
+            &value[..value.len().min(40)]
+        ),
+        Err(e) => {
+            (sqlstate(&e), e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default())
+        }
     }
 }
 
@@ -38,7 +44,8 @@ const INJECTIONS: &[&str] = &[
 fn names_subjects_and_patterns_of_any_shape_are_refused_as_values() {
     let cluster = Cluster::start("hostile-names", &[]);
     let mut db = cluster.connect();
-    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')").unwrap();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')")
+        .unwrap();
     let huge = "x".repeat(1 << 20);
     let mut values: Vec<String> = INJECTIONS.iter().map(|s| s.to_string()).collect();
     values.push(huge.clone());
@@ -83,7 +90,11 @@ fn names_subjects_and_patterns_of_any_shape_are_refused_as_values() {
         assert_eq!(sqlstate(&error), "22023", "{sql}: {error}");
     }
     db.execute("SELECT eventq.create_consumer('wide', 's', $1, exclude => $1)", &[&wide]).unwrap();
-    db.execute("SELECT eventq.create_consumer('wide_log', 's', $1, exclude => $1, mode => 'log')", &[&wide]).unwrap();
+    db.execute(
+        "SELECT eventq.create_consumer('wide_log', 's', $1, exclude => $1, mode => 'log')",
+        &[&wide],
+    )
+    .unwrap();
     db.batch_execute("SELECT eventq.publish('s', 'a.b')").unwrap();
     db.batch_execute("SELECT * FROM eventq.consumers; SELECT * FROM eventq.fetch('wide_log'); SELECT * FROM eventq.pull('wide')").unwrap();
 
@@ -107,7 +118,13 @@ fn names_subjects_and_patterns_of_any_shape_are_refused_as_values() {
     }
     // nothing ran: the tables are all there, and nobody slept
     assert_eq!(count(&mut db, "SELECT * FROM eventq.streams"), 1);
-    assert_eq!(count(&mut db, "SELECT * FROM pg_tables WHERE schemaname = 'eventq_internal' AND tablename = 'events'"), 1);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT * FROM pg_tables WHERE schemaname = 'eventq_internal' AND tablename = 'events'"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -128,11 +145,18 @@ fn keys_headers_and_payloads_are_data_however_they_look() {
     }
     // a document nested 2000 levels deep is just a document
     let deep = format!("{}1{}", "{\"a\": ".repeat(2000), "}".repeat(2000));
-    db.execute("SELECT eventq.publish('s', 'deep', $1::text::jsonb, headers => $1::text::jsonb)", &[&deep]).unwrap();
+    db.execute(
+        "SELECT eventq.publish('s', 'deep', $1::text::jsonb, headers => $1::text::jsonb)",
+        &[&deep],
+    )
+    .unwrap();
     let pulled = column(&mut db, "SELECT key FROM eventq.pull('c', 100) ORDER BY seq");
     assert_eq!(pulled.len(), INJECTIONS.len() + 1);
     let keys = column(&mut db, "SELECT coalesce(key, '<none>') FROM eventq.events ORDER BY seq");
-    assert_eq!(keys[..INJECTIONS.len()], INJECTIONS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        keys[..INJECTIONS.len()],
+        INJECTIONS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]
+    );
     let depth: String = db
         .query_one("SELECT jsonb_path_query_first(payload, 'strict $.**{1999}')::text FROM eventq.events WHERE subject = 'deep'", &[])
         .unwrap()
@@ -141,7 +165,10 @@ fn keys_headers_and_payloads_are_data_however_they_look() {
     // headers that are not an object
     for headers in ["[]", "1", "\"text\"", "null"] {
         assert_eq!(
-            common::fails_with(&mut db, &format!("SELECT eventq.publish('s', 'a', headers => '{headers}')")),
+            common::fails_with(
+                &mut db,
+                &format!("SELECT eventq.publish('s', 'a', headers => '{headers}')")
+            ),
             "22023",
             "{headers}"
         );
@@ -171,13 +198,22 @@ fn a_hundred_megabyte_payload_is_refused_with_a_clear_error() {
     // refuses; afterwards it refuses at once)
     let _ = app.batch_execute("SET eventq.max_payload_size = '200MB'");
     assert_eq!(
-        common::fails_with(&mut app, "SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 2000000)))"),
+        common::fails_with(
+            &mut app,
+            "SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 2000000)))"
+        ),
         "22023"
     );
     assert_eq!(common::fails_with(&mut app, "SET eventq.max_payload_size = '200MB'"), "42501");
     // up to the limit, payloads go through whole
-    db.batch_execute("SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 1000000)))").unwrap();
+    db.batch_execute(
+        "SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 1000000)))",
+    )
+    .unwrap();
     db.batch_execute("SET eventq.max_payload_size = '200MB'").unwrap();
-    db.batch_execute("SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 100 * 1024 * 1024)))").unwrap();
+    db.batch_execute(
+        "SELECT eventq.publish('s', 'a', jsonb_build_object('b', repeat('x', 100 * 1024 * 1024)))",
+    )
+    .unwrap();
     assert_eq!(count(&mut db, "SELECT * FROM eventq_internal.staged"), 2);
 }

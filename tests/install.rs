@@ -32,7 +32,8 @@ fn install_like_make_test(src: &Path, dest: &Path) {
 fn installing_a_build_leaves_a_running_server_serving() {
     let cluster = Arc::new(Cluster::start("install", &[PRELOAD]));
     let mut db = cluster.connect();
-    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')").unwrap();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')")
+        .unwrap();
     let worker = |db: &mut postgres::Client| -> i32 {
         db.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventq worker'", &[])
             .unwrap()
@@ -78,9 +79,16 @@ fn installing_a_build_leaves_a_running_server_serving() {
     db.batch_execute("SELECT eventq.publish('s', 'after')").unwrap();
     wait_for("everything drained", Duration::from_secs(10), || {
         let n: i64 = db.query_one("SELECT count(*) FROM eventq.events", &[]).unwrap().get(0);
-        if n == published + 1 { Ok(()) } else { Err(format!("{n} of {}", published + 1)) }
+        if n == published + 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} of {}", published + 1))
+        }
     });
-    assert_eq!(column(&mut db, "SELECT subject FROM eventq.events ORDER BY seq DESC LIMIT 1"), ["after"]);
+    assert_eq!(
+        column(&mut db, "SELECT subject FROM eventq.events ORDER BY seq DESC LIMIT 1"),
+        ["after"]
+    );
     let log = cluster.log();
     assert!(!log.contains("terminated by signal"), "{log}");
     assert!(!log.contains("server process") || !log.contains("was terminated"), "{log}");

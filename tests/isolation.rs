@@ -81,16 +81,17 @@ fn a_serializable_database_delivers_everything() {
                 let mut db = cluster.connect();
                 let mut errors = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let rows = match db.query("SELECT task_id, attempt FROM eventq.pull('c', 5)", &[]) {
-                        Ok(rows) => rows,
-                        Err(e) => {
-                            // a serialization failure of the worker's own statement is
-                            // retried, as any client of a serializable database does
-                            assert_eq!(common::sqlstate(&e), "40001", "{e}");
-                            errors += 1;
-                            continue;
-                        }
-                    };
+                    let rows =
+                        match db.query("SELECT task_id, attempt FROM eventq.pull('c', 5)", &[]) {
+                            Ok(rows) => rows,
+                            Err(e) => {
+                                // a serialization failure of the worker's own statement is
+                                // retried, as any client of a serializable database does
+                                assert_eq!(common::sqlstate(&e), "40001", "{e}");
+                                errors += 1;
+                                continue;
+                            }
+                        };
                     for row in rows {
                         let (task, attempt): (i64, i32) = (row.get(0), row.get(1));
                         // like any serializable transaction, an ack that fails to
@@ -124,7 +125,8 @@ fn a_serializable_database_delivers_everything() {
         publishers.push(thread::spawn(move || {
             let mut db = cluster.connect();
             for n in 0..200 {
-                db.execute("SELECT eventq.publish('s', 'p' || $1::int)", &[&(p * 1000 + n)]).unwrap();
+                db.execute("SELECT eventq.publish('s', 'p' || $1::int)", &[&(p * 1000 + n)])
+                    .unwrap();
                 if n % 50 == 0 {
                     db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
                 }
@@ -172,8 +174,11 @@ fn repeatable_read_reads_what_committed_before_it() {
         let mut publisher = cluster.connect();
         for n in 0..20 {
             publisher.execute("SELECT eventq.publish('s', 'e' || $1::int)", &[&n]).unwrap();
-            let mut tx =
-                db.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().unwrap();
+            let mut tx = db
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .start()
+                .unwrap();
             tx.batch_execute("SELECT 1").unwrap();
             // drained by another session after this snapshot was taken
             if n % 2 == 0 {
@@ -183,8 +188,10 @@ fn repeatable_read_reads_what_committed_before_it() {
             assert_eq!(pulled, [format!("e{n}")], "pull in round {n}");
             let fetched = column(&mut tx, "SELECT subject FROM eventq.fetch('l', 10)");
             assert_eq!(fetched, [format!("e{n}")], "fetch in round {n}");
-            tx.batch_execute("SELECT eventq.commit('l', (SELECT max(seq) FROM eventq.fetch('l', 10)))")
-                .unwrap();
+            tx.batch_execute(
+                "SELECT eventq.commit('l', (SELECT max(seq) FROM eventq.fetch('l', 10)))",
+            )
+            .unwrap();
             tx.commit().unwrap();
         }
         assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks WHERE state = 'running'"), 20);

@@ -31,7 +31,11 @@ fn drain_latency(db: &mut Client) -> Duration {
     let started = Instant::now();
     db.batch_execute("SELECT eventq.publish('s', 'x')").unwrap();
     wait_for("the worker to drain", Duration::from_secs(10), || {
-        if count(db, "SELECT 1 FROM eventq.events") > before { Ok(()) } else { Err("not yet".into()) }
+        if count(db, "SELECT 1 FROM eventq.events") > before {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     started.elapsed()
 }
@@ -43,7 +47,8 @@ fn every_database_with_eventq_gets_a_worker() {
     for name in ["one", "two", "three"] {
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     }
-    let mut dbs: Vec<Client> = ["one", "two", "three"].iter().map(|n| cluster.connect_to(n)).collect();
+    let mut dbs: Vec<Client> =
+        ["one", "two", "three"].iter().map(|n| cluster.connect_to(n)).collect();
     for db in dbs.iter_mut() {
         setup(db);
     }
@@ -65,7 +70,10 @@ fn every_database_with_eventq_gets_a_worker() {
                 || ':' || coalesce(last_error, '-')
          FROM eventq.workers ORDER BY 1",
     );
-    assert_eq!(seen_from_one, ["one:true:true:true:-", "three:true:true:true:-", "two:true:true:true:-"]);
+    assert_eq!(
+        seen_from_one,
+        ["one:true:true:true:-", "three:true:true:true:-", "two:true:true:true:-"]
+    );
     drop(one);
 
     // Dropping the extension stops its worker; creating it again brings one, no restart.
@@ -78,7 +86,11 @@ fn every_database_with_eventq_gets_a_worker() {
     });
     setup(&mut dbs[1]);
     wait_for("a worker for two again", Duration::from_secs(5), || {
-        if workers(&mut admin).contains(&"two".to_string()) { Ok(()) } else { Err("not yet".into()) }
+        if workers(&mut admin).contains(&"two".to_string()) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     let latency = drain_latency(&mut dbs[1]);
     assert!(latency < Duration::from_millis(500), "{latency:?}");
@@ -101,7 +113,8 @@ fn every_database_with_eventq_gets_a_worker() {
 
 #[test]
 fn max_workers_bounds_them_and_the_rest_drain_when_read() {
-    let cluster = Cluster::start_without_extension("launcher-max", &[PRELOAD, "eventq.max_workers = 2"]);
+    let cluster =
+        Cluster::start_without_extension("launcher-max", &[PRELOAD, "eventq.max_workers = 2"]);
     let mut admin = cluster.connect();
     for name in ["a", "b", "c"] {
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();

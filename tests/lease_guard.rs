@@ -37,16 +37,34 @@ fn stale_calls_change_nothing() {
     let (again, fresh) = expire_and_release(&mut db, "c");
     assert_eq!((again, fresh), (task, stale + 1));
     let one = |db: &mut Client, sql: &str| -> String {
-        db.query_one(&format!("SELECT ({sql})::text"), &[]).unwrap().get::<_, Option<String>>(0).unwrap_or("NULL".into())
+        db.query_one(&format!("SELECT ({sql})::text"), &[])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or("NULL".into())
     };
     assert_eq!(one(&mut db, &format!("eventq.ack('c', ARRAY[{task}], ARRAY[{stale}])")), "0");
-    assert_eq!(one(&mut db, &format!("eventq.retry('c', {task}, 'late', attempt => {stale})")), "NULL");
-    assert_eq!(one(&mut db, &format!("eventq.discard('c', {task}, 'late', attempt => {stale})")), "false");
-    assert_eq!(one(&mut db, &format!("eventq.ignore('c', {task}, 'late', attempt => {stale})")), "false");
-    assert_eq!(one(&mut db, &format!("eventq.extend_lease('c', {task}, '1 hour', attempt => {stale})")), "NULL");
+    assert_eq!(
+        one(&mut db, &format!("eventq.retry('c', {task}, 'late', attempt => {stale})")),
+        "NULL"
+    );
+    assert_eq!(
+        one(&mut db, &format!("eventq.discard('c', {task}, 'late', attempt => {stale})")),
+        "false"
+    );
+    assert_eq!(
+        one(&mut db, &format!("eventq.ignore('c', {task}, 'late', attempt => {stale})")),
+        "false"
+    );
+    assert_eq!(
+        one(&mut db, &format!("eventq.extend_lease('c', {task}, '1 hour', attempt => {stale})")),
+        "NULL"
+    );
     assert_eq!(column(&mut db, "SELECT state FROM eventq.tasks"), ["running"]);
     // the current attempt is honoured
-    assert_ne!(one(&mut db, &format!("eventq.extend_lease('c', {task}, '1 hour', attempt => {fresh})")), "NULL");
+    assert_ne!(
+        one(&mut db, &format!("eventq.extend_lease('c', {task}, '1 hour', attempt => {fresh})")),
+        "NULL"
+    );
     assert_eq!(one(&mut db, &format!("eventq.ack('c', ARRAY[{task}], ARRAY[{fresh}])")), "1");
     // ack's attempts must be parallel to its ids
     assert_eq!(
@@ -68,8 +86,12 @@ fn a_stale_discard_does_not_hand_a_key_on() {
     .unwrap();
     let (task, stale) = lease(&mut db, "c");
     let (_, fresh) = expire_and_release(&mut db, "c");
-    db.batch_execute(&format!("SELECT eventq.discard('c', {task}, 'stale', attempt => {stale})")).unwrap();
-    assert!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)").is_empty(), "two tasks of a key in flight");
+    db.batch_execute(&format!("SELECT eventq.discard('c', {task}, 'stale', attempt => {stale})"))
+        .unwrap();
+    assert!(
+        column(&mut db, "SELECT subject FROM eventq.pull('c', 10)").is_empty(),
+        "two tasks of a key in flight"
+    );
     db.batch_execute(&format!("SELECT eventq.ack('c', ARRAY[{task}], ARRAY[{fresh}])")).unwrap();
     assert_eq!(column(&mut db, "SELECT subject FROM eventq.pull('c', 10)"), ["second"]);
 }

@@ -36,7 +36,11 @@ fn an_open_pull_does_not_block_publishers() {
             db.batch_execute("SELECT eventq.publish('s', 'fill')").unwrap();
         }
         let mut holder = cluster.connect();
-        holder.batch_execute("BEGIN; SELECT * FROM eventq.pull('c', 1); SELECT * FROM eventq.fetch('l', 1)").unwrap();
+        holder
+            .batch_execute(
+                "BEGIN; SELECT * FROM eventq.pull('c', 1); SELECT * FROM eventq.fetch('l', 1)",
+            )
+            .unwrap();
         let mut publisher = cluster.connect();
         publisher.batch_execute("SET statement_timeout = '2s'").unwrap();
         let started = Instant::now();
@@ -125,7 +129,10 @@ fn changing_consumers_inside_a_transaction_does_not_stop_delivery() {
         db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
         let created = column(&mut db, "SELECT subject FROM eventq.pull('created', 100)");
         assert_eq!(created.len(), 40, "the new consumer gets what was drained meanwhile");
-        db.batch_execute("SELECT eventq.publish('s', 'a.late'); SELECT eventq.publish('s', 'b.late')").unwrap();
+        db.batch_execute(
+            "SELECT eventq.publish('s', 'a.late'); SELECT eventq.publish('s', 'b.late')",
+        )
+        .unwrap();
         // the events drained while it was being changed reach it with its new filter
         let altered = column(&mut db, "SELECT subject FROM eventq.pull('altered', 100)");
         let mut expected: Vec<String> = (0..20).map(|n| format!("a.x{n}")).collect();
@@ -157,21 +164,27 @@ fn the_worker_stops_while_it_waits() {
         worker_pid(&mut db).ok_or_else(|| "no worker".to_string())
     });
     let mut blocker = cluster.connect();
-    blocker.batch_execute("BEGIN; LOCK TABLE eventq_internal.consumers IN ACCESS EXCLUSIVE MODE").unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE eventq_internal.consumers IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
     wait_for("the worker to wait for the lock", Duration::from_secs(10), || {
         let waiting = count(
             &mut db,
-            &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"),
+            &format!(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+            ),
         );
-        if waiting == 1 { Ok(()) } else { Err("not waiting".into()) }
+        if waiting == 1 {
+            Ok(())
+        } else {
+            Err("not waiting".into())
+        }
     });
     let asked = Instant::now();
     db.batch_execute(&format!("SELECT pg_terminate_backend({pid})")).unwrap();
-    wait_for("the worker to exit", Duration::from_secs(3), || {
-        match worker_pid(&mut db) {
-            Some(p) if p == pid => Err("still there".into()),
-            _ => Ok(()),
-        }
+    wait_for("the worker to exit", Duration::from_secs(3), || match worker_pid(&mut db) {
+        Some(p) if p == pid => Err("still there".into()),
+        _ => Ok(()),
     });
     assert!(asked.elapsed() < Duration::from_secs(3));
     blocker.batch_execute("ROLLBACK").unwrap();
@@ -194,20 +207,28 @@ fn a_cursor_cannot_move_into_an_unfinished_drain() {
     .unwrap();
     let drainer = {
         let cluster = cluster.clone();
-        thread::spawn(move || cluster.connect().batch_execute("SELECT eventq.run_maintenance()").unwrap())
+        thread::spawn(move || {
+            cluster.connect().batch_execute("SELECT eventq.run_maintenance()").unwrap()
+        })
     };
     let reserved: i64 = wait_for("a drain to reserve its numbers", Duration::from_secs(30), || {
         let last: i64 = db
             .query_one("SELECT pg_sequence_last_value('eventq_internal.event_seq')", &[])
             .unwrap()
             .get(0);
-        if last > 0 { Ok(last) } else { Err("nothing reserved".into()) }
+        if last > 0 {
+            Ok(last)
+        } else {
+            Err("nothing reserved".into())
+        }
     });
-    let committed: i64 =
-        db.query_one("SELECT count(*) FROM eventq.events", &[]).unwrap().get(0);
+    let committed: i64 = db.query_one("SELECT count(*) FROM eventq.events", &[]).unwrap().get(0);
     if committed == 0 {
         assert_eq!(fails_with(&mut db, &format!("SELECT eventq.commit('l', {reserved})")), "22023");
-        assert_eq!(fails_with(&mut db, &format!("SELECT eventq.seek('l', {reserved}::bigint)")), "22023");
+        assert_eq!(
+            fails_with(&mut db, &format!("SELECT eventq.seek('l', {reserved}::bigint)")),
+            "22023"
+        );
     }
     drainer.join().unwrap();
     db.batch_execute(&format!("SELECT eventq.commit('l', {reserved})")).unwrap();
@@ -219,7 +240,8 @@ fn a_cursor_cannot_move_into_an_unfinished_drain() {
 fn an_idle_dashboard_does_not_keep_staging_from_being_truncated() {
     let cluster = Cluster::start("lock-dashboard", &[]);
     let mut db = cluster.connect();
-    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')").unwrap();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')")
+        .unwrap();
     let mut dashboard = cluster.connect();
     dashboard
         .batch_execute(
@@ -241,7 +263,8 @@ fn an_idle_dashboard_does_not_keep_staging_from_being_truncated() {
 fn stored_filters_always_parse() {
     let cluster = Cluster::start("lock-filters", &[]);
     let mut db = cluster.connect();
-    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')").unwrap();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')")
+        .unwrap();
     for bad in ["'{a..b}'", "'{>.a}'", "'{\"\"}'", "ARRAY[NULL]::text[]", "'{a b}'"] {
         assert_eq!(
             fails_with(&mut db, &format!("UPDATE eventq_internal.consumers SET subjects = {bad}")),
@@ -257,7 +280,8 @@ fn stored_filters_always_parse() {
 fn a_busy_drain_lock_does_not_leave_events_waiting() {
     let cluster = Cluster::start("lock-busy", &[PRELOAD, "eventq.maintenance_interval = '1h'"]);
     let mut db = cluster.connect();
-    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')").unwrap();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.create_consumer('c', 's')")
+        .unwrap();
     let mut holder = cluster.connect();
     holder.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(1702261873, 1)").unwrap();
     db.batch_execute("SELECT eventq.publish('s', 'x')").unwrap();
@@ -324,7 +348,9 @@ fn a_key_never_goes_to_a_task_that_vanished() {
         let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port);
         thread::spawn(move || {
             let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            db.query_one("SELECT eventq.ack('keyed', ARRAY[$1::bigint])", &[&head]).unwrap().get::<_, i32>(0)
+            db.query_one("SELECT eventq.ack('keyed', ARRAY[$1::bigint])", &[&head])
+                .unwrap()
+                .get::<_, i32>(0)
         })
     };
     thread::sleep(Duration::from_millis(300));

@@ -168,9 +168,14 @@ fn what_a_session_remembers_of_the_log_does_not_outlive_it() {
     let setup = "SELECT eventq.create_stream('feed');
                  SELECT eventq.create_consumer('rare', 'feed', mode => 'log', subjects => '{rare}');";
     db.batch_execute(setup).unwrap();
-    db.batch_execute("SELECT eventq.publish('feed', 'common') FROM generate_series(1, 50)").unwrap();
+    db.batch_execute("SELECT eventq.publish('feed', 'common') FROM generate_series(1, 50)")
+        .unwrap();
     let fetched = |db: &mut postgres::Client| -> Vec<String> {
-        db.query("SELECT subject FROM eventq.fetch('rare', 10)", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+        db.query("SELECT subject FROM eventq.fetch('rare', 10)", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     };
     assert!(fetched(&mut db).is_empty());
     db.batch_execute("DROP EXTENSION eventq CASCADE; CREATE EXTENSION eventq").unwrap();

@@ -93,12 +93,18 @@ fn a_transaction_keeps_its_publish_order_across_savepoints_and_drains() {
         .unwrap();
     tx.batch_execute("SAVEPOINT s2; SELECT eventq.publish('tx', 'gone'); ROLLBACK TO SAVEPOINT s2")
         .unwrap();
-    common::script(&mut other, "SELECT eventq.publish('tx', 'during'); SELECT eventq.run_maintenance()");
+    common::script(
+        &mut other,
+        "SELECT eventq.publish('tx', 'during'); SELECT eventq.run_maintenance()",
+    );
     at_next_second();
     tx.batch_execute("SELECT eventq.publish('tx', 'a3')").unwrap();
     tx.batch_execute("SAVEPOINT s3; SELECT eventq.publish('tx', 'a4')").unwrap();
     tx.commit().unwrap();
-    common::script(&mut other, "SELECT eventq.publish('tx', 'after'); SELECT eventq.run_maintenance()");
+    common::script(
+        &mut other,
+        "SELECT eventq.publish('tx', 'after'); SELECT eventq.run_maintenance()",
+    );
     assert_eq!(
         subjects_in_seq_order(&mut db, "tx"),
         ["before", "during", "a1", "a2", "a3", "a4", "after"]

@@ -84,12 +84,30 @@ fn an_administrator_runs_streams_grants_and_maintenance() {
     assert!(denied(&mut ops, "SELECT * FROM eventq_internal.grants").contains("eventq_internal"));
     // grants name real roles and privileges
     let mut su = cluster.connect();
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('publish', 'orders', 'no_such_role')"), "42704");
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('read', 'orders', 'shop')"), "22023");
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('publish', 'nowhere', 'shop')"), "42704");
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('manage', 'orders', 'shop', '{a.>}')"), "22023");
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('consume', 'orders', 'shop', '{a..b}')"), "22023");
-    assert_eq!(common::fails_with(&mut su, "SELECT eventq.grant('consume', 'orders', 'shop', '{}')"), "22023");
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('publish', 'orders', 'no_such_role')"),
+        "42704"
+    );
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('read', 'orders', 'shop')"),
+        "22023"
+    );
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('publish', 'nowhere', 'shop')"),
+        "42704"
+    );
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('manage', 'orders', 'shop', '{a.>}')"),
+        "22023"
+    );
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('consume', 'orders', 'shop', '{a..b}')"),
+        "22023"
+    );
+    assert_eq!(
+        common::fails_with(&mut su, "SELECT eventq.grant('consume', 'orders', 'shop', '{}')"),
+        "22023"
+    );
 }
 
 #[test]
@@ -98,10 +116,16 @@ fn a_publisher_publishes_and_does_nothing_else() {
     setup(&cluster);
     publish_some(&cluster);
     let mut shop = cluster.connect_as("postgres", "shop");
-    assert!(denied(&mut shop, "SELECT eventq.publish('payments', 'x')").contains("stream \"payments\""));
-    assert!(denied(&mut shop, "SELECT eventq.publish_batch('payments', '{x}', ARRAY['{}']::jsonb[])")
-        .contains("stream \"payments\""));
-    assert!(denied(&mut shop, "SELECT eventq.create_consumer('mine', 'orders')").contains("consumer \"mine\""));
+    assert!(
+        denied(&mut shop, "SELECT eventq.publish('payments', 'x')").contains("stream \"payments\"")
+    );
+    assert!(denied(
+        &mut shop,
+        "SELECT eventq.publish_batch('payments', '{x}', ARRAY['{}']::jsonb[])"
+    )
+    .contains("stream \"payments\""));
+    assert!(denied(&mut shop, "SELECT eventq.create_consumer('mine', 'orders')")
+        .contains("consumer \"mine\""));
     assert!(denied(&mut shop, "SELECT eventq.create_stream('mine')").contains("create streams"));
     denied(&mut shop, "SELECT eventq.alter_stream('orders', '1 day')");
     denied(&mut shop, "SELECT eventq.drop_stream('orders', force => true)");
@@ -136,10 +160,19 @@ fn workers_work_their_group_s_consumers_only() {
 
     let tasks = column(&mut worker, "SELECT task_id::text FROM eventq.pull('invoicing', 10)");
     assert_eq!(tasks.len(), 4);
-    ok(&mut worker, &format!("SELECT eventq.ack('invoicing', ARRAY[{}]::bigint[])", tasks.join(",")));
-    ok(&mut worker, "SELECT eventq.pause_consumer('invoicing'); SELECT eventq.resume_consumer('invoicing')");
+    ok(
+        &mut worker,
+        &format!("SELECT eventq.ack('invoicing', ARRAY[{}]::bigint[])", tasks.join(",")),
+    );
+    ok(
+        &mut worker,
+        "SELECT eventq.pause_consumer('invoicing'); SELECT eventq.resume_consumer('invoicing')",
+    );
     ok(&mut worker, "SELECT eventq.alter_consumer('invoicing', max_attempts => 3)");
-    assert_eq!(column(&mut worker, "SELECT name || ':' || owner FROM eventq.consumers"), ["invoicing:billing"]);
+    assert_eq!(
+        column(&mut worker, "SELECT name || ':' || owner FROM eventq.consumers"),
+        ["invoicing:billing"]
+    );
     assert_eq!(count(&mut worker, "SELECT * FROM eventq.tasks"), 4);
     assert_eq!(count(&mut worker, "SELECT * FROM eventq.events"), 4);
     // another role's consumer, though of a stream it may consume
@@ -185,16 +218,28 @@ fn a_manager_works_every_consumer_of_its_stream() {
     let cluster = Cluster::start("priv-manager", &[]);
     setup(&cluster);
     let mut worker = cluster.connect_as("postgres", "billing_worker");
-    ok(&mut worker, "SET ROLE billing; SELECT eventq.create_consumer('invoicing', 'orders'); RESET ROLE");
+    ok(
+        &mut worker,
+        "SET ROLE billing; SELECT eventq.create_consumer('invoicing', 'orders'); RESET ROLE",
+    );
     publish_some(&cluster);
     let mut auditor = cluster.connect_as("postgres", "auditor");
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.pull('invoicing', 10)"), 4);
     ok(&mut auditor, "SELECT eventq.redrive('invoicing'); SELECT eventq.alter_consumer('invoicing', subjects => '{>}')");
-    ok(&mut auditor, "SELECT eventq.retry_now('invoicing'); SELECT eventq.cancel('invoicing', ARRAY[1::bigint])");
-    ok(&mut auditor, "SELECT eventq.create_consumer('audit', 'orders', mode => 'log', start_at => '-infinity')");
+    ok(
+        &mut auditor,
+        "SELECT eventq.retry_now('invoicing'); SELECT eventq.cancel('invoicing', ARRAY[1::bigint])",
+    );
+    ok(
+        &mut auditor,
+        "SELECT eventq.create_consumer('audit', 'orders', mode => 'log', start_at => '-infinity')",
+    );
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.fetch('audit')"), 4);
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.events"), 4);
-    assert_eq!(column(&mut auditor, "SELECT name FROM eventq.consumers ORDER BY 1"), ["audit", "invoicing"]);
+    assert_eq!(
+        column(&mut auditor, "SELECT name FROM eventq.consumers ORDER BY 1"),
+        ["audit", "invoicing"]
+    );
     ok(&mut auditor, "SELECT eventq.drop_consumer('invoicing')");
     denied(&mut auditor, "SELECT eventq.publish('orders', 'x')");
     denied(&mut auditor, "SELECT eventq.grant('consume', 'orders', 'nobody')");
@@ -236,7 +281,10 @@ fn a_tenant_sees_and_subscribes_to_its_own_subjects_only() {
         column(&mut tenant, "SELECT subject FROM eventq.events ORDER BY seq"),
         ["seller.42.order.created", "seller.42.order.paid"]
     );
-    assert_eq!(column(&mut tenant, "SELECT name FROM eventq.consumers ORDER BY 1"), ["mine", "mine_log"]);
+    assert_eq!(
+        column(&mut tenant, "SELECT name FROM eventq.consumers ORDER BY 1"),
+        ["mine", "mine_log"]
+    );
     // a publish grant with subjects limits what it may publish
     ok(&mut tenant, "SELECT eventq.publish('payments', 'seller.42.refund')");
     let message = denied(&mut tenant, "SELECT eventq.publish('payments', 'seller.43.refund')");
@@ -246,7 +294,10 @@ fn a_tenant_sees_and_subscribes_to_its_own_subjects_only() {
 
     // a narrower grant applies to existing consumers too, and from the next transaction on
     let mut su = cluster.connect();
-    ok(&mut su, "SELECT eventq.grant('consume', 'orders', 'tenant42', '{seller.42.order.created}')");
+    ok(
+        &mut su,
+        "SELECT eventq.grant('consume', 'orders', 'tenant42', '{seller.42.order.created}')",
+    );
     assert!(denied(&mut tenant, "SELECT * FROM eventq.pull('mine')").contains("seller.42.order.*"));
     ok(&mut su, "SELECT eventq.revoke('consume', 'orders', 'tenant42')");
     denied(&mut tenant, "SELECT * FROM eventq.fetch('mine_log')");
@@ -258,7 +309,10 @@ fn a_role_without_grants_can_do_and_see_nothing() {
     let cluster = Cluster::start("priv-nobody", &[]);
     setup(&cluster);
     let mut worker = cluster.connect_as("postgres", "billing_worker");
-    ok(&mut worker, "SET ROLE billing; SELECT eventq.create_consumer('invoicing', 'orders'); RESET ROLE");
+    ok(
+        &mut worker,
+        "SET ROLE billing; SELECT eventq.create_consumer('invoicing', 'orders'); RESET ROLE",
+    );
     publish_some(&cluster);
     ok(&mut cluster.connect(), "SELECT eventq.run_maintenance()");
     let mut nobody = cluster.connect_as("postgres", "nobody");
@@ -366,6 +420,12 @@ fn grants_apply_at_once_to_sessions_already_open() {
     assert_eq!(count(&mut tenant, "SELECT * FROM eventq.streams"), 2);
     assert_eq!(count(&mut tenant, "SELECT * FROM eventq.consumers"), 0);
     ok(&mut su, "SELECT eventq.run_maintenance()");
-    assert_eq!(count(&mut su, "SELECT * FROM eventq_internal.grants WHERE grantee::text ~ '^[0-9]+$'"), 0);
-    assert_eq!(column(&mut su, "SELECT owner FROM eventq.consumers WHERE name = 'temporary'"), ["postgres"]);
+    assert_eq!(
+        count(&mut su, "SELECT * FROM eventq_internal.grants WHERE grantee::text ~ '^[0-9]+$'"),
+        0
+    );
+    assert_eq!(
+        column(&mut su, "SELECT owner FROM eventq.consumers WHERE name = 'temporary'"),
+        ["postgres"]
+    );
 }

@@ -15,7 +15,11 @@ use postgres::Client;
 fn cluster(name: &str) -> Cluster {
     Cluster::start(
         name,
-        &["shared_preload_libraries = 'eventq'", "eventq.worker_enabled = off", "max_prepared_transactions = 4"],
+        &[
+            "shared_preload_libraries = 'eventq'",
+            "eventq.worker_enabled = off",
+            "max_prepared_transactions = 4",
+        ],
     )
 }
 
@@ -96,7 +100,9 @@ fn tasks_made_available_again_are_pulled_at_once() {
     // everything is leased; give the rest back to have tasks above the ones that return
     worker.batch_execute(&format!("SELECT eventq.ack('r', ARRAY[{t1}, {t2}, {t3}])")).unwrap();
     for t in &all[3..] {
-        worker.batch_execute(&format!("SELECT eventq.retry('r', {t}, 'again', '0 seconds')")).unwrap();
+        worker
+            .batch_execute(&format!("SELECT eventq.retry('r', {t}, 'again', '0 seconds')"))
+            .unwrap();
     }
     let again = pull(&mut other, "r", 5);
     assert_eq!(again, all[3..8].to_vec());
@@ -104,7 +110,9 @@ fn tasks_made_available_again_are_pulled_at_once() {
 
     // a retry due at once, below where pulls start now
     let retried = again[0];
-    worker.batch_execute(&format!("SELECT eventq.retry('r', {retried}, 'boom', '0 seconds')")).unwrap();
+    worker
+        .batch_execute(&format!("SELECT eventq.retry('r', {retried}, 'boom', '0 seconds')"))
+        .unwrap();
     assert_eq!(pull(&mut other, "r", 1), vec![retried]);
 
     // an expired lease
@@ -153,7 +161,10 @@ fn a_key_handed_on_below_the_start_is_pulled() {
     worker.batch_execute(&format!("SELECT eventq.ack('k', ARRAY[{}])", a1[0])).unwrap();
     assert_eq!(pull(&mut other, "k", 1), vec![a1[0] + 1]);
     assert_eq!(
-        column(&mut other, "SELECT count(*)::text FROM eventq.tasks WHERE consumer = 'k' AND state = 'running'"),
+        column(
+            &mut other,
+            "SELECT count(*)::text FROM eventq.tasks WHERE consumer = 'k' AND state = 'running'"
+        ),
         ["3"]
     );
 }
@@ -210,7 +221,10 @@ fn timer_entries_read(db: &mut Client, consumer: &str) -> i64 {
     let mut tx = db.transaction().unwrap();
     tx.query(&format!("SELECT eventq.pull('{consumer}', 1)"), &[]).unwrap();
     let read: i64 = tx
-        .query_one("SELECT pg_stat_get_xact_tuples_returned('eventq_internal.tasks_leased'::regclass)", &[])
+        .query_one(
+            "SELECT pg_stat_get_xact_tuples_returned('eventq_internal.tasks_leased'::regclass)",
+            &[],
+        )
         .unwrap()
         .get(0);
     tx.rollback().unwrap();
@@ -225,7 +239,11 @@ fn timer_passes_skip_the_leases_of_acked_tasks_under_a_held_snapshot() {
     setup(&mut db, "t", 2100);
     // Vacuum can remove nothing acked from here on: every ack leaves a dead entry in the
     // index of running tasks, at its lease's time.
-    holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM eventq_internal.tasks").unwrap();
+    holder
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM eventq_internal.tasks",
+        )
+        .unwrap();
     for _ in 0..20 {
         let seqs: Vec<i64> = db
             .query("SELECT task_id FROM eventq.pull('t', 100, lease => '20 milliseconds')", &[])
@@ -254,9 +272,8 @@ fn a_lease_committed_after_passes_moved_past_it_still_expires() {
     let mut b = cluster.connect();
     setup(&mut b, "l", 1);
     a.batch_execute("BEGIN").unwrap();
-    let leased = a
-        .query("SELECT task_id FROM eventq.pull('l', 1, lease => '1 millisecond')", &[])
-        .unwrap();
+    let leased =
+        a.query("SELECT task_id FROM eventq.pull('l', 1, lease => '1 millisecond')", &[]).unwrap();
     assert_eq!(leased.len(), 1);
     // passes from b skip the locked row and claim the time before them
     pulls_find_nothing_for_a_while(&mut b, "l");
@@ -279,12 +296,16 @@ fn pulls_find_nothing_for_a_while(b: &mut Client, consumer: &str) {
 fn rescued_within(b: &mut Client, consumer: &str, seconds: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
-        let again = b.query(&format!("SELECT attempt FROM eventq.pull('{consumer}', 1)"), &[]).unwrap();
+        let again =
+            b.query(&format!("SELECT attempt FROM eventq.pull('{consumer}', 1)"), &[]).unwrap();
         if let Some(row) = again.first() {
             assert_eq!(row.get::<_, i32>(0), 2);
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "the expired lease was not rescued within {seconds} s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired lease was not rescued within {seconds} s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -303,7 +324,8 @@ fn an_expired_lease_behind_a_rolled_back_ack_still_expires() {
         task[0]
     ))
     .unwrap();
-    a.batch_execute(&format!("BEGIN; SELECT eventq.ack('k', ARRAY[{}]::bigint[])", task[0])).unwrap();
+    a.batch_execute(&format!("BEGIN; SELECT eventq.ack('k', ARRAY[{}]::bigint[])", task[0]))
+        .unwrap();
     pulls_find_nothing_for_a_while(&mut b, "k");
     a.batch_execute("ROLLBACK").unwrap();
     rescued_within(&mut b, "k", 8);
@@ -318,7 +340,12 @@ fn a_lease_of_a_prepared_transaction_still_expires() {
     let mut b = cluster.connect();
     setup(&mut b, "p", 1);
     a.batch_execute("BEGIN").unwrap();
-    assert_eq!(a.query("SELECT task_id FROM eventq.pull('p', 1, lease => '1 millisecond')", &[]).unwrap().len(), 1);
+    assert_eq!(
+        a.query("SELECT task_id FROM eventq.pull('p', 1, lease => '1 millisecond')", &[])
+            .unwrap()
+            .len(),
+        1
+    );
     a.batch_execute("PREPARE TRANSACTION 'lease'").unwrap();
     pulls_find_nothing_for_a_while(&mut b, "p");
     a.batch_execute("COMMIT PREPARED 'lease'").unwrap();

@@ -31,7 +31,9 @@ fn publish_then_read(cluster: &Cluster, rounds: usize, block: &str) {
             reader.batch_execute("COMMIT").unwrap();
         }
         reader
-            .batch_execute("SELECT eventq.commit('l', (SELECT max(seq) FROM eventq.fetch('l', 10)))")
+            .batch_execute(
+                "SELECT eventq.commit('l', (SELECT max(seq) FROM eventq.fetch('l', 10)))",
+            )
             .unwrap();
         assert_eq!(pulled, [subject.clone()], "pull, round {n} ({block:?})");
         assert_eq!(fetched, [subject], "fetch, round {n} ({block:?})");
@@ -114,7 +116,10 @@ fn a_pull_waits_out_a_shared_hold_on_its_new_consumer() {
          SELECT eventq.publish('s', 'first');",
     )
     .unwrap();
-    let id: i32 = db.query_one("SELECT id FROM eventq_internal.consumers WHERE name = 'c'", &[]).unwrap().get(0);
+    let id: i32 = db
+        .query_one("SELECT id FROM eventq_internal.consumers WHERE name = 'c'", &[])
+        .unwrap()
+        .get(0);
     // the shared hold, queued behind the creation, granted when it commits, and let go
     // only once the reader is seen waiting
     let mut holder = cluster.connect();
@@ -129,25 +134,34 @@ fn a_pull_waits_out_a_shared_hold_on_its_new_consumer() {
     let advisory = |db: &mut postgres::Client, granted: &str| {
         common::count(db, &format!("SELECT 1 FROM pg_locks WHERE pid = {holder_pid} AND locktype = 'advisory' {granted}"))
     };
-    common::wait_for("the holder to queue", std::time::Duration::from_secs(10), || match advisory(&mut db, "") {
+    common::wait_for("the holder to queue", std::time::Duration::from_secs(10), || match advisory(
+        &mut db, "",
+    ) {
         1 => Ok(()),
         n => Err(format!("{n} advisory locks")),
     });
     db.batch_execute("COMMIT").unwrap();
-    common::wait_for("the holder to hold", std::time::Duration::from_secs(10), || match advisory(&mut db, "AND granted") {
-        1 => Ok(()),
-        n => Err(format!("{n} granted")),
+    common::wait_for("the holder to hold", std::time::Duration::from_secs(10), || {
+        match advisory(&mut db, "AND granted") {
+            1 => Ok(()),
+            n => Err(format!("{n} granted")),
+        }
     });
     let mut reader = cluster.connect();
     let reader_pid: i32 = reader.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let pull = std::thread::spawn(move || column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"));
+    let pull =
+        std::thread::spawn(move || column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"));
     // the reader waits (napping on its latch), or has already come back
     common::wait_for("the reader to wait", std::time::Duration::from_secs(10), || {
         let waiting = common::count(
             &mut db,
             &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {reader_pid} AND state = 'active' AND wait_event_type = 'Extension'"),
         );
-        if waiting == 1 || pull.is_finished() { Ok(()) } else { Err("not yet".into()) }
+        if waiting == 1 || pull.is_finished() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     release.send(()).unwrap();
     assert_eq!(pull.join().unwrap(), ["first"]);
@@ -173,7 +187,11 @@ fn a_pull_does_not_wait_for_a_consumer_being_changed() {
     let mut reader = cluster.connect();
     let started = std::time::Instant::now();
     column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3), "the pull waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the pull waited {:?}",
+        started.elapsed()
+    );
     dba.batch_execute("COMMIT").unwrap();
     assert_eq!(column(&mut reader, "SELECT subject FROM eventq.pull('c', 10)"), ["first"]);
 }

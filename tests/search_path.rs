@@ -99,11 +99,14 @@ CREATE AGGREGATE decoys.array_agg(anyelement) (SFUNC = decoys.agg_step, STYPE = 
 "#;
 
 fn calls(db: &mut Client) -> Vec<String> {
-    db.query("SELECT caller OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) what FROM decoys.calls", &[])
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect()
+    db.query(
+        "SELECT caller OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) what FROM decoys.calls",
+        &[],
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 fn rows(db: &mut Client, sql: &str) -> usize {
@@ -128,7 +131,9 @@ fn decoys_on_every_search_path_are_never_called() {
         .get(0);
     assert!(planted > 2000, "only {planted} decoys");
     // The database's owner puts them first for everyone, the worker included.
-    mallory.batch_execute("ALTER DATABASE shop SET search_path = decoys, pg_catalog, public").unwrap();
+    mallory
+        .batch_execute("ALTER DATABASE shop SET search_path = decoys, pg_catalog, public")
+        .unwrap();
 
     let mut admin = cluster.connect_to("shop");
     admin.batch_execute("CREATE EXTENSION eventq").unwrap();
@@ -138,7 +143,10 @@ fn decoys_on_every_search_path_are_never_called() {
     mallory.batch_execute("TRUNCATE decoys.calls").unwrap();
     // The worker has come up in this database (and found nothing to do yet).
     wait_for("the worker", Duration::from_secs(20), || {
-        match rows(&mut admin, "SELECT * FROM eventq.workers WHERE database OPERATOR(pg_catalog.=) 'shop'") {
+        match rows(
+            &mut admin,
+            "SELECT * FROM eventq.workers WHERE database OPERATOR(pg_catalog.=) 'shop'",
+        ) {
             1 => Ok(()),
             n => Err(format!("{n} workers")),
         }
@@ -184,7 +192,8 @@ fn decoys_on_every_search_path_are_never_called() {
     assert_eq!(pulled.len(), 3);
     let (t1, t2, t3): (i64, i64, i64) = (pulled[0].get(0), pulled[1].get(0), pulled[2].get(0));
     let a1: i32 = pulled[0].get(1);
-    app.execute("SELECT eventq.ack('work', ARRAY[$1::bigint], ARRAY[$2::int])", &[&t1, &a1]).unwrap();
+    app.execute("SELECT eventq.ack('work', ARRAY[$1::bigint], ARRAY[$2::int])", &[&t1, &a1])
+        .unwrap();
     app.execute("SELECT eventq.extend_lease('work', $1, '1 minute')", &[&t2]).unwrap();
     app.execute("SELECT eventq.retry('work', $1, 'failed', '1 millisecond')", &[&t2]).unwrap();
     app.execute("SELECT eventq.discard('work', $1, 'no')", &[&t3]).unwrap();
@@ -217,7 +226,10 @@ fn decoys_on_every_search_path_are_never_called() {
     }
     // the worker rescues the short lease and expires the short stream's events
     wait_for("retention of the short stream", Duration::from_secs(20), || {
-        match rows(&mut admin, "SELECT * FROM eventq.events WHERE stream OPERATOR(pg_catalog.=) 'short'") {
+        match rows(
+            &mut admin,
+            "SELECT * FROM eventq.events WHERE stream OPERATOR(pg_catalog.=) 'short'",
+        ) {
             0 => Ok(()),
             n => Err(format!("{n} events left")),
         }

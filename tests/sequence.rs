@@ -37,13 +37,14 @@ fn worker(port: u16, seed: u64, stop: Arc<AtomicBool>) {
             thread::sleep(Duration::from_millis(50));
             continue;
         };
-        let tasks = match client.query("SELECT task_id, attempt FROM eventq.pull('ordered', 5)", &[]) {
-            Ok(rows) => rows,
-            Err(_) => {
-                db = None;
-                continue;
-            }
-        };
+        let tasks =
+            match client.query("SELECT task_id, attempt FROM eventq.pull('ordered', 5)", &[]) {
+                Ok(rows) => rows,
+                Err(_) => {
+                    db = None;
+                    continue;
+                }
+            };
         if tasks.is_empty() {
             thread::sleep(Duration::from_millis(10));
         }
@@ -52,9 +53,15 @@ fn worker(port: u16, seed: u64, stop: Arc<AtomicBool>) {
             let result = if rng.chance(5) {
                 Ok(0) // abandoned: the lease runs out
             } else if rng.chance(15) {
-                client.execute("SELECT eventq.retry('ordered', $1, 'failed', delay => '0', attempt => $2)", &[&id, &attempt])
+                client.execute(
+                    "SELECT eventq.retry('ordered', $1, 'failed', delay => '0', attempt => $2)",
+                    &[&id, &attempt],
+                )
             } else {
-                client.execute("SELECT eventq.ack('ordered', ARRAY[$1::bigint], ARRAY[$2::int])", &[&id, &attempt])
+                client.execute(
+                    "SELECT eventq.ack('ordered', ARRAY[$1::bigint], ARRAY[$2::int])",
+                    &[&id, &attempt],
+                )
             };
             if result.is_err() {
                 db = None;
@@ -126,7 +133,11 @@ fn sequences_hold_under_failing_workers_expiring_leases_and_a_restart() {
     // the restart comes once a third of the events are in, and work on them under way
     wait_for("a third of the events", Duration::from_secs(30), || {
         let n: i64 = db.query_one("SELECT count(*) FROM eventq.events", &[]).unwrap().get(0);
-        if n >= plan.len() as i64 / 3 { Ok(()) } else { Err(format!("{n} events")) }
+        if n >= plan.len() as i64 / 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} events"))
+        }
     });
     cluster.pg_ctl(&["restart", "-m", "immediate"]);
     for p in publishers {
@@ -135,15 +146,26 @@ fn sequences_hold_under_failing_workers_expiring_leases_and_a_restart() {
     // (an event whose publish was cut by the restart was published again: count what is there)
     let mut db = cluster.connect();
     let published = wait_for("every event drained", Duration::from_secs(30), || {
-        let n: i64 = db.query_one("SELECT count(*) FROM eventq.events WHERE stream = 's'", &[]).unwrap().get(0);
-        if n >= plan.len() as i64 { Ok(n) } else { Err(format!("{n} events")) }
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM eventq.events WHERE stream = 's'", &[])
+            .unwrap()
+            .get(0);
+        if n >= plan.len() as i64 {
+            Ok(n)
+        } else {
+            Err(format!("{n} events"))
+        }
     });
     wait_for("every task completed", Duration::from_secs(90), || {
         let done: i64 = db
             .query_one("SELECT count(*) FROM eventq.tasks WHERE consumer = 'ordered' AND state = 'completed'", &[])
             .unwrap()
             .get(0);
-        if done == published { Ok(()) } else { Err(format!("{done} of {published}")) }
+        if done == published {
+            Ok(())
+        } else {
+            Err(format!("{done} of {published}"))
+        }
     });
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -176,7 +198,12 @@ fn sequences_hold_under_failing_workers_expiring_leases_and_a_restart() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(violations.is_empty(), "{} out of order: {:?}", violations.len(), &violations[..violations.len().min(5)]);
+    assert!(
+        violations.is_empty(),
+        "{} out of order: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
     let (lost, failed): (i64, i64) = {
         let r = db
             .query_one(
@@ -190,7 +217,10 @@ fn sequences_hold_under_failing_workers_expiring_leases_and_a_restart() {
     assert!(lost > 0 && failed > 0, "lost {lost}, failed {failed}: the run should have had both");
     // every key has each declared subject completed at least once (none left waiting)
     let waiting: i64 = db
-        .query_one("SELECT count(*) FROM eventq.tasks WHERE consumer = 'ordered' AND state <> 'completed'", &[])
+        .query_one(
+            "SELECT count(*) FROM eventq.tasks WHERE consumer = 'ordered' AND state <> 'completed'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(waiting, 0);

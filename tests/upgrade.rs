@@ -80,7 +80,10 @@ fn populate_0_1_0(db: &mut Client) {
 #[test]
 fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
     install_released_sql();
-    let cluster = Cluster::start_without_extension("upgrade", &[PRELOAD, "eventq.maintenance_interval = '100ms'"]);
+    let cluster = Cluster::start_without_extension(
+        "upgrade",
+        &[PRELOAD, "eventq.maintenance_interval = '100ms'"],
+    );
     let mut db = cluster.connect();
     db.batch_execute(&format!("CREATE EXTENSION eventq VERSION '{OLDEST}'")).unwrap();
     populate_0_1_0(&mut db);
@@ -102,16 +105,27 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
     }
     // the worker waits and says why, without crashing
     wait_for("the worker to ask for the update", Duration::from_secs(20), || {
-        if cluster.log().contains("run ALTER EXTENSION eventq UPDATE") { Ok(()) } else { Err("not yet".into()) }
+        if cluster.log().contains("run ALTER EXTENSION eventq UPDATE") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
-    assert_eq!(count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker'"), 1);
+    assert_eq!(
+        count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq worker'"),
+        1
+    );
 
     let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut db = {
         let warnings = warnings.clone();
-        cluster.connect_with_notices(move |notice| warnings.lock().unwrap().push(notice.message().to_string()))
+        cluster.connect_with_notices(move |notice| {
+            warnings.lock().unwrap().push(notice.message().to_string())
+        })
     };
     db.batch_execute("ALTER EXTENSION eventq UPDATE").unwrap();
+    // the counts the views show start from the rows 0.1.0 left
+    common::assert_counts_match_rows(&mut db, "after the update");
     // 0.1.0's applications got their rights on the tables; now they hold grants instead,
     // and the table rights are gone (and named)
     assert!(
@@ -123,8 +137,10 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
         column(&mut db, "SELECT privilege FROM eventq_internal.grants WHERE grantee = 'legacy_app'::regrole ORDER BY 1"),
         ["manage", "publish"]
     );
-    let version: String =
-        db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'eventq'", &[]).unwrap().get(0);
+    let version: String = db
+        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'eventq'", &[])
+        .unwrap()
+        .get(0);
     assert_ne!(version, OLDEST);
 
     // The staged event is drained after the old ones; new events come after it.
@@ -142,29 +158,39 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
     // mailer: the expired lease comes back as a lost attempt, then the rest in order
     let pulled = column(&mut db, "SELECT subject || ':' || attempt FROM eventq.pull('mailer', 10)");
     assert_eq!(pulled, ["order.e2:2", "order.e3:1", "order.e4:1", "order.staged:1", "order.new:1"]);
-    assert_eq!(column(&mut db, "SELECT outcome FROM eventq.attempts WHERE consumer = 'mailer'"), ["lost", "completed"]);
+    assert_eq!(
+        column(&mut db, "SELECT outcome FROM eventq.attempts WHERE consumer = 'mailer'"),
+        ["lost", "completed"]
+    );
     // ledger: one at a time, in order, the key handed on by acks
     let mut ledger = Vec::new();
     for _ in 0..6 {
         let rows = db.query("SELECT task_id, subject FROM eventq.pull('ledger', 10)", &[]).unwrap();
         assert_eq!(rows.len(), 1);
         ledger.push(rows[0].get::<_, String>(1));
-        db.execute("SELECT eventq.ack('ledger', ARRAY[$1::bigint])", &[&rows[0].get::<_, i64>(0)]).unwrap();
+        db.execute("SELECT eventq.ack('ledger', ARRAY[$1::bigint])", &[&rows[0].get::<_, i64>(0)])
+            .unwrap();
     }
-    assert_eq!(ledger, ["order.e1", "order.e2", "order.e3", "order.e4", "order.staged", "order.new"]);
+    assert_eq!(
+        ledger,
+        ["order.e1", "order.e2", "order.e3", "order.e4", "order.staged", "order.new"]
+    );
     // the expired count carried over; the cursor too
-    assert_eq!(column(&mut db, "SELECT expired::text FROM eventq.consumers WHERE name = 'ledger'"), ["2"]);
+    assert_eq!(
+        column(&mut db, "SELECT expired::text FROM eventq.consumers WHERE name = 'ledger'"),
+        ["2"]
+    );
     assert_eq!(
         column(&mut db, "SELECT subject FROM eventq.fetch('audit', 10)"),
         ["order.e3", "order.e4", "order.staged", "order.new"]
     );
     // the dedup claim still holds
-    let first: String = db
-        .query_one("SELECT event_id::text FROM eventq.events WHERE seq = 1", &[])
+    let first: String =
+        db.query_one("SELECT event_id::text FROM eventq.events WHERE seq = 1", &[]).unwrap().get(0);
+    let again: String = db
+        .query_one("SELECT eventq.publish('orders', 'order.x', dedup_key => 'once')::text", &[])
         .unwrap()
         .get(0);
-    let again: String =
-        db.query_one("SELECT eventq.publish('orders', 'order.x', dedup_key => 'once')::text", &[]).unwrap().get(0);
     assert_eq!(again, first);
     // the application role goes on publishing and working the consumers it used
     db.batch_execute("SET ROLE legacy_app").unwrap();
@@ -183,7 +209,7 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
 }
 
 /// The catalog of eventq's schemas, as comparable text: tables' columns (in any order),
-/// constraints, indexes, functions, views and their options, replica identities, privileges,
+/// constraints, indexes, functions, views and their options, triggers, replica identities, privileges,
 /// dumped tables, extension membership.
 fn describe(db: &mut Client) -> Vec<String> {
     column(
@@ -208,6 +234,11 @@ fn describe(db: &mut Client) -> Vec<String> {
          UNION ALL
          SELECT 'view ' || schemaname || '.' || viewname || ' ' || definition
          FROM pg_views WHERE schemaname IN ('eventq', 'eventq_internal')
+         UNION ALL
+         SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+         WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
+           AND NOT t.tgisinternal
          UNION ALL
          SELECT 'identity ' || c.oid::regclass || ' ' || c.relreplident::text
          FROM pg_class c WHERE c.relnamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)

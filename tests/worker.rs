@@ -40,7 +40,10 @@ fn the_worker_drains_and_notifies_without_anyone_asking() {
     let cluster = Cluster::start_without_extension("worker-drain", &[PRELOAD]);
     let mut db = cluster.connect();
     wait_for("the launcher to start", Duration::from_secs(10), || {
-        match count(&mut db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq launcher'") {
+        match count(
+            &mut db,
+            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'eventq launcher'",
+        ) {
             1 => Ok(()),
             n => Err(format!("{n} launchers")),
         }

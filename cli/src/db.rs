@@ -50,9 +50,7 @@ pub fn config(url: Option<&str>) -> Result<Config, Error> {
         }
     };
     if config.get_application_name().is_none() {
-        config.application_name(
-            std::env::var("PGAPPNAME").ok().as_deref().unwrap_or("eventq"),
-        );
+        config.application_name(std::env::var("PGAPPNAME").ok().as_deref().unwrap_or("eventq"));
     }
     Ok(config)
 }

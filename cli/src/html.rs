@@ -84,7 +84,10 @@ pub fn table(t: &Table, id: &str, link: impl Fn(usize, &[String]) -> Option<Stri
     }
     out.push_str("</tr></thead><tbody>");
     if t.rows.is_empty() {
-        out.push_str(&format!("<tr><td colspan=\"{}\" class=\"muted\">none</td></tr>", t.headers.len()));
+        out.push_str(&format!(
+            "<tr><td colspan=\"{}\" class=\"muted\">none</td></tr>",
+            t.headers.len()
+        ));
     }
     for row in &t.rows {
         out.push_str("<tr>");
@@ -94,7 +97,10 @@ pub fn table(t: &Table, id: &str, link: impl Fn(usize, &[String]) -> Option<Stri
                 Some(href) => format!("<a href=\"{}\">{}</a>", esc(&href), esc(cell)),
                 None => esc(cell),
             };
-            out.push_str(&format!("<td data-column=\"{}\"{class}>{content}</td>", esc(t.headers.get(i).unwrap_or(&""))));
+            out.push_str(&format!(
+                "<td data-column=\"{}\"{class}>{content}</td>",
+                esc(t.headers.get(i).unwrap_or(&""))
+            ));
         }
         out.push_str("</tr>");
     }
@@ -108,7 +114,10 @@ mod tests {
 
     #[test]
     fn escapes_markup_and_quotes() {
-        assert_eq!(esc("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]

@@ -39,7 +39,15 @@ pub async fn streams(db: &Client) -> Result<Table, Error> {
         )
         .await?;
     Ok(Table {
-        headers: vec!["stream", "retention", "events", "head seq", "last minute", "oldest", "newest"],
+        headers: vec![
+            "stream",
+            "retention",
+            "events",
+            "head seq",
+            "last minute",
+            "oldest",
+            "newest",
+        ],
         rows: rows
             .iter()
             .map(|r| {
@@ -63,8 +71,19 @@ pub async fn streams(db: &Client) -> Result<Table, Error> {
 /// the oldest unread event is. Only `eventq.consumers` is read: the tasks view joins every
 /// task to its event, far too much for a page that refreshes itself.
 pub const CONSUMER_HEADERS: [&str; 13] = [
-    "consumer", "stream", "mode", "paused", "available", "waiting", "running", "retryable",
-    "completed", "discarded", "expired", "lag", "oldest due",
+    "consumer",
+    "stream",
+    "mode",
+    "paused",
+    "available",
+    "waiting",
+    "running",
+    "retryable",
+    "completed",
+    "discarded",
+    "expired",
+    "lag",
+    "oldest due",
 ];
 
 pub async fn consumers(db: &Client) -> Result<Table, Error> {
@@ -83,7 +102,8 @@ pub async fn consumers(db: &Client) -> Result<Table, Error> {
             .iter()
             .map(|r| {
                 let task = r.get::<_, String>(2) == "task";
-                let count = |i: usize| if task { r.get::<_, i64>(i).to_string() } else { String::new() };
+                let count =
+                    |i: usize| if task { r.get::<_, i64>(i).to_string() } else { String::new() };
                 vec![
                     r.get::<_, String>(0),
                     r.get::<_, String>(1),
@@ -166,10 +186,14 @@ pub async fn health(db: &Client) -> Result<Table, Error> {
             rows.push(vec!["oldest snapshot".into(), h.get::<_, String>(0)]);
             rows.push(vec![
                 "its xmin age".into(),
-                format!("{} transactions, open {}", h.get::<_, i32>(1), match age(h.get(2)) {
-                    a if a.is_empty() => "-".to_string(),
-                    a => a,
-                }),
+                format!(
+                    "{} transactions, open {}",
+                    h.get::<_, i32>(1),
+                    match age(h.get(2)) {
+                        a if a.is_empty() => "-".to_string(),
+                        a => a,
+                    }
+                ),
             ]);
         }
         None => rows.push(vec!["oldest snapshot".into(), "none open".into()]),

@@ -89,7 +89,11 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
                 .await;
             if let Err(e) = result {
                 progress.finish_and_clear();
-                return Err(format!("{} ({published} events published before this batch)", db::describe(&e)).into());
+                return Err(format!(
+                    "{} ({published} events published before this batch)",
+                    db::describe(&e)
+                )
+                .into());
             }
             published += n as u64;
             progress.set_position(published);

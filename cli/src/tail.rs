@@ -43,19 +43,20 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
         .query_opt("SELECT name FROM eventq.streams WHERE name = $1", &[&args.target])
         .await?;
     // (a consumer with start_at receives only what was published from then on)
-    let (stream, include, exclude, since): (String, Vec<String>, Vec<String>, Option<String>) = match stream_row {
-        Some(_) => (args.target.clone(), vec![">".into()], Vec::new(), None),
-        None => {
-            let consumer = client
+    let (stream, include, exclude, since): (String, Vec<String>, Vec<String>, Option<String>) =
+        match stream_row {
+            Some(_) => (args.target.clone(), vec![">".into()], Vec::new(), None),
+            None => {
+                let consumer = client
                 .query_opt(
                     "SELECT stream, subjects, exclude, start_at::text FROM eventq.consumers WHERE name = $1",
                     &[&args.target],
                 )
                 .await?
                 .ok_or_else(|| format!("no stream or consumer named \"{}\" (that this role may see)", args.target))?;
-            (consumer.get(0), consumer.get(1), consumer.get(2), consumer.get(3))
-        }
-    };
+                (consumer.get(0), consumer.get(1), consumer.get(2), consumer.get(3))
+            }
+        };
     let read = client
         .prepare(&format!(
             "SELECT seq, event_id::text, subject, key, payload, headers, published_at::text {SELECTED}
@@ -78,16 +79,16 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             .get(0),
     };
     if args.follow {
-        let workers: i64 = client.query_one("SELECT count(*) FROM eventq.workers", &[]).await?.get(0);
+        let workers: i64 =
+            client.query_one("SELECT count(*) FROM eventq.workers", &[]).await?.get(0);
         if workers == 0 {
             eprintln!(
                 "eventq tail: no background worker reports to this role: new events show up once \
                  something drains them (a pull, a fetch, run_maintenance())"
             );
         }
-        let consumers = client
-            .query("SELECT name FROM eventq.consumers WHERE stream = $1", &[&stream])
-            .await?;
+        let consumers =
+            client.query("SELECT name FROM eventq.consumers WHERE stream = $1", &[&stream]).await?;
         for c in consumers {
             client.batch_execute(&format!("LISTEN {}", db::channel_of(c.get(0)))).await?;
         }
@@ -95,7 +96,9 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     loop {
         loop {
-            let rows = client.query(&read, &[&stream, &include, &exclude, &args.subjects, &after, &since]).await?;
+            let rows = client
+                .query(&read, &[&stream, &include, &exclude, &args.subjects, &after, &since])
+                .await?;
             for row in &rows {
                 let seq: i64 = row.get(0);
                 let line = json!({

@@ -63,7 +63,9 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             &[&args.consumer, &args.lease],
         )
         .await?
-        .ok_or_else(|| format!("no task consumer named \"{}\" (that this role may see)", args.consumer))?
+        .ok_or_else(|| {
+            format!("no task consumer named \"{}\" (that this role may see)", args.consumer)
+        })?
         .get(0);
     let pull = client
         .prepare(
@@ -109,7 +111,11 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
             lease: format!("{lease_seconds} seconds"),
         };
         for (i, task) in tasks.iter().enumerate() {
-            let signals = Signals { terminate: &mut terminate, interrupt: &mut interrupt, stopping: &mut stopping };
+            let signals = Signals {
+                terminate: &mut terminate,
+                interrupt: &mut interrupt,
+                stopping: &mut stopping,
+            };
             let verdict = run_one(&client, &args, task, &tasks[i..], &mut leases, signals).await?;
             report(&client, &args.consumer, task, verdict).await?;
         }
@@ -232,17 +238,25 @@ async fn run_one(
 fn signalled(child: &tokio::process::Child, stopping: &mut bool) -> bool {
     if !*stopping {
         *stopping = true;
-        eprintln!("eventq work: stopping after the tasks in hand (signal again to interrupt the command)");
+        eprintln!(
+            "eventq work: stopping after the tasks in hand (signal again to interrupt the command)"
+        );
         return false;
     }
     // the command's whole process group (it has its own)
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
+        let _ =
+            std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
     }
     true
 }
 
-async fn report(client: &Client, consumer: &str, task: &Task, verdict: Verdict) -> Result<(), Error> {
+async fn report(
+    client: &Client,
+    consumer: &str,
+    task: &Task,
+    verdict: Verdict,
+) -> Result<(), Error> {
     match verdict {
         Verdict::Done => {
             let acked: i32 = client
@@ -255,7 +269,10 @@ async fn report(client: &Client, consumer: &str, task: &Task, verdict: Verdict) 
             if acked == 1 {
                 eprintln!("task {} ({}) completed", task.id, task.subject);
             } else {
-                eprintln!("task {} ({}) finished after its lease was lost: not acked", task.id, task.subject);
+                eprintln!(
+                    "task {} ({}) finished after its lease was lost: not acked",
+                    task.id, task.subject
+                );
             }
         }
         Verdict::Failed(error) => {
@@ -267,8 +284,13 @@ async fn report(client: &Client, consumer: &str, task: &Task, verdict: Verdict) 
                 .await?
                 .get(0);
             match state {
-                Some(state) => eprintln!("task {} ({}) failed, now {state}: {error}", task.id, task.subject),
-                None => eprintln!("task {} ({}) failed after its lease was lost: {error}", task.id, task.subject),
+                Some(state) => {
+                    eprintln!("task {} ({}) failed, now {state}: {error}", task.id, task.subject)
+                }
+                None => eprintln!(
+                    "task {} ({}) failed after its lease was lost: {error}",
+                    task.id, task.subject
+                ),
             }
         }
     }

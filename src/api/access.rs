@@ -196,7 +196,10 @@ impl Call {
         }
         match self.held(stream_id, Privilege::Publish) {
             None => error::permission_denied(
-                format!("permission denied to publish to stream \"{}\"", crate::core::shown(stream)),
+                format!(
+                    "permission denied to publish to stream \"{}\"",
+                    crate::core::shown(stream)
+                ),
                 "An administrator can allow it with eventq.grant('publish', stream, role).",
             ),
             Some(None) => {}
@@ -324,7 +327,10 @@ fn register_invalidation() {
         let mut cache = cache.borrow_mut();
         if !cache.registered {
             unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0));
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(relcache_changed),
+                    pg_sys::Datum::from(0),
+                );
                 pg_sys::CacheRegisterSyscacheCallback(
                     pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
                     Some(namespace_changed),

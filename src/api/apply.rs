@@ -25,7 +25,8 @@ fn micros_sql(column: &str) -> String {
 
 /// The length of each interval the spec writes, as Postgres reads it.
 fn lengths(client: &SpiClient<'_>, texts: Vec<String>) -> HashMap<String, i64> {
-    let sql = format!("SELECT t, {} FROM pg_catalog.unnest($1::text[]) t", micros_sql("t::interval"));
+    let sql =
+        format!("SELECT t, {} FROM pg_catalog.unnest($1::text[]) t", micros_sql("t::interval"));
     client
         .select(&sql, None, &[arg(texts)])
         .or_raise()
@@ -111,7 +112,8 @@ fn apply(spec: Option<JsonB>, dry_run: default!(Option<bool>, false)) -> JsonB {
     let changes = Spi::connect_mut(|client| {
         let lengths = lengths(client, spec.intervals());
         let now = current(client, &spec);
-        let changes = spec.changes(&now, &|text| lengths.get(text).copied().unwrap_or(0)).or_raise();
+        let changes =
+            spec.changes(&now, &|text| lengths.get(text).copied().unwrap_or(0)).or_raise();
         let mut make = || {
             for change in &changes {
                 let (sql, params) = change.call();

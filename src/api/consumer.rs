@@ -106,44 +106,46 @@ fn create_consumer_with_sequence(
     let sequence = settings::sequence(sequence.unwrap_or_default(), ordering).or_raise();
     check_sequence_timeout(sequence.is_some(), sequence_timeout);
 
-    retrying(|| Spi::connect(|client| {
-        let stream_id =
-            streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
-        call.require_new_consumer(stream_id, stream, name, &filter);
-        let stream_id = streams::find_and_hold(client, stream)
-            .filter(|&held| held == stream_id)
-            .unwrap_or_else(|| error::unknown_stream(stream));
-        let created = consumers::insert(
-            client,
-            NewConsumer {
-                name,
-                stream_id,
-                mode,
-                include_re: filter.include_regex(),
-                exclude_re: filter.exclude_regex(),
-                subjects: subjects.clone(),
-                exclude: exclude.clone(),
-                ordering,
-                max_attempts,
-                backoff,
-                backoff_base,
-                backoff_max,
-                lease,
-                start_at: limit,
-                owner: call.caller(),
-                sequence: sequence.clone(),
-                sequence_timeout,
-            },
-        );
-        if created.is_none() {
-            error::duplicate("consumer", name);
-        }
-        if let Some(start_at) = start_at {
-            let consumer =
-                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
-            start_from(client, &consumer, start_at);
-        }
-    }));
+    retrying(|| {
+        Spi::connect(|client| {
+            let stream_id =
+                streams::find(client, stream).unwrap_or_else(|| error::unknown_stream(stream));
+            call.require_new_consumer(stream_id, stream, name, &filter);
+            let stream_id = streams::find_and_hold(client, stream)
+                .filter(|&held| held == stream_id)
+                .unwrap_or_else(|| error::unknown_stream(stream));
+            let created = consumers::insert(
+                client,
+                NewConsumer {
+                    name,
+                    stream_id,
+                    mode,
+                    include_re: filter.include_regex(),
+                    exclude_re: filter.exclude_regex(),
+                    subjects: subjects.clone(),
+                    exclude: exclude.clone(),
+                    ordering,
+                    max_attempts,
+                    backoff,
+                    backoff_base,
+                    backoff_max,
+                    lease,
+                    start_at: limit,
+                    owner: call.caller(),
+                    sequence: sequence.clone(),
+                    sequence_timeout,
+                },
+            );
+            if created.is_none() {
+                error::duplicate("consumer", name);
+            }
+            if let Some(start_at) = start_at {
+                let consumer =
+                    consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+                start_from(client, &consumer, start_at);
+            }
+        })
+    });
     // The first drain after the commit fills in what drains meanwhile could not give it.
     wakeup::published_in_this_transaction();
 }
@@ -182,96 +184,106 @@ fn alter_consumer_with_sequence(
     let exclude = exclude.map(|s| patterns(s, "exclude"));
     let limit = start_at.map(start_limit);
 
-    retrying(|| Spi::connect(|client| {
-        let new_filter = |id: i32| {
-            if subjects.is_none() && exclude.is_none() {
-                return None;
-            }
-            let (old_subjects, old_exclude) = consumers::patterns(client, id);
-            Some(
-                Filter::parse(
-                    subjects.as_ref().unwrap_or(&old_subjects),
-                    exclude.as_ref().unwrap_or(&old_exclude),
+    retrying(|| {
+        Spi::connect(|client| {
+            let new_filter = |id: i32| {
+                if subjects.is_none() && exclude.is_none() {
+                    return None;
+                }
+                let (old_subjects, old_exclude) = consumers::patterns(client, id);
+                Some(
+                    Filter::parse(
+                        subjects.as_ref().unwrap_or(&old_subjects),
+                        exclude.as_ref().unwrap_or(&old_exclude),
+                    )
+                    .or_raise(),
                 )
-                .or_raise(),
-            )
-        };
-        // Privileges first: a role that may not change it must not take its lock either.
-        let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
-        call.require_consumer(client, &seen, name, new_filter(seen.id).as_ref());
-        let current = consumers::find_for_change(client, name)
-            .unwrap_or_else(|| error::unknown_consumer(name));
-        let new_filter = new_filter(current.id);
-        if current.id != seen.id {
-            call.require_consumer(client, &current, name, new_filter.as_ref());
-        }
-        if mode.is_some_and(|m| m != current.mode) {
-            error::invalid_argument(format!(
+            };
+            // Privileges first: a role that may not change it must not take its lock either.
+            let seen =
+                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            call.require_consumer(client, &seen, name, new_filter(seen.id).as_ref());
+            let current = consumers::find_for_change(client, name)
+                .unwrap_or_else(|| error::unknown_consumer(name));
+            let new_filter = new_filter(current.id);
+            if current.id != seen.id {
+                call.require_consumer(client, &current, name, new_filter.as_ref());
+            }
+            if mode.is_some_and(|m| m != current.mode) {
+                error::invalid_argument(format!(
                 "the mode of consumer \"{name}\" cannot change; drop it and create a {} consumer",
                 mode.map(Mode::as_str).unwrap_or_default()
             ));
-        }
-        let final_ordering = ordering.unwrap_or(current.ordering);
-        let new_sequence =
-            sequence.clone().map(|list| settings::sequence(list, final_ordering).or_raise());
-        let final_sequence = new_sequence.clone().unwrap_or_else(|| current.sequence.clone());
-        if final_sequence.is_some() && final_ordering != KeyOrdering::Key {
-            error::invalid_argument(format!(
+            }
+            let final_ordering = ordering.unwrap_or(current.ordering);
+            let new_sequence =
+                sequence.clone().map(|list| settings::sequence(list, final_ordering).or_raise());
+            let final_sequence = new_sequence.clone().unwrap_or_else(|| current.sequence.clone());
+            if final_sequence.is_some() && final_ordering != KeyOrdering::Key {
+                error::invalid_argument(format!(
                 "consumer \"{name}\" has a sequence, which needs ordering => 'key': remove it with sequence => '{{}}'"
             ));
-        }
-        if sequence_timeout.is_some() {
-            check_sequence_timeout(final_sequence.is_some(), sequence_timeout);
-        }
-        let p = current.policy;
-        let merged = RetryPolicy {
-            max_attempts: max_attempts.unwrap_or(p.max_attempts),
-            backoff: backoff.unwrap_or(p.backoff),
-            backoff_base: backoff_base.map(micros).unwrap_or(p.backoff_base),
-            backoff_max: backoff_max.map(micros).unwrap_or(p.backoff_max),
-            lease: lease.map(micros).unwrap_or(p.lease),
-        };
-        merged.validate().or_raise();
-        let regexes = new_filter.as_ref().map(|f| (f.include_regex(), f.exclude_regex()));
-        consumers::update(
-            client,
-            current.id,
-            Changes {
-                subjects: subjects.clone(),
-                exclude: exclude.clone(),
-                regexes,
-                ordering,
-                max_attempts,
-                backoff,
-                backoff_base,
-                backoff_max,
-                lease,
-                start_at: limit,
-                sequence: new_sequence.clone(),
-                sequence_timeout,
-            },
-        );
-        if current.mode == Mode::Task {
-            match (current.ordering, ordering) {
-                (KeyOrdering::Key, Some(KeyOrdering::None)) => {
-                    consumers::forget_key_order(client, current.id)
-                }
-                (KeyOrdering::None, Some(KeyOrdering::Key)) => {
-                    consumers::order_by_key(client, current.id)
-                }
-                _ => {}
             }
-            let sequence_changed = new_sequence.as_ref().is_some_and(|s| *s != current.sequence);
-            if final_ordering == KeyOrdering::Key && (sequence_changed || sequence_timeout.is_some()) {
-                keys::resequence(client, current.id, sequence_changed.then(|| current.sequence.clone()));
+            if sequence_timeout.is_some() {
+                check_sequence_timeout(final_sequence.is_some(), sequence_timeout);
             }
-        }
-        if let Some(start_at) = start_at {
-            let changed =
-                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
-            start_from(client, &changed, start_at);
-        }
-    }));
+            let p = current.policy;
+            let merged = RetryPolicy {
+                max_attempts: max_attempts.unwrap_or(p.max_attempts),
+                backoff: backoff.unwrap_or(p.backoff),
+                backoff_base: backoff_base.map(micros).unwrap_or(p.backoff_base),
+                backoff_max: backoff_max.map(micros).unwrap_or(p.backoff_max),
+                lease: lease.map(micros).unwrap_or(p.lease),
+            };
+            merged.validate().or_raise();
+            let regexes = new_filter.as_ref().map(|f| (f.include_regex(), f.exclude_regex()));
+            consumers::update(
+                client,
+                current.id,
+                Changes {
+                    subjects: subjects.clone(),
+                    exclude: exclude.clone(),
+                    regexes,
+                    ordering,
+                    max_attempts,
+                    backoff,
+                    backoff_base,
+                    backoff_max,
+                    lease,
+                    start_at: limit,
+                    sequence: new_sequence.clone(),
+                    sequence_timeout,
+                },
+            );
+            if current.mode == Mode::Task {
+                match (current.ordering, ordering) {
+                    (KeyOrdering::Key, Some(KeyOrdering::None)) => {
+                        consumers::forget_key_order(client, current.id)
+                    }
+                    (KeyOrdering::None, Some(KeyOrdering::Key)) => {
+                        consumers::order_by_key(client, current.id)
+                    }
+                    _ => {}
+                }
+                let sequence_changed =
+                    new_sequence.as_ref().is_some_and(|s| *s != current.sequence);
+                if final_ordering == KeyOrdering::Key
+                    && (sequence_changed || sequence_timeout.is_some())
+                {
+                    keys::resequence(
+                        client,
+                        current.id,
+                        sequence_changed.then(|| current.sequence.clone()),
+                    );
+                }
+            }
+            if let Some(start_at) = start_at {
+                let changed =
+                    consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+                start_from(client, &changed, start_at);
+            }
+        })
+    });
     wakeup::published_in_this_transaction();
 }
 
@@ -302,8 +314,20 @@ fn create_consumer(
     start_at: Option<TimestampWithTimeZone>,
 ) {
     create_consumer_with_sequence(
-        name, stream, subjects, exclude, mode, ordering, max_attempts, backoff, backoff_base,
-        backoff_max, lease, start_at, None, None,
+        name,
+        stream,
+        subjects,
+        exclude,
+        mode,
+        ordering,
+        max_attempts,
+        backoff,
+        backoff_base,
+        backoff_max,
+        lease,
+        start_at,
+        None,
+        None,
     )
 }
 
@@ -323,8 +347,19 @@ fn alter_consumer(
     start_at: Option<TimestampWithTimeZone>,
 ) {
     alter_consumer_with_sequence(
-        name, subjects, exclude, mode, ordering, max_attempts, backoff, backoff_base,
-        backoff_max, lease, start_at, None, None,
+        name,
+        subjects,
+        exclude,
+        mode,
+        ordering,
+        max_attempts,
+        backoff,
+        backoff_base,
+        backoff_max,
+        lease,
+        start_at,
+        None,
+        None,
     )
 }
 
@@ -344,7 +379,8 @@ fn set_paused(name: Option<&str>, paused: bool) {
     let name = required(name, "name");
     retrying(|| {
         Spi::connect(|client| {
-            let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            let seen =
+                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
             call.require_consumer(client, &seen, name, None);
             let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| error::unknown_consumer(name));
@@ -363,7 +399,8 @@ fn drop_consumer(name: Option<&str>) {
     let name = required(name, "name");
     retrying(|| {
         Spi::connect(|client| {
-            let seen = consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
+            let seen =
+                consumers::find(client, name).unwrap_or_else(|| error::unknown_consumer(name));
             call.require_consumer(client, &seen, name, None);
             let c = consumers::find_for_change(client, name)
                 .unwrap_or_else(|| error::unknown_consumer(name));

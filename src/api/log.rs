@@ -43,7 +43,15 @@ fn fetch(
                 return Vec::new();
             }
             super::drain_before_reading(client, c.id, nested);
-            log::fetch(client, c.stream_id, c.cursor_seq, c.include_re, c.exclude_re, c.start_at, max)
+            log::fetch(
+                client,
+                c.stream_id,
+                c.cursor_seq,
+                c.include_re,
+                c.exclude_re,
+                c.start_at,
+                max,
+            )
         })
     });
     TableIterator::new(

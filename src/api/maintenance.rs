@@ -113,16 +113,27 @@ fn worker_health() -> TableIterator<
     let call = super::access::enter();
     call.require_admin("see eventq's workers");
     let time = |t: i64| -> Option<TimestampWithTimeZone> {
-        (t != 0).then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }).flatten()
+        (t != 0)
+            .then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) })
+            .flatten()
     };
     let rows: Vec<_> = crate::wakeup::workers()
         .into_iter()
         .map(|w| {
             let name = unsafe {
                 let name = pg_sys::get_database_name(pg_sys::Oid::from(w.database));
-                (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+                (!name.is_null())
+                    .then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
             };
-            (name, w.pid, time(w.started_at), time(w.last_drain_at), w.drained, w.last_error, time(w.last_error_at))
+            (
+                name,
+                w.pid,
+                time(w.started_at),
+                time(w.last_drain_at),
+                w.drained,
+                w.last_error,
+                time(w.last_error_at),
+            )
         })
         .collect();
     TableIterator::new(rows)

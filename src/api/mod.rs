@@ -44,9 +44,8 @@ pub fn check_installed_version() {
     }
     // (through storage's statements: pgrx's own helpers would force a transaction id,
     // which a standby cannot give)
-    let installed = Spi::connect(|client| {
-        crate::storage::scalar::<String>(&INSTALLED_VERSION, client, &[])
-    });
+    let installed =
+        Spi::connect(|client| crate::storage::scalar::<String>(&INSTALLED_VERSION, client, &[]));
     match installed {
         Some(v) if v == LIBRARY_VERSION => VERSION_CHECKED.with(|c| c.set(true)),
         Some(v) => crate::error::version_mismatch(&v, LIBRARY_VERSION),
@@ -171,7 +170,10 @@ pub fn drain_before_reading(client: &SpiClient<'_>, consumer_id: i32, nested: bo
             .is_some()
     };
     // Drains this consumer missed while it was being changed: the next drain fills them.
-    let has_gaps = || crate::storage::scalar::<bool>(&GAPS_OF, client, &[crate::storage::arg(consumer_id)]).unwrap_or(false);
+    let has_gaps = || {
+        crate::storage::scalar::<bool>(&GAPS_OF, client, &[crate::storage::arg(consumer_id)])
+            .unwrap_or(false)
+    };
     let pending = match wakeup::published() {
         Some(target) => {
             if wakeup::drained_through(target) {
@@ -226,7 +228,9 @@ pub fn drain_before_reading(client: &SpiClient<'_>, consumer_id: i32, nested: bo
             if locks::try_lock_consumer(consumer_id, locks::Mode::Exclusive) {
                 break true;
             }
-            if locks::consumer_being_changed(client, consumer_id) || std::time::Instant::now() >= deadline {
+            if locks::consumer_being_changed(client, consumer_id)
+                || std::time::Instant::now() >= deadline
+            {
                 break false;
             }
             wakeup::nap();

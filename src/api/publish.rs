@@ -1,13 +1,13 @@
 //! publish, publish_batch: one row per event in the caller's transaction.
 
 use super::required;
+use crate::core::settings::{BackoffKind, EventRetry};
 use crate::core::subject::validate_subject;
 use crate::core::ulid::IdSource;
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use crate::error::{self, OrRaise};
 use crate::storage::append::{self, Staged};
 use crate::storage::isolation::retrying;
-use crate::core::settings::{BackoffKind, EventRetry};
 use crate::storage::publish::{self, Batch, Deduplicated, Event, Retry};
 use crate::wakeup;
 use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
@@ -77,7 +77,11 @@ fn check_headers(headers: Option<Jsonb>, what: &str) {
 }
 
 /// An event's own retry settings, checked: they override each consumer's for its tasks.
-fn event_retry(max_attempts: Option<i32>, backoff: Option<&str>, backoff_base: Option<Interval>) -> Retry {
+fn event_retry(
+    max_attempts: Option<i32>,
+    backoff: Option<&str>,
+    backoff_base: Option<Interval>,
+) -> Retry {
     let base_micros = super::duration_micros(backoff_base, "backoff_base");
     let kind = backoff.map(|b| BackoffKind::parse(b).or_raise());
     EventRetry { max_attempts, backoff: kind, backoff_base: base_micros }.validate().or_raise();
@@ -119,24 +123,35 @@ fn publish_with_retry(
     let id = next_ids(1)[0];
     let id = match dedup_key {
         None => {
-            append::append(Staged { id, stream_id, subject, key, payload, headers, deliver_at, retry });
-            id
-        }
-        Some(dedup_key) => retrying(|| Spi::connect(|client| {
-            let event = Event {
+            append::append(Staged {
                 id,
-                subject: subject.to_string(),
+                stream_id,
+                subject,
+                key,
                 payload,
-                key: key.map(str::to_string),
                 headers,
                 deliver_at,
                 retry,
-            };
-            match publish::insert_dedup(client, stream_id, event, dedup_key) {
-                Deduplicated::Published => id,
-                Deduplicated::AlreadyPublished(first) => first,
-            }
-        })),
+            });
+            id
+        }
+        Some(dedup_key) => retrying(|| {
+            Spi::connect(|client| {
+                let event = Event {
+                    id,
+                    subject: subject.to_string(),
+                    payload,
+                    key: key.map(str::to_string),
+                    headers,
+                    deliver_at,
+                    retry,
+                };
+                match publish::insert_dedup(client, stream_id, event, dedup_key) {
+                    Deduplicated::Published => id,
+                    Deduplicated::AlreadyPublished(first) => first,
+                }
+            })
+        }),
     };
     wakeup::published_in_this_transaction();
     id
@@ -231,7 +246,9 @@ fn publish(
     deliver_at: Option<TimestampWithTimeZone>,
     dedup_key: Option<&str>,
 ) -> Uuid {
-    publish_with_retry(stream, subject, payload, key, headers, deliver_at, dedup_key, None, None, None)
+    publish_with_retry(
+        stream, subject, payload, key, headers, deliver_at, dedup_key, None, None, None,
+    )
 }
 
 #[pg_extern(sql = false)]

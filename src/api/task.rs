@@ -2,10 +2,10 @@
 
 use super::{consumer_for, non_negative_micros, required};
 use crate::core::backoff::Backoff;
+use crate::core::settings::KeyOrdering;
 use crate::core::settings::{batch_size, Mode};
 use crate::datum::Jsonb;
 use crate::error::OrRaise;
-use crate::core::settings::KeyOrdering;
 use crate::storage::isolation::retrying;
 use crate::storage::maintenance::RESCUE_LIMIT;
 use crate::storage::tasks::{self, Outcome};
@@ -53,7 +53,13 @@ fn pull(
             // Expired leases and due retries of this consumer; skipped while the consumer
             // is being changed (its lock is held), and never waiting for anyone.
             if locks::try_lock_consumer(c.id, locks::Mode::Shared) {
-                tasks::rescue_and_promote(client, c.id, c.stream_id, c.policy.max_attempts, RESCUE_LIMIT);
+                tasks::rescue_and_promote(
+                    client,
+                    c.id,
+                    c.stream_id,
+                    c.policy.max_attempts,
+                    RESCUE_LIMIT,
+                );
                 if c.ordering == KeyOrdering::Key {
                     keys::settle_rechecked(client, c.id);
                     if c.sequence.is_some() {
@@ -127,25 +133,27 @@ fn retry_with_attempt(
     let task_id = required(task_id, "task_id");
     let delay = non_negative_micros(delay, "delay");
     let guard = attempt;
-    retrying(|| Spi::connect(|client| {
-        let c = consumer_for(&call, client, name, Mode::Task, "retry");
-        let attempt = tasks::running_attempt(client, c.id, task_id, guard)?;
-        let policy = tasks::event_retry(client, c.stream_id, task_id).applied_to(&c.policy);
-        let (outcome, state) = if attempt >= policy.max_attempts {
-            (Outcome::FailAndDiscard, "discarded")
-        } else {
-            let backoff = Backoff {
-                kind: policy.backoff,
-                base_micros: policy.backoff_base,
-                max_micros: policy.backoff_max,
+    retrying(|| {
+        Spi::connect(|client| {
+            let c = consumer_for(&call, client, name, Mode::Task, "retry");
+            let attempt = tasks::running_attempt(client, c.id, task_id, guard)?;
+            let policy = tasks::event_retry(client, c.stream_id, task_id).applied_to(&c.policy);
+            let (outcome, state) = if attempt >= policy.max_attempts {
+                (Outcome::FailAndDiscard, "discarded")
+            } else {
+                let backoff = Backoff {
+                    kind: policy.backoff,
+                    base_micros: policy.backoff_base,
+                    max_micros: policy.backoff_max,
+                };
+                let delay_micros =
+                    delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
+                (Outcome::Retry { delay_micros }, "retryable")
             };
-            let delay_micros =
-                delay.unwrap_or_else(|| backoff.delay_micros(attempt, rand::random()));
-            (Outcome::Retry { delay_micros }, "retryable")
-        };
-        tasks::end_attempt(client, c.id, task_id, outcome, error, Some(attempt))
-            .then(|| state.to_string())
-    }))
+            tasks::end_attempt(client, c.id, task_id, outcome, error, Some(attempt))
+                .then(|| state.to_string())
+        })
+    })
 }
 
 /// Ends the running attempt of a task with a worker's verdict (`discard`, `ignore`);

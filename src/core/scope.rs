@@ -120,7 +120,9 @@ mod tests {
         let s = scope(&["seller.42.>", "audit.*"]);
         let re = regex::Regex::new(&s.regex().unwrap()).unwrap();
         assert_eq!(scope(&["a.*", ">"]).regex(), None);
-        for subject in ["seller.42.x", "seller.42.x.y", "audit.a", "seller.4.x", "audit.a.b", "seller.42"] {
+        for subject in
+            ["seller.42.x", "seller.42.x.y", "audit.a", "seller.4.x", "audit.a.b", "seller.42"]
+        {
             assert_eq!(re.is_match(subject), s.admits_subject(subject), "{subject}");
         }
     }

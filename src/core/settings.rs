@@ -110,7 +110,10 @@ pub const MAX_SEQUENCE: usize = 63;
 
 /// A consumer's `sequence` (declared action order): distinct subjects, in order. An empty
 /// list clears it (`None`). Only with key ordering: the order holds per key.
-pub fn sequence(list: Vec<Option<String>>, ordering: KeyOrdering) -> Result<Option<Vec<String>>, Invalid> {
+pub fn sequence(
+    list: Vec<Option<String>>,
+    ordering: KeyOrdering,
+) -> Result<Option<Vec<String>>, Invalid> {
     if list.is_empty() {
         return Ok(None);
     }
@@ -233,13 +236,17 @@ mod tests {
         assert_eq!(applied.backoff_max, 7200 * MICROS_PER_SECOND);
         assert_eq!(applied.lease, policy().lease);
         applied.validate().unwrap();
-        let only_attempts = EventRetry { max_attempts: Some(3), ..EventRetry::default() }.applied_to(&policy());
+        let only_attempts =
+            EventRetry { max_attempts: Some(3), ..EventRetry::default() }.applied_to(&policy());
         assert_eq!(only_attempts, RetryPolicy { max_attempts: 3, ..policy() });
         assert!(EventRetry { max_attempts: Some(0), ..EventRetry::default() }.validate().is_err());
         assert!(EventRetry { backoff_base: Some(0), ..EventRetry::default() }.validate().is_err());
-        assert!(EventRetry { backoff_base: Some(MAX_INTERVAL_MICROS + 1), ..EventRetry::default() }
-            .validate()
-            .is_err());
+        assert!(EventRetry {
+            backoff_base: Some(MAX_INTERVAL_MICROS + 1),
+            ..EventRetry::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -109,12 +109,24 @@ pub struct ConsumerNow {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    CreateStream { name: String, retention: Retention },
-    AlterStream { name: String, retention: Retention },
-    DropStream { name: String, force: bool },
+    CreateStream {
+        name: String,
+        retention: Retention,
+    },
+    AlterStream {
+        name: String,
+        retention: Retention,
+    },
+    DropStream {
+        name: String,
+        force: bool,
+    },
     CreateConsumer(ConsumerSpec),
     /// Only the settings that differ are set.
-    AlterConsumer { spec: ConsumerSpec, changed: Vec<&'static str> },
+    AlterConsumer {
+        spec: ConsumerSpec,
+        changed: Vec<&'static str>,
+    },
     PauseConsumer(String),
     ResumeConsumer(String),
     DropConsumer(String),
@@ -163,7 +175,11 @@ fn required_text(entry: &Map<String, Value>, key: &str, what: &str) -> Result<St
     text(entry, key, what)?.map_or_else(|| invalid(format!("{what} needs {key}")), Ok)
 }
 
-fn texts(entry: &Map<String, Value>, key: &str, what: &str) -> Result<Option<Vec<String>>, Invalid> {
+fn texts(
+    entry: &Map<String, Value>,
+    key: &str,
+    what: &str,
+) -> Result<Option<Vec<String>>, Invalid> {
     match entry.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
@@ -187,7 +203,10 @@ fn flag(entry: &Map<String, Value>, key: &str, what: &str) -> Result<Option<bool
 }
 
 /// The entries of a section: a list of objects with a name, or an object keyed by name.
-fn named_entries(section: &Value, kind: &str) -> Result<Vec<(String, Map<String, Value>)>, Invalid> {
+fn named_entries(
+    section: &Value,
+    kind: &str,
+) -> Result<Vec<(String, Map<String, Value>)>, Invalid> {
     let entries = match section {
         Value::Array(items) => items
             .iter()
@@ -200,9 +219,13 @@ fn named_entries(section: &Value, kind: &str) -> Result<Vec<(String, Map<String,
         Value::Object(map) => map
             .iter()
             .map(|(name, item)| {
-                let mut entry = object(item, &format!("{kind} \"{}\"", super::shown(name)))?.clone();
+                let mut entry =
+                    object(item, &format!("{kind} \"{}\"", super::shown(name)))?.clone();
                 if entry.get("name").is_some_and(|n| n.as_str() != Some(name)) {
-                    return invalid(format!("{kind} \"{}\" names itself differently", super::shown(name)));
+                    return invalid(format!(
+                        "{kind} \"{}\" names itself differently",
+                        super::shown(name)
+                    ));
                 }
                 entry.remove("name");
                 Ok((name.clone(), entry))
@@ -222,10 +245,10 @@ fn named_entries(section: &Value, kind: &str) -> Result<Vec<(String, Map<String,
 fn integer(entry: &Map<String, Value>, key: &str, what: &str) -> Result<Option<i32>, Invalid> {
     match entry.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .map_or_else(|| invalid(format!("{key} of {what} must be an integer")), |n| Ok(Some(n))),
+        Some(v) => v.as_i64().and_then(|n| i32::try_from(n).ok()).map_or_else(
+            || invalid(format!("{key} of {what} must be an integer")),
+            |n| Ok(Some(n)),
+        ),
     }
 }
 
@@ -242,7 +265,11 @@ impl Spec {
                     None => Retention::Default,
                     Some(Value::Null) => Retention::Forever,
                     Some(Value::String(s)) => Retention::Interval(s.clone()),
-                    Some(_) => return invalid(format!("retention of {what} must be an interval as text, or null")),
+                    Some(_) => {
+                        return invalid(format!(
+                            "retention of {what} must be an interval as text, or null"
+                        ))
+                    }
                 };
                 let absent = flag(&e, "absent", &what)?.unwrap_or(false);
                 let force = flag(&e, "force", &what)?.unwrap_or(false);
@@ -255,9 +282,22 @@ impl Spec {
                 check_keys(
                     &e,
                     &[
-                        "name", "stream", "mode", "subjects", "exclude", "ordering", "max_attempts",
-                        "backoff", "backoff_base", "backoff_max", "lease", "start_at", "paused", "sequence",
-                        "sequence_timeout", "absent",
+                        "name",
+                        "stream",
+                        "mode",
+                        "subjects",
+                        "exclude",
+                        "ordering",
+                        "max_attempts",
+                        "backoff",
+                        "backoff_base",
+                        "backoff_max",
+                        "lease",
+                        "start_at",
+                        "paused",
+                        "sequence",
+                        "sequence_timeout",
+                        "absent",
                     ],
                     &what,
                 )?;
@@ -308,7 +348,11 @@ impl Spec {
                     subjects: texts(e, "subjects", "a grant")?,
                     absent: flag(e, "absent", "a grant")?.unwrap_or(false),
                 };
-                if spec.grants.iter().any(|o| o.privilege == g.privilege && o.stream == g.stream && o.role == g.role) {
+                if spec
+                    .grants
+                    .iter()
+                    .any(|o| o.privilege == g.privilege && o.stream == g.stream && o.role == g.role)
+                {
                     return invalid(format!(
                         "the grant of {} on \"{}\" to \"{}\" appears twice",
                         super::shown(&g.privilege),
@@ -334,7 +378,10 @@ impl Spec {
             .collect();
         for c in &self.consumers {
             all.extend(
-                [&c.backoff_base, &c.backoff_max, &c.lease, &c.sequence_timeout].into_iter().flatten().cloned(),
+                [&c.backoff_base, &c.backoff_max, &c.lease, &c.sequence_timeout]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
             );
         }
         all
@@ -343,7 +390,11 @@ impl Spec {
     /// The changes that take `now` to this spec, in the order they can be made: streams,
     /// grants, consumers dropped, consumers created or altered, streams dropped. `micros`
     /// gives the length of an interval the spec writes.
-    pub fn changes(&self, now: &Current, micros: &dyn Fn(&str) -> i64) -> Result<Vec<Change>, Invalid> {
+    pub fn changes(
+        &self,
+        now: &Current,
+        micros: &dyn Fn(&str) -> i64,
+    ) -> Result<Vec<Change>, Invalid> {
         let mut first = Vec::new();
         let mut grants = Vec::new();
         let mut dropped_consumers = Vec::new();
@@ -352,9 +403,14 @@ impl Spec {
         for s in &self.streams {
             let existing = now.streams.iter().find(|n| n.name == s.name);
             match (existing, s.absent) {
-                (Some(_), true) => last.push(Change::DropStream { name: s.name.clone(), force: s.force }),
+                (Some(_), true) => {
+                    last.push(Change::DropStream { name: s.name.clone(), force: s.force })
+                }
                 (None, true) => {}
-                (None, false) => first.push(Change::CreateStream { name: s.name.clone(), retention: s.retention.clone() }),
+                (None, false) => first.push(Change::CreateStream {
+                    name: s.name.clone(),
+                    retention: s.retention.clone(),
+                }),
                 (Some(n), false) => {
                     let wanted = match &s.retention {
                         Retention::Default => Some(DEFAULT_RETENTION),
@@ -363,7 +419,10 @@ impl Spec {
                     };
                     if wanted != n.retention {
                         let retention = match &s.retention {
-                            Retention::Default => Retention::Interval(format!("{} seconds", DEFAULT_RETENTION / 1_000_000)),
+                            Retention::Default => Retention::Interval(format!(
+                                "{} seconds",
+                                DEFAULT_RETENTION / 1_000_000
+                            )),
                             r => r.clone(),
                         };
                         first.push(Change::AlterStream { name: s.name.clone(), retention });
@@ -401,7 +460,13 @@ impl Spec {
                 (Some(n), false) => consumers.extend(consumer_changes(c, n, micros)?),
             }
         }
-        Ok(first.into_iter().chain(grants).chain(dropped_consumers).chain(consumers).chain(last).collect())
+        Ok(first
+            .into_iter()
+            .chain(grants)
+            .chain(dropped_consumers)
+            .chain(consumers)
+            .chain(last)
+            .collect())
     }
 }
 
@@ -419,7 +484,11 @@ fn same_set(a: Option<&[String]>, b: Option<&[String]>) -> bool {
     }
 }
 
-fn consumer_changes(c: &ConsumerSpec, n: &ConsumerNow, micros: &dyn Fn(&str) -> i64) -> Result<Vec<Change>, Invalid> {
+fn consumer_changes(
+    c: &ConsumerSpec,
+    n: &ConsumerNow,
+    micros: &dyn Fn(&str) -> i64,
+) -> Result<Vec<Change>, Invalid> {
     let stream = c.stream.as_deref().unwrap_or_default();
     if stream != n.stream {
         return invalid(format!(
@@ -480,8 +549,20 @@ fn consumer_changes(c: &ConsumerSpec, n: &ConsumerNow, micros: &dyn Fn(&str) -> 
         }
         let micros_text = |us: i64| format!("{us} microseconds");
         for (name, given, default, current, slot) in [
-            ("backoff_base", &c.backoff_base, DEFAULT_BACKOFF_BASE, n.backoff_base, &mut wanted.backoff_base),
-            ("backoff_max", &c.backoff_max, DEFAULT_BACKOFF_MAX, n.backoff_max, &mut wanted.backoff_max),
+            (
+                "backoff_base",
+                &c.backoff_base,
+                DEFAULT_BACKOFF_BASE,
+                n.backoff_base,
+                &mut wanted.backoff_base,
+            ),
+            (
+                "backoff_max",
+                &c.backoff_max,
+                DEFAULT_BACKOFF_MAX,
+                n.backoff_max,
+                &mut wanted.backoff_max,
+            ),
             ("lease", &c.lease, DEFAULT_LEASE, n.lease, &mut wanted.lease),
         ] {
             let us = interval(given, default);
@@ -531,10 +612,9 @@ impl Change {
                 let (p, sql) = retention_param(retention);
                 (format!("SELECT eventq.alter_stream($1, {sql})"), vec![name(n), p])
             }
-            Change::DropStream { name: n, force } => (
-                format!("SELECT eventq.drop_stream($1, force => {force})"),
-                vec![name(n)],
-            ),
+            Change::DropStream { name: n, force } => {
+                (format!("SELECT eventq.drop_stream($1, force => {force})"), vec![name(n)])
+            }
             Change::CreateConsumer(c) | Change::AlterConsumer { spec: c, .. } => {
                 let creating = matches!(self, Change::CreateConsumer(_));
                 let sql = if creating {
@@ -574,11 +654,18 @@ impl Change {
                 )
             }
             Change::PauseConsumer(n) => ("SELECT eventq.pause_consumer($1)".into(), vec![name(n)]),
-            Change::ResumeConsumer(n) => ("SELECT eventq.resume_consumer($1)".into(), vec![name(n)]),
+            Change::ResumeConsumer(n) => {
+                ("SELECT eventq.resume_consumer($1)".into(), vec![name(n)])
+            }
             Change::DropConsumer(n) => ("SELECT eventq.drop_consumer($1)".into(), vec![name(n)]),
             Change::Grant(g) => (
                 "SELECT eventq.grant($1, $2, $3, $4::text[])".into(),
-                vec![name(&g.privilege), name(&g.stream), name(&g.role), Param::TextArray(g.subjects.clone())],
+                vec![
+                    name(&g.privilege),
+                    name(&g.stream),
+                    name(&g.role),
+                    Param::TextArray(g.subjects.clone()),
+                ],
             ),
             Change::Revoke(g) => (
                 "SELECT eventq.revoke($1, $2, $3)".into(),
@@ -591,7 +678,11 @@ impl Change {
     pub fn describe(&self) -> Value {
         match self {
             Change::CreateStream { name, retention } | Change::AlterStream { name, retention } => {
-                let action = if matches!(self, Change::CreateStream { .. }) { "create_stream" } else { "alter_stream" };
+                let action = if matches!(self, Change::CreateStream { .. }) {
+                    "create_stream"
+                } else {
+                    "alter_stream"
+                };
                 let retention = match retention {
                     Retention::Default => json!("7 days"),
                     Retention::Forever => Value::Null,
@@ -599,8 +690,12 @@ impl Change {
                 };
                 json!({"action": action, "stream": name, "retention": retention})
             }
-            Change::DropStream { name, force } => json!({"action": "drop_stream", "stream": name, "force": force}),
-            Change::CreateConsumer(c) => json!({"action": "create_consumer", "consumer": c.name, "stream": c.stream}),
+            Change::DropStream { name, force } => {
+                json!({"action": "drop_stream", "stream": name, "force": force})
+            }
+            Change::CreateConsumer(c) => {
+                json!({"action": "create_consumer", "consumer": c.name, "stream": c.stream})
+            }
             Change::AlterConsumer { spec, changed } => {
                 json!({"action": "alter_consumer", "consumer": spec.name, "settings": changed})
             }
@@ -660,7 +755,8 @@ mod tests {
 
     #[test]
     fn both_shapes_of_a_section_read_the_same() {
-        let listed = Spec::parse(&json!({"streams": [{"name": "orders", "retention": "30 days"}]})).unwrap();
+        let listed =
+            Spec::parse(&json!({"streams": [{"name": "orders", "retention": "30 days"}]})).unwrap();
         let keyed = Spec::parse(&json!({"streams": {"orders": {"retention": "30 days"}}})).unwrap();
         assert_eq!(listed, keyed);
         assert_eq!(listed.intervals(), vec!["30 days".to_string()]);
@@ -671,12 +767,24 @@ mod tests {
         for (doc, message) in [
             (json!([]), "the spec must be a JSON object"),
             (json!({"stream": {}}), "unknown key \"stream\" in the spec"),
-            (json!({"consumers": {"c": {"stream": "s", "max_attempt": 3}}}), "unknown key \"max_attempt\" in consumer \"c\""),
+            (
+                json!({"consumers": {"c": {"stream": "s", "max_attempt": 3}}}),
+                "unknown key \"max_attempt\" in consumer \"c\"",
+            ),
             (json!({"consumers": {"c": {}}}), "consumer \"c\" needs stream"),
             (json!({"consumers": {"c": {"stream": "s", "ordering": "fifo"}}}), "invalid ordering"),
-            (json!({"consumers": {"c": {"stream": "s", "subjects": "a.b"}}}), "subjects of consumer \"c\" must be a list"),
-            (json!({"consumers": [{"name": "c", "stream": "s"}, {"name": "c", "stream": "s"}]}), "consumer \"c\" appears twice"),
-            (json!({"streams": {"s": {"retention": 7}}}), "retention of stream \"s\" must be an interval"),
+            (
+                json!({"consumers": {"c": {"stream": "s", "subjects": "a.b"}}}),
+                "subjects of consumer \"c\" must be a list",
+            ),
+            (
+                json!({"consumers": [{"name": "c", "stream": "s"}, {"name": "c", "stream": "s"}]}),
+                "consumer \"c\" appears twice",
+            ),
+            (
+                json!({"streams": {"s": {"retention": 7}}}),
+                "retention of stream \"s\" must be an interval",
+            ),
             (json!({"grants": [{"privilege": "consume", "stream": "s"}]}), "a grant needs role"),
             (json!({"grants": {}}), "grants must be a list"),
         ] {
@@ -694,12 +802,19 @@ mod tests {
         });
         let created = changes(spec.clone(), &Current::default()).unwrap();
         assert_eq!(
-            created.iter().map(|c| c.describe()["action"].as_str().unwrap().to_string()).collect::<Vec<_>>(),
+            created
+                .iter()
+                .map(|c| c.describe()["action"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
             ["create_stream", "grant", "create_consumer", "pause_consumer"]
         );
         let now = Current {
             streams: vec![StreamNow { name: "orders".into(), retention: Some(30 * 86400 * S) }],
-            consumers: vec![ConsumerNow { subjects: vec!["order.>".into()], paused: true, ..consumer_now("mailer") }],
+            consumers: vec![ConsumerNow {
+                subjects: vec!["order.>".into()],
+                paused: true,
+                ..consumer_now("mailer")
+            }],
             grants: vec![GrantSpec {
                 privilege: "consume".into(),
                 stream: "orders".into(),
@@ -714,10 +829,19 @@ mod tests {
     #[test]
     fn settings_left_out_go_back_to_their_defaults_but_pausing_is_left_alone() {
         let now = Current {
-            consumers: vec![ConsumerNow { max_attempts: 3, lease: 5 * S, paused: true, ..consumer_now("mailer") }],
+            consumers: vec![ConsumerNow {
+                max_attempts: 3,
+                lease: 5 * S,
+                paused: true,
+                ..consumer_now("mailer")
+            }],
             ..Current::default()
         };
-        let out = changes(json!({"consumers": {"mailer": {"stream": "orders", "backoff_base": "2 seconds"}}}), &now).unwrap();
+        let out = changes(
+            json!({"consumers": {"mailer": {"stream": "orders", "backoff_base": "2 seconds"}}}),
+            &now,
+        )
+        .unwrap();
         let [Change::AlterConsumer { spec, changed }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(changed, &["max_attempts", "backoff_base", "lease"]);
         assert_eq!(spec.max_attempts, Some(10));
@@ -793,8 +917,13 @@ mod tests {
                                               "sequence_timeout": "1 minute"}}});
         assert_eq!(changes(same, &now).unwrap(), vec![]);
         let swapped = changes(json!({"consumers": {"c": {"stream": "orders", "ordering": "key", "sequence": ["b", "a"]}}}), &now).unwrap();
-        assert!(matches!(&swapped[..], [Change::AlterConsumer { changed, .. }] if changed == &["sequence"]), "{swapped:?}");
-        let removed = changes(json!({"consumers": {"c": {"stream": "orders", "ordering": "key"}}}), &now).unwrap();
+        assert!(
+            matches!(&swapped[..], [Change::AlterConsumer { changed, .. }] if changed == &["sequence"]),
+            "{swapped:?}"
+        );
+        let removed =
+            changes(json!({"consumers": {"c": {"stream": "orders", "ordering": "key"}}}), &now)
+                .unwrap();
         let [Change::AlterConsumer { spec, changed }] = &removed[..] else { panic!("{removed:?}") };
         assert_eq!(changed, &["sequence"]);
         assert_eq!(spec.sequence, Some(vec![]));
@@ -805,7 +934,8 @@ mod tests {
         let now = Current { consumers: vec![consumer_now("c")], ..Current::default() };
         let moved = changes(json!({"consumers": {"c": {"stream": "payments"}}}), &now).unwrap_err();
         assert!(moved.0.contains("reads stream \"orders\", not \"payments\""), "{}", moved.0);
-        let log = changes(json!({"consumers": {"c": {"stream": "orders", "mode": "log"}}}), &now).unwrap_err();
+        let log = changes(json!({"consumers": {"c": {"stream": "orders", "mode": "log"}}}), &now)
+            .unwrap_err();
         assert!(log.0.contains("its mode cannot change"), "{}", log.0);
     }
 
@@ -836,7 +966,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.len(), 2, "{out:?}");
-        assert!(matches!(&out[0], Change::CreateStream { name, retention: Retention::Default } if name == "t"));
+        assert!(
+            matches!(&out[0], Change::CreateStream { name, retention: Retention::Default } if name == "t")
+        );
         assert!(matches!(&out[1], Change::Grant(g) if g.subjects.is_none()));
     }
 

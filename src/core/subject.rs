@@ -602,7 +602,12 @@ mod tests {
                 for w in witnesses(inner, outer) {
                     assert!(inner.matches(&w), "{w} from {}", inner.as_str());
                     if contained {
-                        assert!(outer.matches(&w), "{} contains {}, not {w}", outer.as_str(), inner.as_str());
+                        assert!(
+                            outer.matches(&w),
+                            "{} contains {}, not {w}",
+                            outer.as_str(),
+                            inner.as_str()
+                        );
                     }
                 }
             }

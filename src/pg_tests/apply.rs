@@ -52,13 +52,19 @@ mod tests {
             one::<String>(&format!("SELECT eventq.apply('{changed}')->'changes'->0->>'settings'")),
             Some(r#"["max_attempts"]"#.into())
         );
-        assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'ap_mailer' AND max_attempts = 10"), 1);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.consumers WHERE name = 'ap_mailer' AND max_attempts = 10"),
+            1
+        );
         assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name = 'ap_audit' AND paused"), 1);
         // absent
         let gone = r#"{"streams": {"ap_orders": {"absent": true, "force": true}},
                        "consumers": {"ap_mailer": {"absent": true}},
                        "grants": [{"privilege": "consume", "stream": "ap_orders", "role": "ap_app", "absent": true}]}"#;
-        assert_eq!(actions(&format!("eventq.apply('{gone}')")), "revoke:ap_orders,drop_consumer:ap_mailer,drop_stream:ap_orders");
+        assert_eq!(
+            actions(&format!("eventq.apply('{gone}')")),
+            "revoke:ap_orders,drop_consumer:ap_mailer,drop_stream:ap_orders"
+        );
         assert_eq!(count("SELECT 1 FROM eventq.consumers WHERE name LIKE 'ap_%'"), 0);
         assert_eq!(actions(&format!("eventq.apply('{gone}')")), "");
     }
@@ -91,8 +97,16 @@ mod tests {
             "permission denied to create",
         );
         run("RESET ROLE");
-        assert_error(r#"SELECT eventq.apply('{"streams": {"ap_x": {"retention": "often"}}}')"#, "22007", "often");
-        assert_error(r#"SELECT eventq.apply('{"consumer": {}}')"#, "22023", "unknown key \"consumer\"");
+        assert_error(
+            r#"SELECT eventq.apply('{"streams": {"ap_x": {"retention": "often"}}}')"#,
+            "22007",
+            "often",
+        );
+        assert_error(
+            r#"SELECT eventq.apply('{"consumer": {}}')"#,
+            "22023",
+            "unknown key \"consumer\"",
+        );
         assert_error(
             r#"SELECT eventq.apply('{"streams": {"ap_y": {}}, "consumers": {"ap_c": {"stream": "ap_y", "subjects": ["a..b"]}}}')"#,
             "22023",

@@ -75,7 +75,10 @@ mod tests {
                     eventq.publish('sq', 'user.noted', key => 'u3'), eventq.publish('sq', 'user.paid', key => 'u4')");
         // subjects outside the sequence are always ready; u4 waits for a user.created
         assert_eq!(pulled("sq_c"), "u1:user.created,u2:user.created,u3:user.noted");
-        assert_eq!(count("SELECT 1 FROM eventq.tasks WHERE consumer = 'sq_c' AND state = 'waiting'"), 3);
+        assert_eq!(
+            count("SELECT 1 FROM eventq.tasks WHERE consumer = 'sq_c' AND state = 'waiting'"),
+            3
+        );
         ack_running("sq_c");
         assert_eq!(pulled("sq_c"), "u1:user.purchased");
         // a discard counts as finished too
@@ -104,7 +107,9 @@ mod tests {
     #[pg_test]
     fn a_sequence_holds_across_drain_chunks_alterations_and_cleanup() {
         run("SELECT eventq.create_stream('sqc')");
-        run("SELECT eventq.create_consumer('sqc_c', 'sqc', ordering => 'key', sequence => '{a,b}')");
+        run(
+            "SELECT eventq.create_consumer('sqc_c', 'sqc', ordering => 'key', sequence => '{a,b}')",
+        );
         // the key's tasks fall into different chunks of one drain
         run("SET LOCAL eventq.drain_batch_size = 1");
         run("SELECT eventq.publish('sqc', 'b', key => 'k1'), eventq.publish('sqc', 'a', key => 'k1')");
@@ -146,7 +151,9 @@ mod tests {
         run("UPDATE eventq_internal.key_heads SET blocked_until = blocked_until - interval '2 minutes' WHERE order_key = 'k'");
         assert_eq!(pulled("sqt_c"), "k:a.paid");
         assert_eq!(
-            one::<String>("SELECT state || ':' || last_error FROM eventq.tasks WHERE consumer = 'sqt_c'"),
+            one::<String>(
+                "SELECT state || ':' || last_error FROM eventq.tasks WHERE consumer = 'sqt_c'"
+            ),
             Some("running:released by sequence_timeout".into())
         );
         // removing the sequence lets everything waiting go in seq order

@@ -127,7 +127,9 @@ mod tests {
         );
         // the cursor starts at the committed head of its creation, before the event
         assert_eq!(
-            one::<bool>(&format!("SELECT cursor_seq < {head} FROM eventq.consumers WHERE name = 'lg_e_c'")),
+            one::<bool>(&format!(
+                "SELECT cursor_seq < {head} FROM eventq.consumers WHERE name = 'lg_e_c'"
+            )),
             Some(true)
         );
     }

@@ -35,10 +35,7 @@ mod tests {
         // tasks are created for every event, whatever the number of fan-out rounds
         run("SELECT eventq.create_consumer('mt_n_c', 'mt_n')");
         run("SELECT eventq.publish('mt_n', 'f') FROM generate_series(1, 10)");
-        assert_eq!(
-            one::<i64>("SELECT (tests.maintain()->>'created_tasks')::bigint"),
-            Some(10)
-        );
+        assert_eq!(one::<i64>("SELECT (tests.maintain()->>'created_tasks')::bigint"), Some(10));
     }
 
     #[pg_test]

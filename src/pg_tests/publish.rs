@@ -216,7 +216,9 @@ mod tests {
     fn payloads_larger_than_the_limit_are_refused() {
         run("SELECT eventq.create_stream('pb_limit')");
         run("SET LOCAL eventq.max_payload_size = '2kB'");
-        run("SELECT eventq.publish('pb_limit', 'fits', jsonb_build_object('b', repeat('x', 1500)))");
+        run(
+            "SELECT eventq.publish('pb_limit', 'fits', jsonb_build_object('b', repeat('x', 1500)))",
+        );
         assert_error(
             "SELECT eventq.publish('pb_limit', 'big', jsonb_build_object('b', repeat('x', 3000)))",
             "22023",

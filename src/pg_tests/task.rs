@@ -120,15 +120,26 @@ mod tests {
     fn ignore_completes_the_task_and_the_history_says_ignored() {
         stream_with_consumer("tk_i", "tk_i_c", ", ordering => 'key'");
         run("SELECT eventq.publish('tk_i', 'a', key => 'k'), eventq.publish('tk_i', 'b', key => 'k'), eventq.publish('tk_i', 'c')");
-        let first = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_i_c', 5)").unwrap();
+        let first =
+            one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_i_c', 5)")
+                .unwrap();
         // the key's second task waits behind the first
         assert_eq!(first.len(), 2);
         assert_eq!(
-            one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {}, 'no such order', attempt => 2)", first[0])),
+            one::<bool>(&format!(
+                "SELECT eventq.ignore('tk_i_c', {}, 'no such order', attempt => 2)",
+                first[0]
+            )),
             Some(false)
         );
-        assert_eq!(one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {}, 'no such order')", first[0])), Some(true));
-        assert_eq!(one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {})", first[0])), Some(false));
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {}, 'no such order')", first[0])),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT eventq.ignore('tk_i_c', {})", first[0])),
+            Some(false)
+        );
         assert_eq!(
             one::<String>(&format!("SELECT state || ':' || (finished_at IS NOT NULL) FROM eventq.tasks WHERE consumer = 'tk_i_c' AND task_id = {}", first[0])),
             Some("completed:true".into())
@@ -152,24 +163,48 @@ mod tests {
         run("SELECT eventq.publish('tk_p', 'slow', backoff => 'fixed', backoff_base => '2 hours')");
         run("SELECT eventq.publish_batch('tk_p', '{b1,b2}', ARRAY['{}', '{}']::jsonb[], max_attempts => 2)");
         run("SELECT eventq.publish('tk_p', 'plain')");
-        let ids = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)").unwrap();
+        let ids = one::<Vec<i64>>(
+            "SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)",
+        )
+        .unwrap();
         assert_eq!(ids.len(), 5);
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[0])), Some("discarded".into()));
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[1])), Some("retryable".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[0])),
+            Some("discarded".into())
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[1])),
+            Some("retryable".into())
+        );
         assert_eq!(
             one::<bool>(&format!("SELECT run_at - clock_timestamp() BETWEEN '1 hour 59 minutes' AND '2 hours' FROM eventq.tasks WHERE consumer = 'tk_p_c' AND task_id = {}", ids[1])),
             Some(true)
         );
         // a batch's settings hold for each of its events; the consumer's for the rest
         for id in &ids[2..5] {
-            assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {id}, delay => '0')")), Some("retryable".into()));
+            assert_eq!(
+                one::<String>(&format!("SELECT eventq.retry('tk_p_c', {id}, delay => '0')")),
+                Some("retryable".into())
+            );
         }
         run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'retryable' AND run_at < now() + interval '1 minute'");
-        let again = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)").unwrap();
+        let again = one::<Vec<i64>>(
+            "SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_p_c', 10)",
+        )
+        .unwrap();
         assert_eq!(again, ids[2..5].to_vec());
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[2])), Some("discarded".into()));
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[3])), Some("discarded".into()));
-        assert_eq!(one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[4])), Some("retryable".into()));
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[2])),
+            Some("discarded".into())
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[3])),
+            Some("discarded".into())
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT eventq.retry('tk_p_c', {})", ids[4])),
+            Some("retryable".into())
+        );
         // an expired lease counts against the event's max_attempts too
         run("SELECT eventq.publish('tk_p', 'lost', max_attempts => 1)");
         let lost = one::<i64>("SELECT task_id FROM eventq.pull('tk_p_c', 1)").unwrap();
@@ -177,10 +212,19 @@ mod tests {
         run("SELECT tests.maintain()");
         assert_eq!(state("tk_p_c", lost), Some("discarded".into()));
         for (sql, message) in [
-            ("SELECT eventq.publish('tk_p', 'x', max_attempts => 0)", "max_attempts must be at least 1"),
+            (
+                "SELECT eventq.publish('tk_p', 'x', max_attempts => 0)",
+                "max_attempts must be at least 1",
+            ),
             ("SELECT eventq.publish('tk_p', 'x', backoff => 'linear')", "invalid backoff"),
-            ("SELECT eventq.publish('tk_p', 'x', backoff_base => '0')", "backoff_base must be a positive"),
-            ("SELECT eventq.publish_batch('tk_p', '{x}', '{\"{}\"}', backoff_base => '-1 hour')", "backoff_base must be a positive"),
+            (
+                "SELECT eventq.publish('tk_p', 'x', backoff_base => '0')",
+                "backoff_base must be a positive",
+            ),
+            (
+                "SELECT eventq.publish_batch('tk_p', '{x}', '{\"{}\"}', backoff_base => '-1 hour')",
+                "backoff_base must be a positive",
+            ),
         ] {
             assert_error(sql, "22023", message);
         }
@@ -229,13 +273,22 @@ mod tests {
     fn retry_now_makes_retryable_tasks_due_at_once() {
         stream_with_consumer("tk_rn", "tk_rn_c", ", backoff => 'fixed', backoff_base => '1 hour'");
         run("SELECT eventq.publish('tk_rn', 'a'), eventq.publish('tk_rn', 'b'), eventq.publish('tk_rn', 'c')");
-        let tasks = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_rn_c', 3)").unwrap();
+        let tasks = one::<Vec<i64>>(
+            "SELECT array_agg(task_id ORDER BY seq) FROM eventq.pull('tk_rn_c', 3)",
+        )
+        .unwrap();
         for t in &tasks[..2] {
             run(&format!("SELECT eventq.retry('tk_rn_c', {t}, 'boom')"));
         }
         assert_eq!(count("SELECT * FROM eventq.pull('tk_rn_c', 10)"), 0);
         // only retryable tasks: the running one is left alone
-        assert_eq!(one::<i32>(&format!("SELECT eventq.retry_now('tk_rn_c', ARRAY[{}, {}])", tasks[0], tasks[2])), Some(1));
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT eventq.retry_now('tk_rn_c', ARRAY[{}, {}])",
+                tasks[0], tasks[2]
+            )),
+            Some(1)
+        );
         assert_eq!(state("tk_rn_c", tasks[0]), Some("available".into()));
         assert_eq!(state("tk_rn_c", tasks[1]), Some("retryable".into()));
         assert_eq!(state("tk_rn_c", tasks[2]), Some("running".into()));
@@ -258,13 +311,24 @@ mod tests {
         crate::api::maintenance::pass_report();
         // (now() is this transaction's start: a task promoted later must not look scheduled)
         run("UPDATE eventq_internal.tasks SET run_at = now() WHERE state = 'waiting'");
-        let ids = one::<Vec<i64>>("SELECT array_agg(task_id ORDER BY seq) FROM eventq.tasks WHERE consumer = 'tk_cn_c'").unwrap();
+        let ids = one::<Vec<i64>>(
+            "SELECT array_agg(task_id ORDER BY seq) FROM eventq.tasks WHERE consumer = 'tk_cn_c'",
+        )
+        .unwrap();
         let (a, b, c) = (ids[0], ids[1], ids[2]);
         assert_eq!(state("tk_cn_c", b), Some("waiting".into()));
         // a waiting task is left to its key's head; the head goes, and the key moves on
-        assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{a}, {b}], 'poison')")), Some(1));
+        assert_eq!(
+            one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{a}, {b}], 'poison')")),
+            Some(1)
+        );
         assert_eq!(state("tk_cn_c", a), Some("discarded".into()));
-        assert_eq!(one::<String>(&format!("SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {a}")), Some("poison".into()));
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {a}"
+            )),
+            Some("poison".into())
+        );
         assert_eq!(state("tk_cn_c", b), Some("available".into()));
         // a running task with a key stays with its worker: its key must not move on
         assert_eq!(one::<i64>("SELECT task_id FROM eventq.pull('tk_cn_c', 1)"), Some(b));
@@ -272,14 +336,22 @@ mod tests {
         assert_eq!(state("tk_cn_c", b), Some("running".into()));
         // without key ordering, a running task is discarded; its worker's ack then does nothing
         let running = one::<i64>("SELECT task_id FROM eventq.pull('tk_cn_u', 1)").unwrap();
-        assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_u', ARRAY[{running}], 'stop it')")), Some(1));
+        assert_eq!(
+            one::<i32>(&format!("SELECT eventq.cancel('tk_cn_u', ARRAY[{running}], 'stop it')")),
+            Some(1)
+        );
         assert_eq!(one::<i32>(&format!("SELECT eventq.ack('tk_cn_u', ARRAY[{running}])")), Some(0));
         assert_eq!(
             one::<String>(&format!("SELECT outcome || ':' || error FROM eventq.attempts WHERE consumer = 'tk_cn_u' AND task_id = {running}")),
             Some("discarded:stop it".into())
         );
         assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{c}])")), Some(1));
-        assert_eq!(one::<String>(&format!("SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {c}")), Some("cancelled".into()));
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT last_error FROM eventq.tasks WHERE consumer = 'tk_cn_c' AND task_id = {c}"
+            )),
+            Some("cancelled".into())
+        );
         assert_eq!(one::<i32>(&format!("SELECT eventq.cancel('tk_cn_c', ARRAY[{c}])")), Some(0));
         assert_eq!(one::<i32>("SELECT eventq.redrive('tk_cn_c')"), Some(2));
     }

@@ -13,7 +13,9 @@
 //! routed through the partitioned parent) made a single-event publish about 0.8x a plain
 //! INSERT; this path is the difference.
 
-use super::{arg, isolation, Statement, BIGINT, INT, INTERVAL, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID};
+use super::{
+    arg, isolation, Statement, BIGINT, INT, INTERVAL, JSONB, SMALLINT, TEXT, TIMESTAMPTZ, UUID,
+};
 use crate::core::staging;
 use crate::datum::Jsonb;
 use pgrx::datum::{Interval, IntoDatum, TimestampWithTimeZone, Uuid};
@@ -178,7 +180,8 @@ pub fn append(event: Staged<'_>) {
         // SAFETY: the relation is opened with the lock an INSERT takes and kept until the
         // transaction ends; values and nulls are built for exactly its attributes.
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-        let parent = pg_sys::table_open(relation(namespace, c"staged"), pg_sys::AccessShareLock as i32);
+        let parent =
+            pg_sys::table_open(relation(namespace, c"staged"), pg_sys::AccessShareLock as i32);
         let plain = is_plain(rel) && is_plain(parent);
         pg_sys::table_close(parent, pg_sys::NoLock as i32);
         if !plain {

@@ -11,9 +11,9 @@ use super::{
     arg, column, keys, locks, log, scalar, Statement, BIGINT, BOOL, INT, INTERVAL, OID, TEXT,
     TEXT_ARRAY, TIMESTAMPTZ,
 };
-use pgrx::pg_sys;
 use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 
 /// A consumer as the task and log paths need it. Intervals are in microseconds.
@@ -117,8 +117,24 @@ static INSERT: Statement = Statement::new(
      )
      SELECT id FROM created",
     &[
-        TEXT, INT, TEXT, TEXT_ARRAY, TEXT_ARRAY, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL, TIMESTAMPTZ, BIGINT, OID, TEXT_ARRAY, INTERVAL,
+        TEXT,
+        INT,
+        TEXT,
+        TEXT_ARRAY,
+        TEXT_ARRAY,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT,
+        TEXT,
+        INTERVAL,
+        INTERVAL,
+        INTERVAL,
+        TIMESTAMPTZ,
+        BIGINT,
+        OID,
+        TEXT_ARRAY,
+        INTERVAL,
     ],
 );
 
@@ -189,8 +205,23 @@ static UPDATE: Statement = Statement::new(
                                  ELSE coalesce($17, sequence_timeout) END
      WHERE id = $1",
     &[
-        INT, TEXT_ARRAY, TEXT_ARRAY, BOOL, TEXT, TEXT, TEXT, INT, TEXT, INTERVAL, INTERVAL,
-        INTERVAL, BOOL, TIMESTAMPTZ, BOOL, TEXT_ARRAY, INTERVAL,
+        INT,
+        TEXT_ARRAY,
+        TEXT_ARRAY,
+        BOOL,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT,
+        TEXT,
+        INTERVAL,
+        INTERVAL,
+        INTERVAL,
+        BOOL,
+        TIMESTAMPTZ,
+        BOOL,
+        TEXT_ARRAY,
+        INTERVAL,
     ],
 );
 

@@ -33,8 +33,8 @@
 //! and truncated. TRUNCATE ignores snapshots, so it must never run with a stale one.
 
 use super::{
-    arg, column, keys, locks, release, scalar, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT, INT_ARRAY,
-    TEXT_ARRAY, TIMESTAMPTZ_ARRAY,
+    arg, column, keys, locks, release, scalar, Statement, BIGINT, BIGINT_ARRAY, BOOL_ARRAY, INT,
+    INT_ARRAY, TEXT_ARRAY, TIMESTAMPTZ_ARRAY,
 };
 use crate::core::settings::Mode;
 use crate::core::staging;
@@ -441,8 +441,8 @@ impl FanOut {
                 continue;
             }
             let name: String = column(&row, 2).unwrap_or_default();
-            let mode = Mode::parse(&column::<String>(&row, 3).unwrap_or_default())
-                .unwrap_or(Mode::Task);
+            let mode =
+                Mode::parse(&column::<String>(&row, 3).unwrap_or_default()).unwrap_or(Mode::Task);
             if mode == Mode::Task && column::<bool>(&row, 8).unwrap_or(false) {
                 // before this pass's events, which are routed to it below
                 self.fill_gaps(client, consumer_id, self.head_before);
@@ -470,8 +470,7 @@ impl FanOut {
     /// Fills the consumer's gaps; an open gap (a consumer's creation) ends at `open_end`.
     fn fill_gaps(&mut self, client: &SpiClient<'_>, consumer_id: i32, open_end: i64) {
         self.handled.insert(consumer_id);
-        let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(open_end)])
-        else {
+        let Some(row) = FILL_GAPS.first_row(client, &[arg(consumer_id), arg(open_end)]) else {
             return;
         };
         let filled = column::<i64>(&row, 1).unwrap_or(0);
@@ -487,7 +486,14 @@ impl FanOut {
     }
 
     /// Creates the tasks for the events `first..=last` of a stream.
-    fn stream(&mut self, client: &SpiClient<'_>, stream_id: i32, first: i64, last: i64, chunk: i64) {
+    fn stream(
+        &mut self,
+        client: &SpiClient<'_>,
+        stream_id: i32,
+        first: i64,
+        last: i64,
+        chunk: i64,
+    ) {
         self.routes(client, stream_id, first, last);
         if self.routers.get(&stream_id).is_none_or(|(router, _)| router.is_empty()) {
             return;

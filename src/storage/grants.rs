@@ -80,7 +80,12 @@ pub fn upsert(
 }
 
 /// Whether there was such a grant.
-pub fn delete(client: &SpiClient<'_>, stream_id: i32, role: pg_sys::Oid, privilege: Privilege) -> bool {
+pub fn delete(
+    client: &SpiClient<'_>,
+    stream_id: i32,
+    role: pg_sys::Oid,
+    privilege: Privilege,
+) -> bool {
     !DELETE.run(client, &[arg(stream_id), arg(role), arg(privilege.as_str())]).is_empty()
 }
 

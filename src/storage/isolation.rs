@@ -38,7 +38,8 @@ pub fn retrying<R>(mut work: impl FnMut() -> R) -> R {
     loop {
         attempt += 1;
         let last = attempt >= ATTEMPTS;
-        let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+        let (context, owner) =
+            unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
         unsafe {
             // SAFETY: the pattern of a PL/pgSQL exception block: the subtransaction is
             // released or rolled back below, and the caller's memory context and resource

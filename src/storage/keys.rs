@@ -503,7 +503,12 @@ pub fn advance_all(client: &SpiClient<'_>, finished: Vec<(i32, String, i64)>, bu
 
 /// Makes sure each of `keys` has a head if it has waiting tasks and nothing in flight.
 /// Returns the keys it could settle; with `Busy::Recheck`, busy ones are left for a recheck.
-pub fn settle_keys(client: &SpiClient<'_>, consumer_id: i32, keys: Vec<String>, busy: Busy) -> Vec<String> {
+pub fn settle_keys(
+    client: &SpiClient<'_>,
+    consumer_id: i32,
+    keys: Vec<String>,
+    busy: Busy,
+) -> Vec<String> {
     if keys.is_empty() {
         return keys;
     }

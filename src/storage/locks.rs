@@ -6,6 +6,8 @@
 //! - the drain lock, `(1702261873, 1)`: one drain at a time, so that `seq` follows commit
 //!   order. Only ever held by a short transaction (the worker's, or one SQL statement that
 //!   drains before it reads); see `storage::drain`.
+//! - the fold lock, `(1702261873, 2)`: one fold of the task and event counts at a time
+//!   (`storage::retention::fold_counts`).
 //! - a consumer's lock, `(1702261874, consumer id)`: shared by drains routing events to it
 //!   and by retention; exclusive while the consumer is created, altered, replayed, redriven
 //!   or dropped, and while a drain fills a gap in its tasks. A drain never waits for it:
@@ -22,6 +24,7 @@ use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 
 const DRAIN: (u32, u32) = (1_702_261_873, 1);
+const FOLD: (u32, u32) = (1_702_261_873, 2);
 const CONSUMER: u32 = 1_702_261_874;
 const STREAM: u32 = 1_702_261_875;
 
@@ -67,6 +70,11 @@ pub fn try_lock_drain() -> bool {
     acquire(DRAIN, Mode::Exclusive, false)
 }
 
+/// Takes the fold lock if nobody holds it.
+pub fn try_lock_fold() -> bool {
+    acquire(FOLD, Mode::Exclusive, false)
+}
+
 pub fn lock_consumer(id: i32, mode: Mode) {
     acquire((CONSUMER, id as u32), mode, true);
 }
@@ -99,6 +107,10 @@ static CONSUMER_HELD_EXCLUSIVELY: super::Statement = super::Statement::new(
 /// Whether someone else holds or waits for the consumer's lock exclusively (a slow look at
 /// the lock table: only for a reader about to wait for that lock).
 pub fn consumer_being_changed(client: &SpiClient<'_>, id: i32) -> bool {
-    super::scalar::<bool>(&CONSUMER_HELD_EXCLUSIVELY, client, &[super::arg(CONSUMER as i64), super::arg(id as i64)])
-        .unwrap_or(false)
+    super::scalar::<bool>(
+        &CONSUMER_HELD_EXCLUSIVELY,
+        client,
+        &[super::arg(CONSUMER as i64), super::arg(id as i64)],
+    )
+    .unwrap_or(false)
 }

@@ -100,7 +100,14 @@ pub fn fetch(
     let events: Vec<LogEvent> = FETCH
         .run(
             client,
-            &[arg(stream_id), arg(scan_after), arg(include_re), arg(exclude_re), arg(max), arg(start_at)],
+            &[
+                arg(stream_id),
+                arg(scan_after),
+                arg(include_re),
+                arg(exclude_re),
+                arg(max),
+                arg(start_at),
+            ],
         )
         .filter_map(|row| {
             Some(LogEvent {

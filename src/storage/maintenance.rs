@@ -1,6 +1,7 @@
 //! Maintenance, in the parts the background worker runs on their own schedules:
 //! - draining (storage::drain), whenever a publishing commit wakes the worker;
-//! - `timers`: expired leases rescued and due tasks made available, for every task consumer;
+//! - `timers`: expired leases rescued and due tasks made available, for every task consumer,
+//!   and the counts the views read folded;
 //! - `cleanup`: retention, removal of old finished tasks, and eventq's own bookkeeping.
 //!
 //! `run` is all of it at once: what `run_maintenance()` does. Each stream and consumer is
@@ -41,8 +42,10 @@ static RESTORING: Statement = Statement::new(
     &[],
 );
 
-static STILL_RESTORING: Statement =
-    Statement::new("UPDATE eventq_internal.restoring SET seen_at = pg_catalog.clock_timestamp()", &[]);
+static STILL_RESTORING: Statement = Statement::new(
+    "UPDATE eventq_internal.restoring SET seen_at = pg_catalog.clock_timestamp()",
+    &[],
+);
 
 static RESTORED: Statement = Statement::new("DELETE FROM eventq_internal.restoring", &[]);
 
@@ -126,6 +129,9 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
             Ok(r) => rescued += r,
             Err(e) => errors.push(format!("consumer {id}: {e}")),
         }
+    }
+    if let Err(e) = contained(|| retention::fold_counts(client)) {
+        errors.push(format!("folding counts: {e}"));
     }
     (rescued, errors)
 }

@@ -248,7 +248,10 @@ impl Drop for FreePlan {
 
 fn datums(args: &[DatumWithOid<'_>], expected: usize, sql: &str) -> (Vec<pg_sys::Datum>, Vec<i8>) {
     if args.len() != expected {
-        error::internal(&format!("statement takes {expected} arguments, got {}: {sql}", args.len()));
+        error::internal(&format!(
+            "statement takes {expected} arguments, got {}: {sql}",
+            args.len()
+        ));
     }
     args.iter()
         .map(|a| match a.datum() {
@@ -295,7 +298,7 @@ pub fn scalar<T: FromDatum + IntoDatum>(
 pub use pg_sys::{
     BOOLARRAYOID as BOOL_ARRAY, BOOLOID as BOOL, INT2OID as SMALLINT, INT4ARRAYOID as INT_ARRAY,
     INT4OID as INT, INT8ARRAYOID as BIGINT_ARRAY, INT8OID as BIGINT, INTERVALOID as INTERVAL,
-    JSONBARRAYOID as JSONB_ARRAY, JSONBOID as JSONB, OIDOID as OID, TEXTARRAYOID as TEXT_ARRAY, TEXTOID as TEXT,
-    TIMESTAMPTZARRAYOID as TIMESTAMPTZ_ARRAY, TIMESTAMPTZOID as TIMESTAMPTZ,
+    JSONBARRAYOID as JSONB_ARRAY, JSONBOID as JSONB, OIDOID as OID, TEXTARRAYOID as TEXT_ARRAY,
+    TEXTOID as TEXT, TIMESTAMPTZARRAYOID as TIMESTAMPTZ_ARRAY, TIMESTAMPTZOID as TIMESTAMPTZ,
     UUIDARRAYOID as UUID_ARRAY, UUIDOID as UUID,
 };

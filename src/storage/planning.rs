@@ -81,7 +81,8 @@ unsafe extern "C-unwind" fn planner(
         }
     };
     let ours = RUNNING.get().is_some_and(|sql| {
-        !query_string.is_null() && is_statement(sql, unsafe { CStr::from_ptr(query_string) }.to_bytes())
+        !query_string.is_null()
+            && is_statement(sql, unsafe { CStr::from_ptr(query_string) }.to_bytes())
     });
     if !ours {
         return plan();

@@ -5,8 +5,8 @@
 
 pub use super::append::Retry;
 use super::{
-    append, arg, Statement, BIGINT, INT, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
-    TIMESTAMPTZ, UUID, UUID_ARRAY, INTERVAL,
+    append, arg, Statement, BIGINT, INT, INTERVAL, JSONB, JSONB_ARRAY, SMALLINT, TEXT, TEXT_ARRAY,
+    TIMESTAMPTZ, UUID, UUID_ARRAY,
 };
 use crate::datum::{Jsonb, JsonbArray, TextArray};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -42,7 +42,21 @@ static INSERT_DEDUP: Statement = Statement::new(
          RETURNING stream_id
      )
      SELECT EXISTS (SELECT 1 FROM staged)",
-    &[INT, UUID, TEXT, TEXT, JSONB, JSONB, TIMESTAMPTZ, TEXT, SMALLINT, BIGINT, INT, TEXT, INTERVAL],
+    &[
+        INT,
+        UUID,
+        TEXT,
+        TEXT,
+        JSONB,
+        JSONB,
+        TIMESTAMPTZ,
+        TEXT,
+        SMALLINT,
+        BIGINT,
+        INT,
+        TEXT,
+        INTERVAL,
+    ],
 );
 
 static DEDUP_FIRST: Statement = Statement::new(
@@ -55,7 +69,12 @@ pub enum Deduplicated {
     AlreadyPublished(Uuid),
 }
 
-pub fn insert_dedup(client: &SpiClient<'_>, stream_id: i32, e: Event, dedup_key: &str) -> Deduplicated {
+pub fn insert_dedup(
+    client: &SpiClient<'_>,
+    stream_id: i32,
+    e: Event,
+    dedup_key: &str,
+) -> Deduplicated {
     let published = super::scalar::<bool>(
         &INSERT_DEDUP,
         client,
@@ -103,7 +122,19 @@ static INSERT_BATCH: Statement = Statement::new(
             u.headers, $8, $9, $10, $11
      FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[])
             AS u(id, subject, payload, key, headers)",
-    &[INT, UUID_ARRAY, TEXT_ARRAY, JSONB_ARRAY, TEXT_ARRAY, JSONB_ARRAY, SMALLINT, BIGINT, INT, TEXT, INTERVAL],
+    &[
+        INT,
+        UUID_ARRAY,
+        TEXT_ARRAY,
+        JSONB_ARRAY,
+        TEXT_ARRAY,
+        JSONB_ARRAY,
+        SMALLINT,
+        BIGINT,
+        INT,
+        TEXT,
+        INTERVAL,
+    ],
 );
 
 /// Stages the batch's events (the stream exists: the caller looked it up).

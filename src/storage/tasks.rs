@@ -107,10 +107,12 @@ pub fn rescue_and_promote(
     limit: i64,
 ) -> Rescued {
     let (from, full) = pull_start::timers_from(consumer_id);
-    let from_arg = TimestampWithTimeZone::try_from(from).unwrap_or(TimestampWithTimeZone::negative_infinity());
-    let Some(row) = RESCUE_AND_PROMOTE
-        .first_row(client, &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg), arg(stream_id)])
-    else {
+    let from_arg =
+        TimestampWithTimeZone::try_from(from).unwrap_or(TimestampWithTimeZone::negative_infinity());
+    let Some(row) = RESCUE_AND_PROMOTE.first_row(
+        client,
+        &[arg(consumer_id), arg(max_attempts), arg(limit), arg(from_arg), arg(stream_id)],
+    ) else {
         return Rescued::default();
     };
     let keys: Vec<String> = column(&row, 3).unwrap_or_default();
@@ -284,8 +286,7 @@ pub fn ack(
     task_ids: Vec<Option<i64>>,
     attempts: Option<Vec<Option<i32>>>,
 ) -> i32 {
-    let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids), arg(attempts)])
-    else {
+    let Some(row) = ACK.first_row(client, &[arg(consumer_id), arg(task_ids), arg(attempts)]) else {
         return 0;
     };
     let keys: Vec<String> = column(&row, 2).unwrap_or_default();
@@ -443,7 +444,8 @@ static RETRY_NOW: Statement = Statement::indexed(
 );
 
 pub fn retry_now(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i64>>) -> i32 {
-    let due: i32 = super::scalar(&RETRY_NOW, client, &[arg(consumer_id), arg(task_ids)]).unwrap_or(0);
+    let due: i32 =
+        super::scalar(&RETRY_NOW, client, &[arg(consumer_id), arg(task_ids)]).unwrap_or(0);
     if due > 0 {
         pull_start::released(consumer_id);
     }
@@ -491,7 +493,8 @@ static CANCEL: Statement = Statement::indexed(
 );
 
 pub fn cancel(client: &SpiClient<'_>, consumer_id: i32, task_ids: Vec<i64>, reason: &str) -> i32 {
-    let Some(row) = CANCEL.first_row(client, &[arg(consumer_id), arg(task_ids), arg(reason)]) else {
+    let Some(row) = CANCEL.first_row(client, &[arg(consumer_id), arg(task_ids), arg(reason)])
+    else {
         return 0;
     };
     let keys: Vec<String> = column(&row, 2).unwrap_or_default();

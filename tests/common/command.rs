@@ -48,11 +48,19 @@ impl Cluster {
 impl Cluster {
     /// `eventq console` on a free local port, as `user`, with `EVENTQ_TOKEN` set to `token`
     /// (or unset), once it answers; the child and its port.
-    pub fn console(&self, user: &str, token: Option<&str>, extra: &[&str]) -> (std::process::Child, u16) {
+    pub fn console(
+        &self,
+        user: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> (std::process::Child, u16) {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut command = self.eventq(&["console", "--listen", &listen]);
-        command.args(extra).env("DATABASE_URL", self.url_as(user)).stderr(std::process::Stdio::null());
+        command
+            .args(extra)
+            .env("DATABASE_URL", self.url_as(user))
+            .stderr(std::process::Stdio::null());
         match token {
             Some(t) => command.env("EVENTQ_TOKEN", t),
             None => command.env_remove("EVENTQ_TOKEN"),
@@ -69,10 +77,20 @@ pub fn free_port() -> u16 {
 }
 
 /// One HTTP request; the status and the body (the connection is closed after it).
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to {port}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
     }

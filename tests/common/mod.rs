@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-use postgres::{Client, NoTls};
 pub use postgres;
+use postgres::{Client, NoTls};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -256,7 +256,11 @@ pub fn count(db: &mut Client, sql: &str) -> i64 {
 
 /// The first column of every row of `sql`, as text.
 pub fn column(db: &mut impl postgres::GenericClient, sql: &str) -> Vec<String> {
-    db.query(sql, &[]).unwrap().into_iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()
+    db.query(sql, &[])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect()
 }
 
 /// Sleeps until just after the next second starts, so that what follows happens in a
@@ -382,3 +386,34 @@ pub fn wait_for_count(db: &mut Client, what: &str, sql: &str, expected: i64) {
 }
 
 pub mod command;
+
+/// Checks the counts the views show (kept by triggers, see task_counts in sql/schema.sql)
+/// against the rows themselves: per consumer and state, and per stream.
+pub fn assert_counts_match_rows(db: &mut Client, when: &str) {
+    let shown = column(
+        db,
+        "SELECT name || ' ' || available || ' ' || waiting || ' ' || running || ' ' || retryable
+                || ' ' || completed || ' ' || discarded
+         FROM eventq.consumers WHERE mode = 'task' ORDER BY name",
+    );
+    let counted = column(
+        db,
+        "SELECT c.name || ' ' || count(*) FILTER (WHERE t.state IN ('available', 'scheduled'))
+                || ' ' || count(*) FILTER (WHERE t.state = 'waiting')
+                || ' ' || count(*) FILTER (WHERE t.state = 'running')
+                || ' ' || count(*) FILTER (WHERE t.state = 'retryable')
+                || ' ' || count(*) FILTER (WHERE t.state = 'completed')
+                || ' ' || count(*) FILTER (WHERE t.state = 'discarded')
+         FROM eventq_internal.consumers c
+         LEFT JOIN eventq_internal.tasks t ON t.consumer_id = c.id
+         WHERE c.mode = 'task' GROUP BY c.name ORDER BY c.name",
+    );
+    assert_eq!(shown, counted, "task counts {when}");
+    let shown = column(db, "SELECT name || ' ' || events FROM eventq.streams ORDER BY name");
+    let counted = column(
+        db,
+        "SELECT s.name || ' ' || count(e.seq) FROM eventq_internal.streams s
+         LEFT JOIN eventq_internal.events e ON e.stream_id = s.id GROUP BY s.name ORDER BY s.name",
+    );
+    assert_eq!(shown, counted, "event counts {when}");
+}

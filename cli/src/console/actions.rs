@@ -31,7 +31,10 @@ fn allowed(app: &super::App, form: &Form) -> Result<(), Failure> {
         return Err(Failure::new(StatusCode::FORBIDDEN, "the console is read-only"));
     }
     if !super::same_secret(form.get("token").unwrap_or(""), &app.form_token) {
-        return Err(Failure::new(StatusCode::FORBIDDEN, "the form is stale or from elsewhere: reload the page"));
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "the form is stale or from elsewhere: reload the page",
+        ));
     }
     Ok(())
 }
@@ -40,18 +43,30 @@ fn back_to(location: String) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
-pub async fn consumer_action(State(app): State<Shared>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub async fn consumer_action(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let form = Form::parse(&body);
     allowed(&app, &form)?;
     let ids: Vec<i64> = form
         .all("task_id")
         .iter()
-        .map(|id| id.parse::<i64>().map_err(|_| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a task id: {id}"))))
+        .map(|id| {
+            id.parse::<i64>().map_err(|_| {
+                Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a task id: {id}"))
+            })
+        })
         .collect::<Result<_, _>>()?;
     let action = form.get("action").unwrap_or("");
     let needs_tasks = matches!(action, "retry-now" | "redrive" | "discard");
     if needs_tasks && ids.is_empty() {
-        return Ok(back_to(format!("/consumers/{}?notice={}", url(&name), url("Select tasks first."))));
+        return Ok(back_to(format!(
+            "/consumers/{}?notice={}",
+            url(&name),
+            url("Select tasks first.")
+        )));
     }
     let db = app.pool.get().await?;
     let notice = match action {
@@ -68,21 +83,38 @@ pub async fn consumer_action(State(app): State<Shared>, Path(name): Path<String>
             format!("Redrove {n} discarded tasks.")
         }
         "redrive" => {
-            let n: i32 = db.query_one("SELECT eventq.redrive($1, $2::bigint[])", &[&name, &ids]).await?.get(0);
-            format!("Redrove {n} of {} selected tasks (only discarded tasks are redriven).", ids.len())
+            let n: i32 = db
+                .query_one("SELECT eventq.redrive($1, $2::bigint[])", &[&name, &ids])
+                .await?
+                .get(0);
+            format!(
+                "Redrove {n} of {} selected tasks (only discarded tasks are redriven).",
+                ids.len()
+            )
         }
         "retry-now" => {
-            let n: i32 = db.query_one("SELECT eventq.retry_now($1, $2::bigint[])", &[&name, &ids]).await?.get(0);
+            let n: i32 = db
+                .query_one("SELECT eventq.retry_now($1, $2::bigint[])", &[&name, &ids])
+                .await?
+                .get(0);
             format!("{n} of {} selected tasks are due now (only retryable tasks are).", ids.len())
         }
         "discard" => {
             let n: i32 = db
-                .query_one("SELECT eventq.cancel($1, $2::bigint[], 'discarded from the console')", &[&name, &ids])
+                .query_one(
+                    "SELECT eventq.cancel($1, $2::bigint[], 'discarded from the console')",
+                    &[&name, &ids],
+                )
                 .await?
                 .get(0);
             format!("Discarded {n} of {} selected tasks (finished and waiting tasks are left as they are).", ids.len())
         }
-        other => return Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("unknown action \"{other}\""))),
+        other => {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("unknown action \"{other}\""),
+            ))
+        }
     };
     let page = match (form.get("back"), ids.as_slice()) {
         (Some("task"), [id]) => format!("/consumers/{}/tasks/{id}", url(&name)),
@@ -91,26 +123,39 @@ pub async fn consumer_action(State(app): State<Shared>, Path(name): Path<String>
     Ok(back_to(format!("{page}?notice={}", url(&notice))))
 }
 
-pub async fn seek(State(app): State<Shared>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub async fn seek(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let form = Form::parse(&body);
     allowed(&app, &form)?;
     let db = app.pool.get().await?;
     let (seq, at) = (form.get("seq").map(str::trim), form.get("at").map(str::trim));
     match (seq, at) {
         (Some(seq), _) => {
-            let seq: i64 = seq
-                .parse()
-                .map_err(|_| Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a seq: {seq}")))?;
+            let seq: i64 = seq.parse().map_err(|_| {
+                Failure::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a seq: {seq}"))
+            })?;
             db.execute("SELECT eventq.seek($1, $2::bigint)", &[&name, &seq]).await?;
         }
         (None, Some(at)) => {
             db.execute("SELECT eventq.seek($1, $2::text::timestamptz)", &[&name, &at]).await?;
         }
-        (None, None) => return Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "seek needs a seq or a time")),
+        (None, None) => {
+            return Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "seek needs a seq or a time",
+            ))
+        }
     }
     let cursor: i64 = db
         .query_one("SELECT cursor_seq FROM eventq.consumers WHERE name = $1", &[&name])
         .await?
         .get(0);
-    Ok(back_to(format!("/consumers/{}?notice={}", url(&name), url(&format!("The cursor is at {cursor}.")))))
+    Ok(back_to(format!(
+        "/consumers/{}?notice={}",
+        url(&name),
+        url(&format!("The cursor is at {cursor}."))
+    )))
 }

@@ -64,8 +64,12 @@ struct Event {
 }
 
 fn event(v: &Value, at: &str) -> Result<Event, String> {
-    let Some(fields) = v.as_object() else { return Err(format!("{at}: an event is a JSON object")) };
-    if let Some(unknown) = fields.keys().find(|k| !["subject", "payload", "key", "headers", "dedup_key", "deliver_at"].contains(&k.as_str())) {
+    let Some(fields) = v.as_object() else {
+        return Err(format!("{at}: an event is a JSON object"));
+    };
+    if let Some(unknown) = fields.keys().find(|k| {
+        !["subject", "payload", "key", "headers", "dedup_key", "deliver_at"].contains(&k.as_str())
+    }) {
         return Err(format!("{at}: unknown field \"{unknown}\""));
     }
     let text = |name: &str| -> Result<Option<String>, String> {
@@ -85,26 +89,45 @@ fn event(v: &Value, at: &str) -> Result<Event, String> {
     })
 }
 
-pub async fn publish(State(app): State<Shared>, Path(stream): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn publish(
+    State(app): State<Shared>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(token) = &app.api_token {
         if !authorized(token, &headers) {
-            return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)", None);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required (Authorization: Bearer …)",
+                None,
+            );
         }
     }
     if app.read_only {
         return error(StatusCode::FORBIDDEN, "the console is read-only", None);
     }
     if !is_json(&headers) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the event as Content-Type: application/json", None);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the event as Content-Type: application/json",
+            None,
+        );
     }
     let document: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"), None),
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"), None)
+        }
     };
     let result = match &document {
         Value::Array(items) => {
             if items.is_empty() || items.len() > MAX_BATCH {
-                return error(StatusCode::UNPROCESSABLE_ENTITY, format!("a batch has 1 to {MAX_BATCH} events"), None);
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("a batch has 1 to {MAX_BATCH} events"),
+                    None,
+                );
             }
             let mut events = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -145,7 +168,11 @@ async fn publish_one(app: &super::App, stream: &str, e: Event) -> Result<String,
     Ok(row.get(0))
 }
 
-async fn publish_batch(app: &super::App, stream: &str, events: Vec<Event>) -> Result<Vec<String>, Failure> {
+async fn publish_batch(
+    app: &super::App,
+    stream: &str,
+    events: Vec<Event>,
+) -> Result<Vec<String>, Failure> {
     let db = app.pool.get().await?;
     let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
     let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();

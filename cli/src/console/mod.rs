@@ -19,9 +19,9 @@ mod api;
 mod pages;
 
 use crate::db::{self, Error, Pool};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -82,9 +82,14 @@ fn host_name(authority: &str) -> String {
 
 /// Refuses requests for a host name not allowed (DNS rebinding), and posts a browser
 /// says come from another site.
-fn check_sender(app: &App, method: &axum::http::Method, headers: &axum::http::HeaderMap) -> Result<(), Failure> {
+fn check_sender(
+    app: &App,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), Failure> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let allowed = |authority: &str| app.hosts.is_empty() || app.hosts.contains(&host_name(authority));
+    let allowed =
+        |authority: &str| app.hosts.is_empty() || app.hosts.contains(&host_name(authority));
     if !header("host").is_some_and(allowed) {
         return Err(Failure::new(
             StatusCode::MISDIRECTED_REQUEST,
@@ -97,7 +102,10 @@ fn check_sender(app: &App, method: &axum::http::Method, headers: &axum::http::He
                 origin == "null" || !allowed(origin.split("://").nth(1).unwrap_or(""))
             });
         if other_site {
-            return Err(Failure::new(StatusCode::FORBIDDEN, "requests from other sites are refused"));
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "requests from other sites are refused",
+            ));
         }
     }
     Ok(())
@@ -126,7 +134,8 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
     let hosts = if args.allow_host.iter().any(|h| h == "*") {
         Vec::new()
     } else {
-        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].iter().map(|h| h.to_string()).collect();
+        let mut hosts: Vec<String> =
+            ["localhost", "127.0.0.1", "[::1]"].iter().map(|h| h.to_string()).collect();
         hosts.push(host_name(&address.to_string()));
         hosts.extend(args.allow_host.iter().map(|h| host_name(h)));
         hosts
@@ -157,8 +166,9 @@ pub async fn run(config: Config, args: Args) -> Result<(), Error> {
     );
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
@@ -193,7 +203,11 @@ pub fn status_of(sqlstate: &str) -> StatusCode {
         // a read-only transaction or a standby; conflicts, cancels, shutdowns, a lack of
         // resources or connections: worth trying again
         "25006" => StatusCode::SERVICE_UNAVAILABLE,
-        s if s.starts_with("40") || s.starts_with("57") || s.starts_with("53") || s.starts_with("08") => {
+        s if s.starts_with("40")
+            || s.starts_with("57")
+            || s.starts_with("53")
+            || s.starts_with("08") =>
+        {
             StatusCode::SERVICE_UNAVAILABLE
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -208,7 +222,9 @@ impl From<tokio_postgres::Error> for Failure {
                 message: db.message().to_string(),
                 sqlstate: Some(db.code().code().to_string()),
             },
-            None => Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("database connection: {e}")),
+            None => {
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, format!("database connection: {e}"))
+            }
         }
     }
 }

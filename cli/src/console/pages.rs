@@ -51,8 +51,10 @@ pub async fn overview(State(app): State<Shared>, Query(params): Query<Params>) -
     let health = overview::health(&db).await?;
     let body = format!(
         "<h2>Streams</h2>{}<h2>Consumers</h2>{}<h2>Workers</h2>{}{}",
-        table(&streams, "streams", |i, row| (i == 0).then(|| format!("/events?stream={}", url(&row[0])))),
-        table(&consumers, "consumers", |i, row| (i == 0).then(|| format!("/consumers/{}", url(&row[0])))),
+        table(&streams, "streams", |i, row| (i == 0)
+            .then(|| format!("/events?stream={}", url(&row[0])))),
+        table(&consumers, "consumers", |i, row| (i == 0)
+            .then(|| format!("/consumers/{}", url(&row[0])))),
         table(&workers, "workers", |_, _| None),
         table(&health, "health", |_, _| None),
     );
@@ -77,7 +79,12 @@ async fn consumer_row(db: &Client, name: &str) -> Result<Value, Failure> {
     db.query_opt("SELECT to_jsonb(c) FROM eventq.consumers c WHERE c.name = $1", &[&name])
         .await?
         .map(|r| r.get(0))
-        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("consumer \"{name}\" does not exist (or this role may not see it)")))
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("consumer \"{name}\" does not exist (or this role may not see it)"),
+            )
+        })
 }
 
 fn show(v: &Value) -> String {
@@ -89,7 +96,8 @@ fn show(v: &Value) -> String {
     }
 }
 
-const STATES: [&str; 6] = ["available", "waiting", "running", "retryable", "completed", "discarded"];
+const STATES: [&str; 6] =
+    ["available", "waiting", "running", "retryable", "completed", "discarded"];
 
 /// The per-state counts of a task consumer, each linking to the tasks in that state.
 fn counts(name: &str, c: &Value) -> String {
@@ -113,7 +121,11 @@ fn counts(name: &str, c: &Value) -> String {
     out
 }
 
-pub async fn consumer(State(app): State<Shared>, Path(name): Path<String>, Query(params): Query<Params>) -> Page {
+pub async fn consumer(
+    State(app): State<Shared>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> Page {
     let db = app.pool.get().await?;
     let c = consumer_row(&db, &name).await?;
     if c["mode"] == "log" {
@@ -205,7 +217,8 @@ async fn blocked_keys(db: &Client, name: &str) -> Result<String, Failure> {
                     r.get::<_, Option<String>>(0).unwrap_or_default(),
                     r.get::<_, i64>(1).to_string(),
                     r.get::<_, Option<i64>>(2).map(|t| t.to_string()).unwrap_or_default(),
-                    r.get::<_, Option<String>>(3).unwrap_or_else(|| "its sequence (earlier subjects not finished)".into()),
+                    r.get::<_, Option<String>>(3)
+                        .unwrap_or_else(|| "its sequence (earlier subjects not finished)".into()),
                 ]
             })
             .collect(),
@@ -221,7 +234,12 @@ async fn blocked_keys(db: &Client, name: &str) -> Result<String, Failure> {
 }
 
 /// The newest tasks that match the filter, selectable for the bulk actions.
-async fn tasks(app: &super::App, db: &Client, name: &str, params: &Params) -> Result<String, Failure> {
+async fn tasks(
+    app: &super::App,
+    db: &Client,
+    name: &str,
+    params: &Params,
+) -> Result<String, Failure> {
     let (state, key, subject) = (given(&params.state), given(&params.key), given(&params.subject));
     let rows = db
         .query(
@@ -241,7 +259,10 @@ async fn tasks(app: &super::App, db: &Client, name: &str, params: &Params) -> Re
         .chain(STATES)
         .map(|s| {
             let selected = if state.as_deref() == Some(s) { " selected" } else { "" };
-            format!("<option value=\"{s}\"{selected}>{}</option>", if s.is_empty() { "any" } else { s })
+            format!(
+                "<option value=\"{s}\"{selected}>{}</option>",
+                if s.is_empty() { "any" } else { s }
+            )
         })
         .collect();
     let mut out = format!(
@@ -276,7 +297,9 @@ async fn tasks(app: &super::App, db: &Client, name: &str, params: &Params) -> Re
         let id: i64 = r.get(0);
         out.push_str(&format!("<tr data-task=\"{id}\">"));
         if selectable {
-            out.push_str(&format!("<td><input type=\"checkbox\" name=\"task_id\" value=\"{id}\"></td>"));
+            out.push_str(&format!(
+                "<td><input type=\"checkbox\" name=\"task_id\" value=\"{id}\"></td>"
+            ));
         }
         out.push_str(&format!(
             "<td class=\"n\"><a href=\"/consumers/{}/tasks/{id}\">{id}</a></td><td>{}</td><td>{}</td>\
@@ -304,13 +327,25 @@ async fn tasks(app: &super::App, db: &Client, name: &str, params: &Params) -> Re
     Ok(out)
 }
 
-pub async fn task(State(app): State<Shared>, Path((name, id)): Path<(String, i64)>, Query(params): Query<Params>) -> Page {
+pub async fn task(
+    State(app): State<Shared>,
+    Path((name, id)): Path<(String, i64)>,
+    Query(params): Query<Params>,
+) -> Page {
     let db = app.pool.get().await?;
     let t = db
-        .query_opt("SELECT to_jsonb(t) FROM eventq.tasks t WHERE t.consumer = $1 AND t.task_id = $2", &[&name, &id])
+        .query_opt(
+            "SELECT to_jsonb(t) FROM eventq.tasks t WHERE t.consumer = $1 AND t.task_id = $2",
+            &[&name, &id],
+        )
         .await?
         .map(|r| r.get::<_, Value>(0))
-        .ok_or_else(|| Failure::new(StatusCode::NOT_FOUND, format!("consumer \"{name}\" has no task {id} (or this role may not see it)")))?;
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("consumer \"{name}\" has no task {id} (or this role may not see it)"),
+            )
+        })?;
     let event = db
         .query_opt(
             "SELECT e.stream, e.seq, e.payload, e.headers, e.published_at::text FROM eventq.events e
@@ -330,18 +365,21 @@ pub async fn task(State(app): State<Shared>, Path((name, id)): Path<(String, i64
         headers: vec!["attempt", "outcome", "error", "started", "finished"],
         rows: attempts
             .iter()
-            .map(|r| {
-                vec![
-                    r.get::<_, i32>(0).to_string(),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                ]
-            })
+            .map(|r| vec![r.get::<_, i32>(0).to_string(), r.get(1), r.get(2), r.get(3), r.get(4)])
             .collect(),
     };
-    let fields = ["state", "attempt", "subject", "key", "run_at", "lease_until", "last_error", "created_at", "started_at", "finished_at"];
+    let fields = [
+        "state",
+        "attempt",
+        "subject",
+        "key",
+        "run_at",
+        "lease_until",
+        "last_error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ];
     let details: String = fields
         .iter()
         .map(|f| format!("<tr><th>{f}</th><td data-field=\"{f}\">{}</td></tr>", esc(&show(&t[*f]))))
@@ -377,7 +415,9 @@ pub async fn task(State(app): State<Shared>, Path((name, id)): Path<(String, i64
     body.push_str(&format!("<h2>Attempts</h2>{}", table(&timeline, "attempts", |_, _| None)));
     match event {
         Some(e) => {
-            let pretty = |v: Option<Value>| v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default();
+            let pretty = |v: Option<Value>| {
+                v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
+            };
             body.push_str(&format!(
                 "<h2>Event <a href=\"/events/{}/{}\">{} #{}</a>, published {}</h2><h2>Payload</h2><pre id=\"payload\">{}</pre><h2>Headers</h2><pre>{}</pre>",
                 url(&e.get::<_, String>(0)),
@@ -395,7 +435,13 @@ pub async fn task(State(app): State<Shared>, Path((name, id)): Path<(String, i64
 }
 
 /// A log consumer: its cursor and lag, and seeking, with a preview of what a seek replays.
-async fn log_consumer(app: &super::App, db: &Client, name: &str, c: &Value, params: &Params) -> Page {
+async fn log_consumer(
+    app: &super::App,
+    db: &Client,
+    name: &str,
+    c: &Value,
+    params: &Params,
+) -> Page {
     let stream = show(&c["stream"]);
     let cursor: i64 = c["cursor_seq"].as_i64().unwrap_or(0);
     let mut body = format!(
@@ -449,7 +495,8 @@ async fn log_consumer(app: &super::App, db: &Client, name: &str, c: &Value, para
                 &[&name, &target, &cursor],
             )
             .await?;
-        let (again, delivered, skipped): (i64, i64, i64) = (counts.get(0), counts.get(1), counts.get(2));
+        let (again, delivered, skipped): (i64, i64, i64) =
+            (counts.get(0), counts.get(1), counts.get(2));
         let first = db
             .query(
                 &format!(
@@ -498,7 +545,10 @@ pub async fn events(State(app): State<Shared>, Query(params): Query<Params>) -> 
     // The newest first, by seq (commit order). Looked for among the newest 10 000 events,
     // then the newest million, then all: a page of a busy log must not sort all of it.
     let head: Option<i64> = db
-        .query_one("SELECT max(head_seq) FROM eventq.streams WHERE ($1::text IS NULL OR name = $1)", &[&stream])
+        .query_one(
+            "SELECT max(head_seq) FROM eventq.streams WHERE ($1::text IS NULL OR name = $1)",
+            &[&stream],
+        )
         .await?
         .get(0);
     let mut rows = Vec::new();
@@ -536,7 +586,15 @@ pub async fn events(State(app): State<Shared>, Query(params): Query<Params>) -> 
         rows: rows
             .iter()
             .map(|r| {
-                vec![r.get(0), r.get::<_, i64>(1).to_string(), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)]
+                vec![
+                    r.get(0),
+                    r.get::<_, i64>(1).to_string(),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                ]
             })
             .collect(),
     };
@@ -585,7 +643,9 @@ pub async fn event(State(app): State<Shared>, Path((stream, seq)): Path<(String,
         headers: vec!["consumer", "task", "state", "attempt", "last error", "finished"],
         rows: tasks.iter().map(|r| (0..6).map(|i| r.get::<_, String>(i)).collect()).collect(),
     };
-    let pretty = |v: Option<Value>| v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default();
+    let pretty = |v: Option<Value>| {
+        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
+    };
     let body = format!(
         "<h1>Event {} #{seq}</h1><table id=\"event\"><tr><th>id</th><td>{}</td></tr><tr><th>subject</th><td>{}</td></tr>\
          <tr><th>key</th><td>{}</td></tr><tr><th>published</th><td>{}</td></tr><tr><th>deliver at</th><td>{}</td></tr></table>\

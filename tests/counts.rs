@@ -1,0 +1,151 @@
+//! The counts that `eventq.consumers` and `eventq.streams` show come from rows that
+//! triggers add beside each change (see task_counts in sql/schema.sql), not from counting
+//! tasks and events. Every path that changes tasks or events must leave them equal to the
+//! rows: each operation of the API, rollbacks, prepared transactions, retention, drops,
+//! folding, and every isolation level.
+
+mod common;
+
+use common::{assert_counts_match_rows, count, Cluster};
+use postgres::Client;
+
+fn maintain(db: &mut Client) {
+    db.execute("SELECT eventq.run_maintenance()", &[]).unwrap();
+}
+
+#[test]
+fn the_counts_follow_every_change_of_tasks_and_events() {
+    let cluster = Cluster::start("counts", &["max_prepared_transactions = 4"]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_stream('other');
+         SELECT eventq.create_consumer('plain', 's', max_attempts => 2, backoff_base => '1 hour');
+         SELECT eventq.create_consumer('keyed', 's', ordering => 'key');
+         SELECT eventq.create_consumer('some', 's', subjects => '{b.*}');
+         SELECT eventq.create_consumer('reader', 's', mode => 'log');
+         SELECT eventq.create_consumer('late', 'other', lease => '1 second');
+         SELECT eventq.publish_batch('s', ARRAY['a.x','b.y','a.x','b.z','a.x','b.y'],
+                                     array_fill('{}'::jsonb, ARRAY[6]), ARRAY['k1','k1','k2','k1','k3','k2']);
+         SELECT eventq.publish('s', 'a.later', deliver_at => now() + interval '1 hour');
+         SELECT eventq.publish('other', 'x');",
+    )
+    .unwrap();
+    maintain(&mut db);
+    assert_counts_match_rows(&mut db, "after publishing");
+    assert_eq!(
+        count(&mut db, "SELECT 1 FROM eventq.tasks WHERE consumer = 'keyed' AND state = 'waiting'"),
+        3
+    );
+
+    // pull, ack, retry, discard, extend_lease, ignore
+    let plain: Vec<i64> = db
+        .query("SELECT task_id FROM eventq.pull('plain', 5)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    db.execute("SELECT eventq.ack('plain', $1)", &[&vec![plain[0], plain[1]]]).unwrap();
+    db.execute("SELECT eventq.retry('plain', $1, 'boom')", &[&plain[2]]).unwrap();
+    db.execute("SELECT eventq.discard('plain', $1, 'no')", &[&plain[3]]).unwrap();
+    db.execute("SELECT eventq.extend_lease('plain', $1)", &[&plain[4]]).unwrap();
+    let keyed: Vec<i64> = db
+        .query("SELECT task_id FROM eventq.pull('keyed', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    db.execute("SELECT eventq.ignore('keyed', $1)", &[&keyed[0]]).unwrap();
+    db.execute("SELECT eventq.ack('keyed', $1)", &[&keyed[1..].to_vec()]).unwrap();
+    assert_counts_match_rows(&mut db, "after pull, ack, retry, discard and ignore");
+
+    // an operator's actions
+    db.batch_execute(
+        "SELECT eventq.retry_now('plain');
+         SELECT eventq.redrive('plain');
+         SELECT eventq.cancel('some', ARRAY(SELECT task_id FROM eventq.tasks WHERE consumer = 'some'));",
+    )
+    .unwrap();
+    assert_counts_match_rows(&mut db, "after retry_now, redrive and cancel");
+
+    // rolled back, in a savepoint, and prepared: counted only once committed
+    db.batch_execute(
+        "BEGIN;
+         SELECT eventq.ack('plain', ARRAY(SELECT task_id FROM eventq.pull('plain', 2)));
+         ROLLBACK;
+         BEGIN;
+         SAVEPOINT one;
+         SELECT eventq.ack('plain', ARRAY(SELECT task_id FROM eventq.pull('plain', 1)));
+         ROLLBACK TO one;
+         SELECT eventq.publish('s', 'a.saved');
+         COMMIT;
+         BEGIN;
+         SELECT eventq.pull('plain', 1);
+         PREPARE TRANSACTION 'held';",
+    )
+    .unwrap();
+    maintain(&mut db);
+    assert_counts_match_rows(&mut db, "with a prepared pull");
+    db.batch_execute("COMMIT PREPARED 'held'").unwrap();
+    assert_counts_match_rows(&mut db, "after COMMIT PREPARED");
+
+    // under every isolation level
+    for level in ["REPEATABLE READ", "SERIALIZABLE"] {
+        db.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL {level};
+             SELECT eventq.publish('s', 'b.iso');
+             SELECT eventq.ack('plain', ARRAY(SELECT task_id FROM eventq.pull('plain', 1)));
+             COMMIT;"
+        ))
+        .unwrap();
+        maintain(&mut db);
+        assert_counts_match_rows(&mut db, level);
+    }
+
+    // lease expiry (to retryable, then to discarded at the last attempt)
+    db.batch_execute("SELECT eventq.pull('late', 1)").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    maintain(&mut db);
+    assert_counts_match_rows(&mut db, "after a lease ran out");
+
+    // folding keeps the totals and leaves one row per consumer and state
+    maintain(&mut db);
+    assert_counts_match_rows(&mut db, "after folding");
+    assert_eq!(
+        common::column(
+            &mut db,
+            "SELECT consumer_id || ' ' || state FROM eventq_internal.task_counts
+             GROUP BY 1 HAVING count(*) > 1"
+        ),
+        Vec::<String>::new()
+    );
+
+    // retention, and drops
+    db.batch_execute(
+        "SELECT eventq.alter_stream('other', retention => '1 microsecond');
+         SELECT pg_sleep(0.01);",
+    )
+    .unwrap();
+    let expired: i64 = db
+        .query_one("SELECT (eventq.run_maintenance()->>'expired_events')::bigint", &[])
+        .unwrap()
+        .get(0);
+    assert!(expired > 0);
+    assert_counts_match_rows(&mut db, "after retention");
+    assert_eq!(count(&mut db, "SELECT 1 FROM eventq_internal.event_counts WHERE stream_id = 2 HAVING sum(events) <> 0"), 0);
+    db.batch_execute(
+        "SELECT eventq.drop_consumer('keyed'); SELECT eventq.drop_stream('other', force => true)",
+    )
+    .unwrap();
+    assert_counts_match_rows(&mut db, "after drops");
+    maintain(&mut db);
+    assert_eq!(
+        common::column(
+            &mut db,
+            "SELECT consumer_id || ' ' || state || ' ' || tasks FROM eventq_internal.task_counts
+             WHERE consumer_id NOT IN (SELECT consumer_id FROM eventq_internal.tasks)"
+        ),
+        Vec::<String>::new(),
+        "counts of tasks that are gone are folded away"
+    );
+}
