@@ -326,8 +326,11 @@ CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id)
 -- (storage::retention::fold_counts), so that the views sum a few rows per consumer.
 -- Not dumped: a restore loads tasks and events after creating the extension, and these
 -- triggers count the rows as they are loaded.
--- Hazard: a restore with the triggers disabled (pg_restore --data-only --disable-triggers,
--- or session_replication_role = replica) leaves the counts short.
+-- Hazard: rows written while the triggers do not fire (pg_restore --data-only
+-- --disable-triggers, session_replication_role = replica) leave the counts wrong until
+-- eventq.recount() (storage::counts). A logical-replication subscriber fires no statement
+-- triggers: it gets its counts by subscribing to these tables with tasks and events (as a
+-- FOR ALL TABLES publication does).
 CREATE TABLE eventq_internal.task_counts (
     consumer_id integer NOT NULL,
     state       eventq_internal.task_state NOT NULL,
@@ -349,6 +352,8 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
         SELECT n.consumer_id, n.state, count(*) FROM new_tasks n GROUP BY n.consumer_id, n.state;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE eventq_internal.task_counts;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
         SELECT o.consumer_id, o.state, -count(*) FROM old_tasks o GROUP BY o.consumer_id, o.state;
@@ -372,6 +377,8 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO eventq_internal.event_counts (stream_id, events)
         SELECT n.stream_id, count(*) FROM new_events n GROUP BY n.stream_id;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE eventq_internal.event_counts;
     ELSE
         INSERT INTO eventq_internal.event_counts (stream_id, events)
         SELECT o.stream_id, -count(*) FROM old_events o GROUP BY o.stream_id;
@@ -396,6 +403,13 @@ CREATE TRIGGER events_counted_on_insert AFTER INSERT ON eventq_internal.events
     FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_events();
 CREATE TRIGGER events_counted_on_delete AFTER DELETE ON eventq_internal.events
     REFERENCING OLD TABLE AS old_events
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_events();
+-- eventq never truncates tasks or events; an administrator who does empties their counts.
+-- TRUNCATE, not DELETE, of the counts: it removes rows committed after this transaction's
+-- snapshot too (under REPEATABLE READ), and no writer of tasks or events runs meanwhile.
+CREATE TRIGGER tasks_counted_on_truncate AFTER TRUNCATE ON eventq_internal.tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_tasks();
+CREATE TRIGGER events_counted_on_truncate AFTER TRUNCATE ON eventq_internal.events
     FOR EACH STATEMENT EXECUTE FUNCTION eventq_internal.count_events();
 
 -- A dump restored into a new database creates the extension first and loads the rows of

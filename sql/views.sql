@@ -44,8 +44,7 @@ WHERE (SELECT eventq_internal.caller_is_admin())
 CREATE VIEW eventq.streams WITH (security_barrier) AS
 SELECT s.name,
        s.retention,
-       (SELECT coalesce(sum(n.events), 0) FROM eventq_internal.event_counts n
-         WHERE n.stream_id = s.id)::bigint AS events,
+       coalesce(n.events, 0) AS events,
        (SELECT max(e.seq) FROM eventq_internal.events e WHERE e.stream_id = s.id) AS head_seq,
        (SELECT min(e.published_at) FROM eventq_internal.events e
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS oldest_at,
@@ -53,27 +52,18 @@ SELECT s.name,
          WHERE e.stream_id = s.id AND e.published_at > '-infinity') AS newest_at,
        s.created_at
 FROM eventq_internal.streams s
+LEFT JOIN (SELECT n.stream_id, sum(n.events)::bigint AS events
+           FROM eventq_internal.event_counts n GROUP BY n.stream_id) n ON n.stream_id = s.id
 WHERE (SELECT eventq_internal.caller_is_admin())
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_grants g WHERE g.stream_id = s.id)
    OR EXISTS (SELECT 1 FROM eventq_internal.caller_consumers c WHERE c.stream_id = s.id);
 
--- A log consumer's unread events: how many match its filter after its cursor, and when the
--- first of them was published. A function, planned on its own: inside the view, the
--- estimated cost of counting a stream made Postgres compile every read of the view with
--- JIT (80 ms each), task consumers or not. Its cost grows with the unread events.
-CREATE FUNCTION eventq_internal.unread(stream_id integer, after_seq bigint, include_re text,
-                                       exclude_re text, start_at timestamptz,
-                                       OUT events bigint, OUT oldest_at timestamptz)
-LANGUAGE sql STABLE PARALLEL SAFE SET jit = off
-BEGIN ATOMIC
-    SELECT pg_catalog.count(*), pg_catalog.min(e.published_at)
-    FROM eventq_internal.events e
-    WHERE e.stream_id OPERATOR(pg_catalog.=) unread.stream_id
-      AND e.seq OPERATOR(pg_catalog.>) unread.after_seq
-      AND (unread.include_re IS NULL OR e.subject OPERATOR(pg_catalog.~) unread.include_re)
-      AND (unread.exclude_re IS NULL OR e.subject OPERATOR(pg_catalog.!~) unread.exclude_re)
-      AND (unread.start_at IS NULL OR e.published_at OPERATOR(pg_catalog.>=) unread.start_at);
-END;
+-- A log consumer's unread events for eventq.consumers (src/api/log.rs): every role may call
+-- it; it answers only for consumers the role sees.
+CREATE FUNCTION eventq_internal.unread(consumer_id integer)
+RETURNS TABLE (events bigint, oldest_at timestamptz)
+LANGUAGE c STABLE STRICT
+AS 'MODULE_PATHNAME', 'unread_wrapper';
 
 -- The counts per state come from task_counts (sql/schema.sql), which the triggers on tasks
 -- keep, not from counting tasks: that took seconds at a million events.
@@ -82,7 +72,8 @@ END;
 -- next has been due (since it was made, unless it was held back or retried): the first
 -- available one in pull order, or a retry or delayed task whose time has come, if that was
 -- due earlier (two index lookups, where the oldest of all available tasks would need a
--- scan of them all); for a log consumer, how old the first unread event is.
+-- scan of them all); for a log consumer, how old the first unread event is. A log consumer's
+-- two come from eventq_internal.unread (src/api/log.rs), which reads every unread event.
 CREATE VIEW eventq.consumers WITH (security_barrier) AS
 SELECT c.name,
        s.name AS stream,
@@ -98,8 +89,7 @@ SELECT c.name,
                  WHERE x.consumer_id = c.id), 0)::bigint AS expired,
        CASE c.mode
          WHEN 'task' THEN coalesce(t.available + t.waiting + t.running + t.retryable, 0)
-         ELSE (SELECT u.events FROM eventq_internal.unread(c.stream_id, c.cursor_seq, c.include_re,
-                                                           c.exclude_re, c.start_at) u)
+         ELSE u.events
        END AS lag,
        CASE c.mode
          WHEN 'task' THEN
@@ -112,9 +102,7 @@ SELECT c.name,
                      WHERE tk.consumer_id = c.id AND tk.state IN ('scheduled', 'retryable')
                        AND tk.run_at <= now()
                      ORDER BY tk.run_at LIMIT 1))
-         ELSE now() - (SELECT u.oldest_at FROM eventq_internal.unread(c.stream_id, c.cursor_seq,
-                                                                      c.include_re, c.exclude_re,
-                                                                      c.start_at) u)
+         ELSE now() - u.oldest_at
        END AS oldest_due_age,
        CASE WHEN c.mode = 'log' THEN c.cursor_seq END AS cursor_seq,
        c.subjects,
@@ -142,7 +130,9 @@ LEFT JOIN (
            coalesce(sum(n.tasks) FILTER (WHERE n.state = 'discarded'), 0)::bigint AS discarded
     FROM eventq_internal.task_counts n
     GROUP BY n.consumer_id
-) t ON t.consumer_id = c.id AND c.mode = 'task';
+) t ON t.consumer_id = c.id AND c.mode = 'task'
+LEFT JOIN LATERAL (SELECT r.events, r.oldest_at FROM eventq_internal.unread(c.id) r
+                   WHERE c.mode = 'log') u ON true;
 
 CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,

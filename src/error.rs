@@ -126,6 +126,15 @@ pub fn version_mismatch(installed: &str, library: &str) -> ! {
     )
 }
 
+/// 25001: the call must see rows committed after its transaction's snapshot was taken.
+pub fn needs_read_committed(call: &str) -> ! {
+    raise_with_hint(
+        PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+        format!("{call} must run in a READ COMMITTED transaction"),
+        "Call it in a transaction of its own: SET TRANSACTION ISOLATION LEVEL READ COMMITTED, or outside BEGIN.",
+    )
+}
+
 fn raise_with_hint(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     pgrx::pg_sys::panic::ErrorReport::new(code, message, "eventq")
         .set_hint(hint)

@@ -167,6 +167,12 @@ fn a_hot_standby_reads_the_replicated_log() {
         column(&mut replica, "SELECT available::text FROM eventq.consumers WHERE name = 'c'"),
         ["2"]
     );
+    // The counts and a log consumer's lag, read on the standby.
+    assert_eq!(
+        column(&mut replica, "SELECT lag::text FROM eventq.consumers WHERE name = 'l'"),
+        ["2"]
+    );
+    common::assert_counts_match_rows(&mut replica, "on a hot standby");
     assert_eq!(fails_with(&mut replica, "SELECT eventq.publish('s', 'x')"), "25006");
     assert_eq!(fails_with(&mut replica, "SELECT * FROM eventq.pull('c')"), "25006");
     assert_eq!(fails_with(&mut replica, "SELECT eventq.commit('l', 1)"), "25006");

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{count, sigterm, wait_exit, wait_for, Cluster, PRELOAD};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const EVENTS: i64 = 30;
 

@@ -35,7 +35,7 @@ fn publish_then_read(cluster: &Cluster, rounds: usize, block: &str) {
                 "SELECT eventq.commit('l', (SELECT max(seq) FROM eventq.fetch('l', 10)))",
             )
             .unwrap();
-        assert_eq!(pulled, [subject.clone()], "pull, round {n} ({block:?})");
+        assert_eq!(pulled, std::slice::from_ref(&subject), "pull, round {n} ({block:?})");
         assert_eq!(fetched, [subject], "fetch, round {n} ({block:?})");
     }
 }

@@ -159,6 +159,14 @@ impl Call {
             || self.has_privs_of(unsafe { pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true) })
     }
 
+    /// Whether the caller sees the consumer in the views: administrators, members of its
+    /// owner, and managers of its stream (as `eventq_internal.caller_consumers` decides).
+    pub fn sees_consumer(&self, consumer: &Consumer) -> bool {
+        self.is_admin()
+            || self.has_privs_of(consumer.owner)
+            || self.held(consumer.stream_id, Privilege::Manage).is_some()
+    }
+
     /// Streams, grants and maintenance: administrators only.
     pub fn require_admin(&self, action: &str) {
         if !self.is_admin() {

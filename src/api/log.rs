@@ -61,6 +61,26 @@ fn fetch(
     )
 }
 
+/// For the view `eventq.consumers`: a log consumer's unread events and when the first was
+/// published; no row for a consumer the caller does not see. A function of its own, rather
+/// than a subquery of the view: as one, the estimated cost of counting a busy stream had
+/// Postgres compile every read of the view with JIT (80 ms), task consumers or not. In C,
+/// rather than SQL: a view calls its functions as the role reading it, which may not read
+/// storage, and SECURITY DEFINER would hide who that role is. Declared in `sql/views.sql`,
+/// in the storage schema, beside the view.
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn unread(
+    consumer_id: i32,
+) -> TableIterator<'static, (name!(events, i64), name!(oldest_at, Option<TimestampWithTimeZone>))> {
+    let call = super::access::enter();
+    let unread = Spi::connect(|client| {
+        let c = consumers::find_by_id(client, consumer_id)?;
+        (c.mode == Mode::Log && call.sees_consumer(&c)).then(|| log::unread(client, c.id))
+    });
+    TableIterator::new(unread)
+}
+
 fn check_position(client: &SpiClient<'_>, seq: i64) {
     let head = log::head(client);
     if !(0..=head).contains(&seq) {

@@ -92,6 +92,19 @@ pub fn pass_report() -> JsonB {
     }))
 }
 
+/// Counts tasks and events again from the rows, for the views. The counts are kept by
+/// triggers on tasks and events; writes those triggers did not see (a data-only restore with
+/// `--disable-triggers`, rows changed by hand with `session_replication_role = replica`)
+/// leave them wrong until this runs. Holds off publishing, draining and every change of a
+/// task until its transaction ends. READ COMMITTED only.
+#[pg_extern]
+fn recount() {
+    let call = super::access::enter();
+    call.require_admin("recount");
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"recount()".as_ptr()) };
+    Spi::connect(|client| crate::storage::counts::recount(client));
+}
+
 /// The background workers (one per database with eventq, with eventq preloaded): when each
 /// started, drained last, how many events it drained, and what failed last. Empty without
 /// preloading. Behind the view `eventq.workers`.

@@ -14,7 +14,7 @@ use super::{
 use crate::core::settings::{BackoffKind, KeyOrdering, Mode, RetryPolicy};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
 
 /// A consumer as the task and log paths need it. Intervals are in microseconds.
 pub struct Consumer {
@@ -34,21 +34,36 @@ pub struct Consumer {
     pub sequence: Option<Vec<String>>,
 }
 
-static FIND: Statement = Statement::new(
-    "SELECT id, stream_id, mode, paused, ordering, max_attempts, backoff,
-            (extract(epoch FROM backoff_base) * 1000000)::bigint,
-            (extract(epoch FROM backoff_max) * 1000000)::bigint,
-            (extract(epoch FROM lease) * 1000000)::bigint,
-            include_re, exclude_re, cursor_seq, start_at, owner::oid, sequence
-     FROM eventq_internal.consumers WHERE name = $1",
-    &[TEXT],
-);
+// The columns `decode` reads.
+macro_rules! select_consumer {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, stream_id, mode, paused, ordering, max_attempts, backoff,
+                    (extract(epoch FROM backoff_base) * 1000000)::bigint,
+                    (extract(epoch FROM backoff_max) * 1000000)::bigint,
+                    (extract(epoch FROM lease) * 1000000)::bigint,
+                    include_re, exclude_re, cursor_seq, start_at, owner::oid, sequence
+             FROM eventq_internal.consumers WHERE ",
+            $where
+        )
+    };
+}
+
+static FIND: Statement = Statement::new(select_consumer!("name = $1"), &[TEXT]);
+static FIND_BY_ID: Statement = Statement::new(select_consumer!("id = $1"), &[INT]);
 
 pub fn find(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
-    let row = FIND.first_row(client, &[arg(name)])?;
+    FIND.first_row(client, &[arg(name)]).map(decode)
+}
+
+pub fn find_by_id(client: &SpiClient<'_>, id: i32) -> Option<Consumer> {
+    FIND_BY_ID.first_row(client, &[arg(id)]).map(decode)
+}
+
+fn decode(row: SpiHeapTupleData<'_>) -> Consumer {
     let text = |i| column::<String>(&row, i).unwrap_or_default();
     let micros = |i| column::<i64>(&row, i).unwrap_or(0);
-    Some(Consumer {
+    Consumer {
         id: column(&row, 1).unwrap_or(0),
         stream_id: column(&row, 2).unwrap_or(0),
         mode: Mode::parse(&text(3)).unwrap_or(Mode::Task),
@@ -67,7 +82,7 @@ pub fn find(client: &SpiClient<'_>, name: &str) -> Option<Consumer> {
         start_at: column(&row, 14),
         owner: column(&row, 15).unwrap_or(pg_sys::InvalidOid),
         sequence: column(&row, 16),
-    })
+    }
 }
 
 /// Finds the consumer and takes its lock exclusively (waiting for drains and retention

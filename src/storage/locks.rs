@@ -7,7 +7,7 @@
 //!   order. Only ever held by a short transaction (the worker's, or one SQL statement that
 //!   drains before it reads); see `storage::drain`.
 //! - the fold lock, `(1702261873, 2)`: one fold of the task and event counts at a time
-//!   (`storage::retention::fold_counts`).
+//!   (`storage::counts`).
 //! - a consumer's lock, `(1702261874, consumer id)`: shared by drains routing events to it
 //!   and by retention; exclusive while the consumer is created, altered, replayed, redriven
 //!   or dropped, and while a drain fills a gap in its tasks. A drain never waits for it:
@@ -68,6 +68,11 @@ pub fn lock_drain() {
 /// Takes the drain lock if nobody holds it.
 pub fn try_lock_drain() -> bool {
     acquire(DRAIN, Mode::Exclusive, false)
+}
+
+/// Waits for the fold lock.
+pub fn lock_fold() {
+    acquire(FOLD, Mode::Exclusive, true);
 }
 
 /// Takes the fold lock if nobody holds it.

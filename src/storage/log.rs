@@ -133,6 +133,27 @@ pub fn fetch(
     events
 }
 
+// What the consumer's fetch would still return, counted, with the oldest publication time:
+// the view eventq.consumers shows them as its lag. Reads every unread event.
+static UNREAD: Statement = Statement::new(
+    "SELECT count(*), min(e.published_at)
+     FROM eventq_internal.consumers c
+     JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq > c.cursor_seq
+     WHERE c.id = $1
+       AND (c.include_re IS NULL OR e.subject ~ c.include_re)
+       AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
+       AND (c.start_at IS NULL OR e.published_at >= c.start_at)",
+    &[INT],
+);
+
+/// How many events the log consumer has not read, and when the first of them was published.
+pub fn unread(client: &SpiClient<'_>, consumer_id: i32) -> (i64, Option<TimestampWithTimeZone>) {
+    UNREAD
+        .first_row(client, &[arg(consumer_id)])
+        .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column(&row, 2)))
+        .unwrap_or((0, None))
+}
+
 static COMMIT: Statement = Statement::new(
     "UPDATE eventq_internal.consumers SET cursor_seq = greatest(cursor_seq, $2) WHERE id = $1",
     &[INT, BIGINT],

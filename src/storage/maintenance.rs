@@ -8,6 +8,7 @@
 //! handled in a subtransaction of its own: one that fails is reported and the others go on.
 //! None of it runs while a dump is being restored into the database (`restore_in_progress`).
 
+use super::counts;
 use super::drain::{self, Drained};
 use super::isolation::contained;
 use super::keys;
@@ -130,7 +131,7 @@ pub fn timers(client: &SpiClient<'_>) -> (Rescued, Vec<String>) {
             Err(e) => errors.push(format!("consumer {id}: {e}")),
         }
     }
-    if let Err(e) = contained(|| retention::fold_counts(client)) {
+    if let Err(e) = contained(|| counts::fold(client)) {
         errors.push(format!("folding counts: {e}"));
     }
     (rescued, errors)

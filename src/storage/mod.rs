@@ -15,6 +15,7 @@
 
 pub mod append;
 pub mod consumers;
+pub mod counts;
 pub mod drain;
 pub mod grants;
 pub mod isolation;

@@ -166,48 +166,6 @@ static TRIM_DRAINS: Statement = Statement::new(
     &[],
 );
 
-// Fold the rows the counting triggers add (see task_counts in sql/schema.sql) into one per
-// consumer and state, or per stream. A row is deleted by one fold only, and what it held
-// goes into that fold's sum, in the same statement: so the total never changes, whatever
-// runs at the same time. Counts of a consumer or stream that is gone sum to zero and go.
-static FOLD_TASK_COUNTS: Statement = Statement::new(
-    "WITH folded AS (
-         DELETE FROM eventq_internal.task_counts
-         WHERE (consumer_id, state) IN (SELECT consumer_id, state FROM eventq_internal.task_counts
-                                        GROUP BY consumer_id, state
-                                        HAVING pg_catalog.count(*) > 1)
-         RETURNING consumer_id, state, tasks
-     )
-     INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
-     SELECT consumer_id, state, pg_catalog.sum(tasks) FROM folded
-     GROUP BY consumer_id, state
-     HAVING pg_catalog.sum(tasks) OPERATOR(pg_catalog.<>) 0",
-    &[],
-);
-
-static FOLD_EVENT_COUNTS: Statement = Statement::new(
-    "WITH folded AS (
-         DELETE FROM eventq_internal.event_counts
-         WHERE stream_id IN (SELECT stream_id FROM eventq_internal.event_counts
-                             GROUP BY stream_id HAVING pg_catalog.count(*) > 1)
-         RETURNING stream_id, events
-     )
-     INSERT INTO eventq_internal.event_counts (stream_id, events)
-     SELECT stream_id, pg_catalog.sum(events) FROM folded
-     GROUP BY stream_id
-     HAVING pg_catalog.sum(events) OPERATOR(pg_catalog.<>) 0",
-    &[],
-);
-
-/// Folds the task and event counts, unless another session is folding them. Every timer
-/// pass does, so that the views sum a few rows, not one per statement since the last fold.
-pub fn fold_counts(client: &SpiClient<'_>) {
-    if locks::try_lock_fold() {
-        FOLD_TASK_COUNTS.run(client, &[]);
-        FOLD_EVENT_COUNTS.run(client, &[]);
-    }
-}
-
 // Folds each consumer's expiration counts into one row.
 static FOLD_EXPIRATIONS: Statement = Statement::new(
     "WITH folded AS (

@@ -1,0 +1,89 @@
+//! The task and event counts the views read (see `task_counts` in `sql/schema.sql`): the
+//! counting triggers add a row per statement; folding sums them into one row per group;
+//! recounting starts them again from the rows.
+
+use super::{locks, Statement};
+use crate::error;
+use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
+
+// Fold the rows the counting triggers add (see task_counts in sql/schema.sql) into one per
+// consumer and state, or per stream. A row is deleted by one fold only, and what it held
+// goes into that fold's sum, in the same statement: so the total never changes, whatever
+// runs at the same time. Counts of a consumer or stream that is gone sum to zero and go.
+static FOLD_TASK_COUNTS: Statement = Statement::new(
+    "WITH folded AS (
+         DELETE FROM eventq_internal.task_counts
+         WHERE (consumer_id, state) IN (SELECT consumer_id, state FROM eventq_internal.task_counts
+                                        GROUP BY consumer_id, state
+                                        HAVING pg_catalog.count(*) > 1)
+         RETURNING consumer_id, state, tasks
+     )
+     INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+     SELECT consumer_id, state, pg_catalog.sum(tasks) FROM folded
+     GROUP BY consumer_id, state
+     HAVING pg_catalog.sum(tasks) OPERATOR(pg_catalog.<>) 0",
+    &[],
+);
+
+static FOLD_EVENT_COUNTS: Statement = Statement::new(
+    "WITH folded AS (
+         DELETE FROM eventq_internal.event_counts
+         WHERE stream_id IN (SELECT stream_id FROM eventq_internal.event_counts
+                             GROUP BY stream_id HAVING pg_catalog.count(*) > 1)
+         RETURNING stream_id, events
+     )
+     INSERT INTO eventq_internal.event_counts (stream_id, events)
+     SELECT stream_id, pg_catalog.sum(events) FROM folded
+     GROUP BY stream_id
+     HAVING pg_catalog.sum(events) OPERATOR(pg_catalog.<>) 0",
+    &[],
+);
+
+/// Folds the task and event counts, unless another session is folding them. Every timer
+/// pass does, so that the views sum a few rows, not one per statement since the last fold.
+pub fn fold(client: &SpiClient<'_>) {
+    if locks::try_lock_fold() {
+        FOLD_TASK_COUNTS.run(client, &[]);
+        FOLD_EVENT_COUNTS.run(client, &[]);
+    }
+}
+
+// Writers of tasks and events hold ROW EXCLUSIVE until they end: SHARE waits for them all
+// and keeps new ones out until the recount commits. Each statement after it, in READ
+// COMMITTED, sees every row they committed.
+static HOLD_WRITERS: Statement =
+    Statement::new("LOCK TABLE eventq_internal.tasks, eventq_internal.events IN SHARE MODE", &[]);
+static FORGET_COUNTS: [Statement; 2] = [
+    Statement::new("DELETE FROM eventq_internal.task_counts", &[]),
+    Statement::new("DELETE FROM eventq_internal.event_counts", &[]),
+];
+static COUNT_ROWS: [Statement; 2] = [
+    Statement::new(
+        "INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+         SELECT consumer_id, state, pg_catalog.count(*) FROM eventq_internal.tasks
+         GROUP BY consumer_id, state",
+        &[],
+    ),
+    Statement::new(
+        "INSERT INTO eventq_internal.event_counts (stream_id, events)
+         SELECT stream_id, pg_catalog.count(*) FROM eventq_internal.events GROUP BY stream_id",
+        &[],
+    ),
+];
+
+/// Counts the tasks and events again from the rows, for when the triggers did not fire
+/// (a data-only restore with triggers disabled, rows written with
+/// `session_replication_role = replica`). Stops writers of tasks and events until the
+/// transaction ends. Only in READ COMMITTED: in a snapshot taken before the writers were
+/// stopped, rows committed since would be missed.
+pub fn recount(client: &SpiClient<'_>) {
+    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+        error::needs_read_committed("recount()");
+    }
+    HOLD_WRITERS.run(client, &[]);
+    locks::lock_fold();
+    for s in FORGET_COUNTS.iter().chain(COUNT_ROWS.iter()) {
+        s.run(client, &[]);
+    }
+}
