@@ -18,6 +18,20 @@
 --   backups: every table registered for pg_dump, staged events marked with their cluster,
 --   drains and maintenance wait while a dump is restored.
 
+-- The counts of tasks and events are seeded below from the rows there are, once triggers
+-- hold writers off: under REPEATABLE READ or SERIALIZABLE the seeding would read a snapshot
+-- taken before that, and miss what committed in between.
+DO $read_committed$
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation')
+           NOT IN ('read committed', 'read uncommitted') THEN
+        RAISE EXCEPTION 'ALTER EXTENSION eventq UPDATE must run in a READ COMMITTED transaction'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'SET default_transaction_isolation = ''read committed'' in the session, then run it outside BEGIN.';
+    END IF;
+END
+$read_committed$;
+
 -- Staged rows from before the update sort first: they were published before it.
 ALTER TABLE eventq_internal.staged ADD COLUMN xid xid8 NOT NULL DEFAULT '0';
 ALTER TABLE eventq_internal.staged ALTER COLUMN xid DROP DEFAULT;
@@ -441,9 +455,8 @@ AS 'MODULE_PATHNAME', 'revoke_wrapper';
 -- triggers count the rows as they are loaded.
 -- Hazard: rows written while the triggers do not fire (pg_restore --data-only
 -- --disable-triggers, session_replication_role = replica) leave the counts wrong until
--- eventq.recount() (storage::counts). A logical-replication subscriber fires no statement
--- triggers: it gets its counts by subscribing to these tables with tasks and events (as a
--- FOR ALL TABLES publication does).
+-- eventq.recount() (storage::counts). So does a logical-replication subscriber, which fires
+-- no statement triggers for the rows it applies.
 CREATE TABLE eventq_internal.task_counts (
     consumer_id integer NOT NULL,
     state       eventq_internal.task_state NOT NULL,
@@ -666,8 +679,8 @@ LEFT JOIN (
     FROM eventq_internal.task_counts n
     GROUP BY n.consumer_id
 ) t ON t.consumer_id = c.id AND c.mode = 'task'
-LEFT JOIN LATERAL (SELECT r.events, r.oldest_at FROM eventq_internal.unread(c.id) r
-                   WHERE c.mode = 'log') u ON true;
+-- STRICT: a NULL id (a task consumer) returns no row without calling it.
+LEFT JOIN LATERAL eventq_internal.unread(CASE c.mode WHEN 'log' THEN c.id END) u ON true;
 
 CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,

@@ -328,9 +328,8 @@ CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id)
 -- triggers count the rows as they are loaded.
 -- Hazard: rows written while the triggers do not fire (pg_restore --data-only
 -- --disable-triggers, session_replication_role = replica) leave the counts wrong until
--- eventq.recount() (storage::counts). A logical-replication subscriber fires no statement
--- triggers: it gets its counts by subscribing to these tables with tasks and events (as a
--- FOR ALL TABLES publication does).
+-- eventq.recount() (storage::counts). So does a logical-replication subscriber, which fires
+-- no statement triggers for the rows it applies.
 CREATE TABLE eventq_internal.task_counts (
     consumer_id integer NOT NULL,
     state       eventq_internal.task_state NOT NULL,

@@ -131,8 +131,8 @@ LEFT JOIN (
     FROM eventq_internal.task_counts n
     GROUP BY n.consumer_id
 ) t ON t.consumer_id = c.id AND c.mode = 'task'
-LEFT JOIN LATERAL (SELECT r.events, r.oldest_at FROM eventq_internal.unread(c.id) r
-                   WHERE c.mode = 'log') u ON true;
+-- STRICT: a NULL id (a task consumer) returns no row without calling it.
+LEFT JOIN LATERAL eventq_internal.unread(CASE c.mode WHEN 'log' THEN c.id END) u ON true;
 
 CREATE VIEW eventq.events WITH (security_barrier) AS
 SELECT s.name AS stream,

@@ -135,6 +135,11 @@ pub fn needs_read_committed(call: &str) -> ! {
     )
 }
 
+/// 55P03: locks the call needs are held by others, who did not let go in time.
+pub fn busy(message: &str, hint: &str) -> ! {
+    raise_with_hint(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message.into(), hint)
+}
+
 fn raise_with_hint(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     pgrx::pg_sys::panic::ErrorReport::new(code, message, "eventq")
         .set_hint(hint)

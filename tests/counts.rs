@@ -79,11 +79,11 @@ fn the_counts_follow_every_change_of_tasks_and_events() {
          ROLLBACK TO one;
          SELECT eventq.publish('s', 'a.saved');
          COMMIT;
-         BEGIN;
-         SELECT eventq.pull('plain', 1);
-         PREPARE TRANSACTION 'held';",
+         BEGIN;",
     )
     .unwrap();
+    assert_eq!(db.query("SELECT eventq.pull('plain', 1)", &[]).unwrap().len(), 1);
+    db.batch_execute("PREPARE TRANSACTION 'held'").unwrap();
     maintain(&mut db);
     assert_counts_match_rows(&mut db, "with a prepared pull");
     db.batch_execute("COMMIT PREPARED 'held'").unwrap();
@@ -92,12 +92,18 @@ fn the_counts_follow_every_change_of_tasks_and_events() {
     // under every isolation level
     for level in ["REPEATABLE READ", "SERIALIZABLE"] {
         db.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL {level};
-             SELECT eventq.publish('s', 'b.iso');
-             SELECT eventq.ack('plain', ARRAY(SELECT task_id FROM eventq.pull('plain', 1)));
-             COMMIT;"
+            "BEGIN ISOLATION LEVEL {level}; SELECT eventq.publish('s', 'b.iso');"
         ))
         .unwrap();
+        let acked: i32 = db
+            .query_one(
+                "SELECT eventq.ack('plain', ARRAY(SELECT task_id FROM eventq.pull('plain', 1)))",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(acked, 1, "{level}");
+        db.batch_execute("COMMIT").unwrap();
         maintain(&mut db);
         assert_counts_match_rows(&mut db, level);
     }
@@ -132,7 +138,15 @@ fn the_counts_follow_every_change_of_tasks_and_events() {
         .get(0);
     assert!(expired > 0);
     assert_counts_match_rows(&mut db, "after retention");
-    assert_eq!(count(&mut db, "SELECT 1 FROM eventq_internal.event_counts WHERE stream_id = 2 HAVING sum(events) <> 0"), 0);
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT 1 FROM eventq_internal.event_counts
+                WHERE stream_id = (SELECT id FROM eventq_internal.streams WHERE name = 'other')
+                HAVING sum(events) <> 0"
+        ),
+        0
+    );
     db.batch_execute(
         "SELECT eventq.drop_consumer('keyed'); SELECT eventq.drop_stream('other', force => true)",
     )
@@ -157,9 +171,12 @@ fn a_log_consumers_lag_is_counted_for_the_roles_that_see_it_only() {
     db.batch_execute(
         "CREATE ROLE app LOGIN;
          CREATE ROLE snoop LOGIN;
+         CREATE ROLE manager LOGIN;
+         CREATE ROLE colleague LOGIN IN ROLE app;
          SELECT eventq.create_stream('s');
          SELECT eventq.grant('consume', 's', 'app');
          SELECT eventq.grant('consume', 's', 'snoop');
+         SELECT eventq.grant('manage', 's', 'manager');
          SELECT eventq.create_consumer('theirs', 's', mode => 'log');
          SELECT eventq.create_consumer('tasks', 's');",
     )
@@ -185,7 +202,11 @@ fn a_log_consumers_lag_is_counted_for_the_roles_that_see_it_only() {
     };
     // The reading role may not read storage: the counting runs as its owner.
     assert_eq!(lags(&mut app), vec!["mine 2 true"]);
-    assert_eq!(lags(&mut db), vec!["mine 2 true", "theirs 3 true"]);
+    assert_eq!(lags(&mut cluster.connect_as("postgres", "colleague")), vec!["mine 2 true"]);
+    assert_eq!(lags(&mut cluster.connect_as("postgres", "snoop")), Vec::<String>::new());
+    let everything = vec!["mine 2 true", "theirs 3 true"];
+    assert_eq!(lags(&mut cluster.connect_as("postgres", "manager")), everything);
+    assert_eq!(lags(&mut db), everything);
     let fetched: i64 =
         app.query_one("SELECT max(seq) FROM eventq.fetch('mine')", &[]).unwrap().get(0);
     app.execute("SELECT eventq.commit('mine', $1)", &[&fetched]).unwrap();
@@ -269,4 +290,54 @@ fn truncating_empties_the_counts_and_recount_repairs_writes_the_triggers_missed(
     assert_counts_match_rows(&mut db, "after TRUNCATE");
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq_internal.task_counts"), 0);
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq_internal.event_counts"), 0);
+}
+
+/// recount() takes its locks in whatever order the writers leave them free: run beside
+/// drains, pulls, acks and drops, none of them fails (a lock-order cycle would make one
+/// of them a deadlock victim) and the counts match the rows afterwards.
+#[test]
+fn recount_runs_beside_drains_pulls_and_drops() {
+    let cluster = Cluster::start("counts-recount-busy", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('c', 's');",
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawn = |work: &'static str| {
+        let mut db = cluster.connect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for statement in work.split(';').filter(|s| !s.trim().is_empty()) {
+                    db.batch_execute(statement).unwrap_or_else(|e| panic!("{statement}: {e}"));
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let publisher = spawn(
+        "SELECT eventq.publish_batch('s', array_fill('a'::text, ARRAY[20]), array_fill('{}'::jsonb, ARRAY[20]));
+         SELECT eventq.run_maintenance()",
+    );
+    let worker = spawn("SELECT eventq.ack('c', ARRAY(SELECT task_id FROM eventq.pull('c', 10)))");
+    let churn = spawn(
+        "SELECT eventq.create_consumer('brief', 's');
+         SELECT eventq.publish('s', 'b');
+         SELECT eventq.run_maintenance();
+         SELECT eventq.drop_consumer('brief')",
+    );
+    for _ in 0..15 {
+        db.batch_execute("SELECT eventq.recount()").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (name, thread) in [("publisher", publisher), ("worker", worker), ("churn", churn)] {
+        assert!(thread.join().unwrap() > 0, "the {name} never got through");
+    }
+    maintain(&mut db);
+    assert_counts_match_rows(&mut db, "after recounts beside writers");
 }

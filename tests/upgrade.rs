@@ -123,6 +123,16 @@ fn a_database_created_at_0_1_0_works_after_alter_extension_update() {
             warnings.lock().unwrap().push(notice.message().to_string())
         })
     };
+    // Under REPEATABLE READ the counts would be seeded from a snapshot older than the
+    // update's locks: refused, and nothing changed.
+    assert_eq!(
+        common::fails_with(
+            &mut db,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; ALTER EXTENSION eventq UPDATE",
+        ),
+        "25001"
+    );
+    db.batch_execute("ROLLBACK").unwrap();
     db.batch_execute("ALTER EXTENSION eventq UPDATE").unwrap();
     // the counts the views show start from the rows 0.1.0 left
     common::assert_counts_match_rows(&mut db, "after the update");

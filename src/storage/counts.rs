@@ -2,10 +2,12 @@
 //! counting triggers add a row per statement; folding sums them into one row per group;
 //! recounting starts them again from the rows.
 
-use super::{locks, Statement};
+use super::isolation::contained;
+use super::{arg, column, locks, Statement, TEXT};
 use crate::error;
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
+use std::time::{Duration, Instant};
 
 // Fold the rows the counting triggers add (see task_counts in sql/schema.sql) into one per
 // consumer and state, or per stream. A row is deleted by one fold only, and what it held
@@ -54,6 +56,17 @@ pub fn fold(client: &SpiClient<'_>) {
 // COMMITTED, sees every row they committed.
 static HOLD_WRITERS: Statement =
     Statement::new("LOCK TABLE eventq_internal.tasks, eventq_internal.events IN SHARE MODE", &[]);
+static LOCK_TIMEOUT: Statement = Statement::new(
+    "SELECT pg_catalog.current_setting('lock_timeout'),
+            pg_catalog.set_config('lock_timeout', $1, true)",
+    &[TEXT],
+);
+static SET_LOCK_TIMEOUT: Statement =
+    Statement::new("SELECT pg_catalog.set_config('lock_timeout', $1, true)", &[TEXT]);
+/// How long one try waits for the locks; how long all tries may take.
+const TRY_LOCKS: &str = "200ms";
+const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
 static FORGET_COUNTS: [Statement; 2] = [
     Statement::new("DELETE FROM eventq_internal.task_counts", &[]),
     Statement::new("DELETE FROM eventq_internal.event_counts", &[]),
@@ -78,12 +91,43 @@ static COUNT_ROWS: [Statement; 2] = [
 /// transaction ends. Only in READ COMMITTED: in a snapshot taken before the writers were
 /// stopped, rows committed since would be missed.
 pub fn recount(client: &SpiClient<'_>) {
-    if unsafe { pg_sys::XactIsoLevel } != pg_sys::XACT_READ_COMMITTED as i32 {
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         error::needs_read_committed("recount()");
     }
-    HOLD_WRITERS.run(client, &[]);
-    locks::lock_fold();
+    hold_writers(client);
     for s in FORGET_COUNTS.iter().chain(COUNT_ROWS.iter()) {
         s.run(client, &[]);
     }
+}
+
+/// Takes the drain lock, the fold lock, and SHARE on tasks and events. Writers take these
+/// in other orders (a drain writes events, then tasks; dropping a consumer deletes tasks,
+/// then events; a maintenance pass holds the drain lock and folds), so each try waits a
+/// short while only and gives everything back if it fails, rather than wait in a cycle or
+/// stop every writer queued behind it while a long transaction holds a table.
+fn hold_writers(client: &SpiClient<'_>) {
+    let previous: String = LOCK_TIMEOUT
+        .first_row(client, &[arg(TRY_LOCKS)])
+        .and_then(|row| column(&row, 1))
+        .unwrap_or_else(|| "0".into());
+    let started = Instant::now();
+    loop {
+        let held = contained(|| {
+            locks::lock_drain();
+            locks::lock_fold();
+            HOLD_WRITERS.run(client, &[]);
+        });
+        if held.is_ok() {
+            break;
+        }
+        if started.elapsed() > GIVE_UP_AFTER {
+            error::busy(
+                "recount() could not stop the writers of tasks and events",
+                "A transaction that changed tasks or events is still open (idle in transaction, or prepared): retry once it has ended.",
+            );
+        }
+        unsafe { pg_sys::pg_usleep(20_000) };
+        pgrx::check_for_interrupts!();
+    }
+    SET_LOCK_TIMEOUT.run(client, &[arg(previous)]);
 }

@@ -416,4 +416,16 @@ pub fn assert_counts_match_rows(db: &mut Client, when: &str) {
          LEFT JOIN eventq_internal.events e ON e.stream_id = s.id GROUP BY s.name ORDER BY s.name",
     );
     assert_eq!(shown, counted, "event counts {when}");
+    // The kept counts themselves, by raw state (the views show scheduled as available).
+    let kept = column(
+        db,
+        "SELECT consumer_id || ' ' || state || ' ' || sum(tasks) FROM eventq_internal.task_counts
+         GROUP BY consumer_id, state HAVING sum(tasks) <> 0 ORDER BY consumer_id, state",
+    );
+    let counted = column(
+        db,
+        "SELECT consumer_id || ' ' || state || ' ' || count(*) FROM eventq_internal.tasks
+         GROUP BY consumer_id, state ORDER BY consumer_id, state",
+    );
+    assert_eq!(kept, counted, "task counts by state {when}");
 }
