@@ -212,6 +212,27 @@ fn a_log_consumers_lag_is_counted_for_the_roles_that_see_it_only() {
     app.execute("SELECT eventq.commit('mine', $1)", &[&fetched]).unwrap();
     assert_eq!(lags(&mut app), vec!["mine 0 false"]);
 
+    // A filter that matches nothing: the second read skips what the first found empty, and
+    // an event that matches later is counted all the same.
+    db.batch_execute(
+        "SELECT eventq.create_consumer('none', 's', mode => 'log', subjects => '{z.*}')",
+    )
+    .unwrap();
+    let none = "SELECT lag FROM eventq.consumers WHERE name = 'none'";
+    for _ in 0..2 {
+        db.batch_execute("SELECT eventq.publish('s', 'a.four')").unwrap();
+        maintain(&mut db);
+        assert_eq!(db.query_one(none, &[]).unwrap().get::<_, i64>(0), 0);
+    }
+    db.batch_execute("SELECT eventq.publish('s', 'z.one'); SELECT eventq.publish('s', 'a.five')")
+        .unwrap();
+    maintain(&mut db);
+    for _ in 0..2 {
+        assert_eq!(db.query_one(none, &[]).unwrap().get::<_, i64>(0), 1);
+    }
+    db.batch_execute("SELECT eventq.seek('none', 0)").unwrap();
+    assert_eq!(db.query_one(none, &[]).unwrap().get::<_, i64>(0), 1);
+
     // Called directly, it answers for the consumers the caller sees, and no others, even
     // for a role that was let into the storage schema by mistake.
     let theirs: i32 = db

@@ -76,7 +76,7 @@ fn unread(
     let call = super::access::enter();
     let unread = Spi::connect(|client| {
         let c = consumers::find_by_id(client, consumer_id)?;
-        (c.mode == Mode::Log && call.sees_consumer(&c)).then(|| log::unread(client, c.id))
+        (c.mode == Mode::Log && call.sees_consumer(&c)).then(|| log::unread(client, &c))
     });
     TableIterator::new(unread)
 }

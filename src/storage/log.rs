@@ -1,6 +1,7 @@
 //! Log consumers: reading events after a cursor. Reading writes nothing; only `commit` and
 //! `seek` move the cursor.
 
+use super::consumers::Consumer;
 use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT, TIMESTAMPTZ};
 use crate::datum::Jsonb;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -79,24 +80,8 @@ pub fn fetch(
     start_at: Option<TimestampWithTimeZone>,
     max: i64,
 ) -> Vec<LogEvent> {
-    let filter = Filter {
-        log_table: log_table(),
-        stream_id,
-        include_re: include_re.clone(),
-        exclude_re: exclude_re.clone(),
-        start_at: start_at.map(|t| t.into_inner()),
-    };
-    let known = EMPTY_STRETCHES.with(|k| k.borrow().get(&filter).copied());
-    let (from, scan_after) = match known {
-        Some((from, through)) if from <= after && after < through => (from, through),
-        _ => (after, after),
-    };
-    // Read before the scan, whose snapshot is newer: every event up to it is seen. Not
-    // while a restore loads the tables, maybe the drains before the events.
-    let (head, restoring) = HEAD_AND_RESTORING
-        .first_row(client, &[])
-        .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column::<bool>(&row, 2).unwrap_or(true)))
-        .unwrap_or((0, true));
+    let (stretch, scan_after) =
+        Stretch::start(client, stream_id, after, &include_re, &exclude_re, start_at);
     let events: Vec<LogEvent> = FETCH
         .run(
             client,
@@ -121,37 +106,106 @@ pub fn fetch(
             })
         })
         .collect();
-    if events.is_empty() && head > scan_after && !restoring {
-        EMPTY_STRETCHES.with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() >= REMEMBERED_FILTERS {
-                k.clear();
-            }
-            k.insert(filter, (from, head));
-        });
+    if events.is_empty() {
+        stretch.found_nothing();
     }
     events
 }
 
+/// A scan of the log for a filter's events after a position, and what it may learn: if it
+/// finds none, that the stretch from the position to the head read before it holds none.
+struct Stretch {
+    filter: Filter,
+    from: i64,
+    scan_after: i64,
+    head: i64,
+    restoring: bool,
+}
+
+impl Stretch {
+    /// Where a scan for the filter's events after `after` must start: past what is known
+    /// to hold none of them.
+    fn start(
+        client: &SpiClient<'_>,
+        stream_id: i32,
+        after: i64,
+        include_re: &Option<String>,
+        exclude_re: &Option<String>,
+        start_at: Option<TimestampWithTimeZone>,
+    ) -> (Stretch, i64) {
+        let filter = Filter {
+            log_table: log_table(),
+            stream_id,
+            include_re: include_re.clone(),
+            exclude_re: exclude_re.clone(),
+            start_at: start_at.map(|t| t.into_inner()),
+        };
+        let known = EMPTY_STRETCHES.with(|k| k.borrow().get(&filter).copied());
+        let (from, scan_after) = match known {
+            Some((from, through)) if from <= after && after < through => (from, through),
+            _ => (after, after),
+        };
+        // Read before the scan, whose snapshot is newer: every event up to it is seen. Not
+        // while a restore loads the tables, maybe the drains before the events.
+        let (head, restoring) = HEAD_AND_RESTORING
+            .first_row(client, &[])
+            .map(|row| {
+                (column::<i64>(&row, 1).unwrap_or(0), column::<bool>(&row, 2).unwrap_or(true))
+            })
+            .unwrap_or((0, true));
+        (Stretch { filter, from, scan_after, head, restoring }, scan_after)
+    }
+
+    /// The scan found no event of the filter.
+    fn found_nothing(self) {
+        if self.head > self.scan_after && !self.restoring {
+            EMPTY_STRETCHES.with(|k| {
+                let mut k = k.borrow_mut();
+                if k.len() >= REMEMBERED_FILTERS {
+                    k.clear();
+                }
+                k.insert(self.filter, (self.from, self.head));
+            });
+        }
+    }
+}
+
 // What the consumer's fetch would still return, counted, with the oldest publication time:
-// the view eventq.consumers shows them as its lag. Reads every unread event.
+// the view eventq.consumers shows them as its lag.
 static UNREAD: Statement = Statement::new(
     "SELECT count(*), min(e.published_at)
-     FROM eventq_internal.consumers c
-     JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq > c.cursor_seq
-     WHERE c.id = $1
-       AND (c.include_re IS NULL OR e.subject ~ c.include_re)
-       AND (c.exclude_re IS NULL OR e.subject !~ c.exclude_re)
-       AND (c.start_at IS NULL OR e.published_at >= c.start_at)",
-    &[INT],
+     FROM eventq_internal.events e
+     WHERE e.stream_id = $1 AND e.seq > $2
+       AND ($3::text IS NULL OR e.subject ~ $3)
+       AND ($4::text IS NULL OR e.subject !~ $4)
+       AND ($5::timestamptz IS NULL OR e.published_at >= $5)",
+    &[INT, BIGINT, TEXT, TEXT, TIMESTAMPTZ],
 );
 
 /// How many events the log consumer has not read, and when the first of them was published.
-pub fn unread(client: &SpiClient<'_>, consumer_id: i32) -> (i64, Option<TimestampWithTimeZone>) {
-    UNREAD
-        .first_row(client, &[arg(consumer_id)])
+/// It reads every unread event, except in stretches this backend knows hold none of the
+/// filter's (as `fetch` does): a filter that matches nothing in a busy stream is not
+/// counted over the whole stream at every read of the view.
+pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWithTimeZone>) {
+    let (stretch, scan_after) =
+        Stretch::start(client, c.stream_id, c.cursor_seq, &c.include_re, &c.exclude_re, c.start_at);
+    let (events, oldest_at) = UNREAD
+        .first_row(
+            client,
+            &[
+                arg(c.stream_id),
+                arg(scan_after),
+                arg(c.include_re.clone()),
+                arg(c.exclude_re.clone()),
+                arg(c.start_at),
+            ],
+        )
         .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column(&row, 2)))
-        .unwrap_or((0, None))
+        .unwrap_or((0, None));
+    if events == 0 {
+        stretch.found_nothing();
+    }
+    (events, oldest_at)
 }
 
 static COMMIT: Statement = Statement::new(
