@@ -102,7 +102,7 @@ fn recount() {
     let call = super::access::enter();
     call.require_admin("recount");
     unsafe { pg_sys::PreventCommandIfReadOnly(c"recount()".as_ptr()) };
-    Spi::connect(|client| crate::storage::counts::recount(client));
+    Spi::connect(crate::storage::counts::recount);
 }
 
 /// The background workers (one per database with eventq, with eventq preloaded): when each
