@@ -1,0 +1,1 @@
+SELECT * FROM eventq.streams;
