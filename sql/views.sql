@@ -74,7 +74,8 @@ AS 'MODULE_PATHNAME', 'unread_wrapper';
 -- available one in pull order, or a retry or delayed task whose time has come, if that was
 -- due earlier (two index lookups, where the oldest of all available tasks would need a
 -- scan of them all); for a log consumer, how old the first unread event is. A log consumer's
--- two come from eventq_internal.unread (src/api/log.rs), which reads its unread events.
+-- two come from eventq_internal.unread (src/api/log.rs), which counts from where it last
+-- counted when it can.
 CREATE VIEW eventq.consumers WITH (security_barrier) AS
 SELECT c.name,
        s.name AS stream,

@@ -212,6 +212,23 @@ fn a_log_consumers_lag_is_counted_for_the_roles_that_see_it_only() {
     app.execute("SELECT eventq.commit('mine', $1)", &[&fetched]).unwrap();
     assert_eq!(lags(&mut app), vec!["mine 0 false"]);
 
+    // A consumer that does not read: counted once, then only what came since; an unread
+    // event deleted below what was counted (retention, by hand) is noticed.
+    let theirs_lag = "SELECT lag FROM eventq.consumers WHERE name = 'theirs'";
+    assert_eq!(db.query_one(theirs_lag, &[]).unwrap().get::<_, i64>(0), 3);
+    db.batch_execute("SELECT eventq.publish('s', 'b.four')").unwrap();
+    maintain(&mut db);
+    assert_eq!(db.query_one(theirs_lag, &[]).unwrap().get::<_, i64>(0), 4);
+    db.batch_execute(
+        "DELETE FROM eventq_internal.events
+         WHERE seq = (SELECT min(seq) FROM eventq_internal.events)",
+    )
+    .unwrap();
+    assert_eq!(db.query_one(theirs_lag, &[]).unwrap().get::<_, i64>(0), 3);
+    db.batch_execute("SELECT eventq.publish('s', 'b.five')").unwrap();
+    maintain(&mut db);
+    assert_eq!(db.query_one(theirs_lag, &[]).unwrap().get::<_, i64>(0), 4);
+
     // A filter that matches nothing: the second read skips what the first found empty, and
     // an event that matches later is counted all the same.
     db.batch_execute(

@@ -63,6 +63,16 @@ static HEAD_AND_RESTORING: Statement = Statement::new(
     &[],
 );
 
+/// The log's head, and whether a restore is loading the tables. Read before a scan, whose
+/// snapshot is newer: every event up to the head is seen. Not while a restore loads the
+/// tables, maybe the drains before the events.
+fn head_and_restoring(client: &SpiClient<'_>) -> (i64, bool) {
+    HEAD_AND_RESTORING
+        .first_row(client, &[])
+        .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column::<bool>(&row, 2).unwrap_or(true)))
+        .unwrap_or((0, true))
+}
+
 fn log_table() -> u32 {
     // SAFETY: catalog lookups by name, in a transaction.
     unsafe {
@@ -145,14 +155,7 @@ impl Stretch {
             Some((from, through)) if from <= after && after < through => (from, through),
             _ => (after, after),
         };
-        // Read before the scan, whose snapshot is newer: every event up to it is seen. Not
-        // while a restore loads the tables, maybe the drains before the events.
-        let (head, restoring) = HEAD_AND_RESTORING
-            .first_row(client, &[])
-            .map(|row| {
-                (column::<i64>(&row, 1).unwrap_or(0), column::<bool>(&row, 2).unwrap_or(true))
-            })
-            .unwrap_or((0, true));
+        let (head, restoring) = head_and_restoring(client);
         (Stretch { filter, from, scan_after, head, restoring }, scan_after)
     }
 
@@ -170,42 +173,107 @@ impl Stretch {
     }
 }
 
-// What the consumer's fetch would still return, counted, with the oldest publication time:
-// the view eventq.consumers shows them as its lag.
+// The events after a position ($2) up to the head ($6): how many the filter lets through
+// and when the first of them was published, how many there are in all, how many are past
+// the head, and the stream's total (event_counts, exact in every snapshot: the triggers
+// that keep it commit with the events). All in one statement, so in one snapshot.
 static UNREAD: Statement = Statement::new(
-    "SELECT count(*), min(e.published_at)
+    "SELECT count(*) FILTER (WHERE e.seq <= $6 AND m.lets_through),
+            min(e.published_at) FILTER (WHERE e.seq <= $6 AND m.lets_through),
+            count(*) FILTER (WHERE e.seq <= $6),
+            count(*) FILTER (WHERE e.seq > $6),
+            (SELECT coalesce(sum(n.events), 0) FROM eventq_internal.event_counts n
+              WHERE n.stream_id = $1)::bigint
      FROM eventq_internal.events e
-     WHERE e.stream_id = $1 AND e.seq > $2
-       AND ($3::text IS NULL OR e.subject ~ $3)
-       AND ($4::text IS NULL OR e.subject !~ $4)
-       AND ($5::timestamptz IS NULL OR e.published_at >= $5)",
-    &[INT, BIGINT, TEXT, TEXT, TIMESTAMPTZ],
+     CROSS JOIN LATERAL (SELECT ($3::text IS NULL OR e.subject ~ $3)
+                            AND ($4::text IS NULL OR e.subject !~ $4)
+                            AND ($5::timestamptz IS NULL OR e.published_at >= $5)) m(lets_through)
+     WHERE e.stream_id = $1 AND e.seq > $2",
+    &[INT, BIGINT, TEXT, TEXT, TIMESTAMPTZ, BIGINT],
 );
 
-/// How many events the log consumer has not read, and when the first of them was published.
-/// It reads every unread event, except in stretches this backend knows hold none of the
-/// filter's (as `fetch` does): a filter that matches nothing in a busy stream is not
-/// counted over the whole stream at every read of the view.
+/// What this backend last counted for a filter: the events it lets through in
+/// `(from, through]`, the first one's publication time, and how many events the stream had
+/// up to `through`.
+#[derive(Clone, Copy)]
+struct Counted {
+    from: i64,
+    through: i64,
+    matching: i64,
+    oldest_at: Option<TimestampWithTimeZone>,
+    total: i64,
+}
+
+thread_local! {
+    /// A log consumer that does not read (stopped, or whose filter matches nothing) has its
+    /// unread events counted again at every read of eventq.consumers: from here, only the
+    /// events since are read. Void once an event up to `through` is gone (retention, a
+    /// dropped stream), which the stream's total shows: then everything is counted again.
+    static COUNTED: RefCell<HashMap<Filter, Counted>> = RefCell::new(HashMap::new());
+}
+
+/// How many events the log consumer has not read, and when the first of them was published:
+/// what `fetch` would still return, up to the log's head.
 pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWithTimeZone>) {
-    let (stretch, scan_after) =
-        Stretch::start(client, c.stream_id, c.cursor_seq, &c.include_re, &c.exclude_re, c.start_at);
-    let (events, oldest_at) = UNREAD
-        .first_row(
-            client,
-            &[
-                arg(c.stream_id),
-                arg(scan_after),
-                arg(c.include_re.clone()),
-                arg(c.exclude_re.clone()),
-                arg(c.start_at),
-            ],
-        )
-        .map(|row| (column::<i64>(&row, 1).unwrap_or(0), column(&row, 2)))
-        .unwrap_or((0, None));
-    if events == 0 {
-        stretch.found_nothing();
+    let filter = Filter {
+        log_table: log_table(),
+        stream_id: c.stream_id,
+        include_re: c.include_re.clone(),
+        exclude_re: c.exclude_re.clone(),
+        start_at: c.start_at.map(|t| t.into_inner()),
+    };
+    let (head, restoring) = head_and_restoring(client);
+    let after = c.cursor_seq;
+    let known = COUNTED
+        .with(|k| k.borrow().get(&filter).copied())
+        .filter(|k| k.from == after && k.through <= head && !restoring);
+    let count = |since: i64| {
+        UNREAD
+            .first_row(
+                client,
+                &[
+                    arg(c.stream_id),
+                    arg(since),
+                    arg(c.include_re.clone()),
+                    arg(c.exclude_re.clone()),
+                    arg(c.start_at),
+                    arg(head),
+                ],
+            )
+            .map(|row| {
+                let n = |i| column::<i64>(&row, i).unwrap_or(0);
+                // (matching, oldest, events up to the head, the stream's events up to the head)
+                (n(1), column::<TimestampWithTimeZone>(&row, 2), n(3), n(5) - n(4))
+            })
+            .unwrap_or((0, None, 0, 0))
+    };
+    let mut counted = None;
+    if let Some(k) = known {
+        let (matching, oldest_at, events, total) = count(k.through);
+        if k.total + events == total {
+            counted = Some(Counted {
+                from: after,
+                through: head,
+                matching: k.matching + matching,
+                oldest_at: k.oldest_at.or(oldest_at),
+                total,
+            });
+        }
     }
-    (events, oldest_at)
+    let counted = counted.unwrap_or_else(|| {
+        let (matching, oldest_at, _, total) = count(after);
+        Counted { from: after, through: head, matching, oldest_at, total }
+    });
+    if !restoring && head >= after {
+        COUNTED.with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() >= REMEMBERED_FILTERS {
+                k.clear();
+            }
+            k.insert(filter, counted);
+        });
+    }
+    (counted.matching, counted.oldest_at)
 }
 
 static COMMIT: Statement = Statement::new(
