@@ -322,8 +322,8 @@ CREATE INDEX attempts_by_task ON eventq_internal.attempts (consumer_id, task_id)
 -- code path can forget to count, and a count commits or rolls back with its change.
 -- Insert-only, without indexes: a statement adds one row per (consumer, state) it changed,
 -- without waiting for any other transaction, and the rows of two statements never
--- conflict. Maintenance folds the rows into one per (consumer, state) every pass
--- (storage::retention::fold_counts), so that the views sum a few rows per consumer.
+-- conflict. Maintenance folds the rows into one per (consumer, state) every cleanup pass
+-- (storage::counts::fold), so that the views sum a few rows per consumer.
 -- Not dumped: a restore loads tasks and events after creating the extension, and these
 -- triggers count the rows as they are loaded.
 -- Hazard: rows written while the triggers do not fire (pg_restore --data-only

@@ -61,7 +61,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"eventq.cleanup_interval",
-        c"How often the worker applies retention and removes old finished tasks.",
+        c"How often the worker applies retention, removes old finished tasks and folds the counts the views read.",
         c"",
         &CLEANUP_INTERVAL_MS,
         100,

@@ -42,8 +42,9 @@ static FOLD_EVENT_COUNTS: Statement = Statement::new(
     &[],
 );
 
-/// Folds the task and event counts, unless another session is folding them. Every timer
-/// pass does, so that the views sum a few rows, not one per statement since the last fold.
+/// Folds the task and event counts, unless another session is folding them. Every cleanup
+/// pass does, so that the views sum a few rows per group and the statements of the last
+/// seconds, not every statement ever.
 pub fn fold(client: &SpiClient<'_>) {
     if locks::try_lock_fold() {
         FOLD_TASK_COUNTS.run(client, &[]);
