@@ -48,6 +48,32 @@ struct Filter {
 /// Filters this backend remembers stretches of.
 const REMEMBERED_FILTERS: usize = 1024;
 
+impl Filter {
+    fn new(
+        stream_id: i32,
+        include_re: &Option<String>,
+        exclude_re: &Option<String>,
+        start_at: Option<TimestampWithTimeZone>,
+    ) -> Filter {
+        Filter {
+            log_table: log_table(),
+            stream_id,
+            include_re: include_re.clone(),
+            exclude_re: exclude_re.clone(),
+            start_at: start_at.map(|t| t.into_inner()),
+        }
+    }
+}
+
+/// Keeps what was learnt of a filter, forgetting everything once too many are kept.
+fn remember<V>(known: &RefCell<HashMap<Filter, V>>, filter: Filter, value: V) {
+    let mut known = known.borrow_mut();
+    if known.len() >= REMEMBERED_FILTERS {
+        known.clear();
+    }
+    known.insert(filter, value);
+}
+
 thread_local! {
     /// Per filter, a stretch of its stream `(from, through]` that holds no event it lets
     /// through. A log consumer whose filter matches nothing in a busy stream fetches nothing
@@ -143,13 +169,7 @@ impl Stretch {
         exclude_re: &Option<String>,
         start_at: Option<TimestampWithTimeZone>,
     ) -> (Stretch, i64) {
-        let filter = Filter {
-            log_table: log_table(),
-            stream_id,
-            include_re: include_re.clone(),
-            exclude_re: exclude_re.clone(),
-            start_at: start_at.map(|t| t.into_inner()),
-        };
+        let filter = Filter::new(stream_id, include_re, exclude_re, start_at);
         let known = EMPTY_STRETCHES.with(|k| k.borrow().get(&filter).copied());
         let (from, scan_after) = match known {
             Some((from, through)) if from <= after && after < through => (from, through),
@@ -162,13 +182,7 @@ impl Stretch {
     /// The scan found no event of the filter.
     fn found_nothing(self) {
         if self.head > self.scan_after && !self.restoring {
-            EMPTY_STRETCHES.with(|k| {
-                let mut k = k.borrow_mut();
-                if k.len() >= REMEMBERED_FILTERS {
-                    k.clear();
-                }
-                k.insert(self.filter, (self.from, self.head));
-            });
+            EMPTY_STRETCHES.with(|k| remember(k, self.filter, (self.from, self.head)));
         }
     }
 }
@@ -215,13 +229,7 @@ thread_local! {
 /// How many events the log consumer has not read, and when the first of them was published:
 /// what `fetch` would still return, up to the log's head.
 pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWithTimeZone>) {
-    let filter = Filter {
-        log_table: log_table(),
-        stream_id: c.stream_id,
-        include_re: c.include_re.clone(),
-        exclude_re: c.exclude_re.clone(),
-        start_at: c.start_at.map(|t| t.into_inner()),
-    };
+    let filter = Filter::new(c.stream_id, &c.include_re, &c.exclude_re, c.start_at);
     let (head, restoring) = head_and_restoring(client);
     let after = c.cursor_seq;
     let known = COUNTED
@@ -265,13 +273,7 @@ pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWit
         Counted { from: after, through: head, matching, oldest_at, total }
     });
     if !restoring && head >= after {
-        COUNTED.with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() >= REMEMBERED_FILTERS {
-                k.clear();
-            }
-            k.insert(filter, counted);
-        });
+        COUNTED.with(|k| remember(k, filter, counted));
     }
     (counted.matching, counted.oldest_at)
 }
