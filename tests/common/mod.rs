@@ -389,7 +389,17 @@ pub mod command;
 
 /// Checks the counts the views show (kept by triggers, see task_counts in sql/schema.sql)
 /// against the rows themselves: per consumer and state, and per stream.
+///
+/// All in one REPEATABLE READ snapshot: a background worker that promotes a due retry
+/// between two reads would otherwise move a task from one count to another.
 pub fn assert_counts_match_rows(db: &mut Client, when: &str) {
+    let mut snapshot = db
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .unwrap();
+    let db = &mut snapshot;
     let shown = column(
         db,
         "SELECT name || ' ' || available || ' ' || waiting || ' ' || running || ' ' || retryable
@@ -428,4 +438,5 @@ pub fn assert_counts_match_rows(db: &mut Client, when: &str) {
          GROUP BY consumer_id, state ORDER BY consumer_id, state",
     );
     assert_eq!(kept, counted, "task counts by state {when}");
+    snapshot.commit().unwrap();
 }
