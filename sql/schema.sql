@@ -250,6 +250,10 @@ CREATE INDEX tasks_leased ON eventq_internal.tasks (consumer_id, lease_until)
     WHERE state = 'running';
 CREATE INDEX tasks_waiting ON eventq_internal.tasks (consumer_id, order_key, seq)
     WHERE state = 'waiting';
+-- Discarded tasks are the few a person looks at (eventq.tasks by state, redrive); an
+-- index of all finished tasks would cost every ack an entry.
+CREATE INDEX tasks_discarded ON eventq_internal.tasks (consumer_id, seq)
+    WHERE state = 'discarded';
 
 -- Key ordering: per (consumer, key), the task in flight (available, scheduled, running or
 -- retryable), or NULL when the key is idle; the key's other unfinished tasks wait. Rows of

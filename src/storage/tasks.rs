@@ -517,7 +517,7 @@ macro_rules! redrive {
                                  ::eventq_internal.task_state,
                          attempt = 0, run_at = now(), finished_at = NULL, lease_until = NULL,
                          started_at = NULL
-                     WHERE ", $which, " AND state::text = 'discarded'
+                     WHERE ", $which, "
                      RETURNING order_key
                  )
                  SELECT count(*)::int, array_agg(DISTINCT order_key) FILTER (WHERE order_key IS NOT NULL)
@@ -528,7 +528,9 @@ macro_rules! redrive {
     };
 }
 
-static REDRIVE_ALL: Statement = redrive!("consumer_id = $1 AND $2::bigint[] IS NULL");
+// Through the index of discarded tasks, not the consumer's every task.
+static REDRIVE_ALL: Statement =
+    redrive!("consumer_id = $1 AND $2::bigint[] IS NULL AND state = 'discarded'");
 // Looked up by key one at a time, for the reason given at ACK.
 static REDRIVE_SOME: Statement = redrive!(
     "ctid = ANY (ARRAY (
@@ -536,7 +538,8 @@ static REDRIVE_SOME: Statement = redrive!(
          CROSS JOIN LATERAL (
              SELECT ctid FROM eventq_internal.tasks
              WHERE consumer_id = $1 AND seq = id.seq LIMIT 1
-         ) task))"
+         ) task))
+     AND state::text = 'discarded'"
 );
 
 pub fn redrive(client: &SpiClient<'_>, consumer_id: i32, task_ids: Option<Vec<i64>>) -> i32 {

@@ -1,0 +1,1 @@
+SELECT count(*) FROM eventq.tasks WHERE consumer = 'view_task_8' AND state = 'available';
