@@ -707,50 +707,65 @@ WHERE (SELECT eventq_internal.caller_is_admin())
                      OR (g.privilege = 'consume'
                          AND (g.subjects_re IS NULL OR e.subject ~ g.subjects_re))));
 
--- The tasks the role reading may see, with their event, for eventq.tasks below.
-CREATE VIEW eventq_internal.caller_tasks AS
-SELECT c.name AS consumer, t.seq, e.id AS event_id, e.subject, e.key, t.state, t.attempt,
-       t.run_at, t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
-FROM eventq_internal.tasks t
-JOIN eventq_internal.caller_consumers c ON c.id = t.consumer_id
-LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
-
 -- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
--- One branch per stored state, each naming its state as a constant: a reader's
--- `state = 'available'` then leaves only the branches that can match (the others fold to
--- false before planning), and each of those is read through the partial index of its
--- state. Computed in one scan (a CASE over the stored state), the filter matched no index,
--- and counting a consumer's few available tasks read every task it ever had (0.27 s at
--- 100k tasks, 2.6 s at 1M). Without a state filter, the reading is the same as one scan:
--- the consumer's completed tasks through the primary key, the rest through their indexes.
+-- The consumer's tasks are read in one branch per stored state, each naming its state as a
+-- constant: a reader's `state = 'available'` leaves only the branches that can match (the
+-- others fold to false as the query is planned, or are skipped as it starts, for a
+-- parameter), and each of those reads the partial index of its state for this consumer.
+-- With the state computed in one scan (a CASE), no index served the filter: counting a
+-- consumer's few available tasks read every task it had (0.27 s at 100k tasks). Without a
+-- filter on state, the consumer's completed tasks are read by a scan of their own, as they
+-- were read beside the others before.
+-- The branches sit in a LATERAL subquery below a join, not at the top of the view: Postgres
+-- flattens a UNION ALL at the top of a view into its branches, security barrier or not, and
+-- a reader's own condition (a function that raises, a failing cast) then ran on every task
+-- before the consumers the reader may not see were filtered out.
 CREATE VIEW eventq.tasks WITH (security_barrier) AS
-SELECT consumer, seq AS task_id, event_id, seq, subject, key, 'available' AS state, attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'available'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'available', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'scheduled'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'waiting', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'waiting'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'running', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'running'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'retryable', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'retryable'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'completed', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'completed'
-UNION ALL
-SELECT consumer, seq, event_id, seq, subject, key, 'discarded', attempt,
-       run_at, lease_until, last_error, created_at, started_at, finished_at
-FROM eventq_internal.caller_tasks WHERE state = 'discarded';
+SELECT c.name AS consumer,
+       t.seq AS task_id,
+       e.id AS event_id,
+       t.seq,
+       e.subject,
+       e.key,
+       t.state,
+       t.attempt,
+       t.run_at,
+       t.lease_until,
+       t.last_error,
+       t.created_at,
+       t.started_at,
+       t.finished_at
+FROM eventq_internal.caller_consumers c
+CROSS JOIN LATERAL (
+    SELECT seq, 'available' AS state, attempt, run_at, lease_until, last_error, created_at,
+           started_at, finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'available'
+    UNION ALL
+    SELECT seq, 'available', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'scheduled'
+    UNION ALL
+    SELECT seq, 'waiting', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'waiting'
+    UNION ALL
+    SELECT seq, 'running', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'running'
+    UNION ALL
+    SELECT seq, 'retryable', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'retryable'
+    UNION ALL
+    SELECT seq, 'completed', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'completed'
+    UNION ALL
+    SELECT seq, 'discarded', attempt, run_at, lease_until, last_error, created_at, started_at,
+           finished_at
+    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'discarded'
+) t
+LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
 
 -- Attempts that failed, were lost, were discarded or ignored are recorded as they end; a
 -- completed attempt is the completed task itself (unless it was ignored: the same attempt).

@@ -440,7 +440,7 @@ fn a_state_filter_on_the_tasks_view_reads_only_tasks_in_that_state() {
         .collect();
     assert_eq!(keyed.len(), 595);
     db.execute("SELECT eventq.ack('keyed', $1)", &[&keyed]).unwrap();
-    db.execute("ANALYZE eventq_internal.tasks", &[]).unwrap();
+    db.batch_execute("ANALYZE eventq_internal.tasks; ANALYZE eventq_internal.consumers").unwrap();
     assert_counts_match_rows(&mut db, "with tasks in every state");
 
     let expected = [
@@ -472,4 +472,37 @@ fn a_state_filter_on_the_tasks_view_reads_only_tasks_in_that_state() {
     // Without a filter on state every task is still there, once.
     assert_eq!(count(&mut db, "SELECT DISTINCT consumer, task_id FROM eventq.tasks"), 1202);
     assert_eq!(count(&mut db, "SELECT 1 FROM eventq.tasks"), 1202);
+    // The view has one branch per stored state: a state added to the type without its
+    // branch would vanish from it.
+    let states = common::column(
+        &mut db,
+        "SELECT string_agg(enumlabel::text, ' ' ORDER BY enumsortorder) FROM pg_enum
+         WHERE enumtypid = 'eventq_internal.task_state'::regtype",
+    );
+    assert_eq!(states, ["available scheduled waiting running retryable completed discarded"]);
+
+    // A role that sees no consumer learns nothing of their tasks through conditions of its
+    // own: a function that raises on any row it is shown, a cast that fails on an error text.
+    db.batch_execute("CREATE ROLE spy LOGIN").unwrap();
+    let mut spy = cluster.connect_as("postgres", "spy");
+    spy.batch_execute(
+        "SET enable_hashjoin = off;
+         SET enable_mergejoin = off;
+         CREATE FUNCTION pg_temp.peek(bigint, text) RETURNS boolean
+         LANGUAGE plpgsql STABLE COST 0.000001
+         AS $$ BEGIN RAISE EXCEPTION 'saw task %: %', $1, $2; END $$;",
+    )
+    .unwrap();
+    for condition in [
+        "pg_temp.peek(task_id, last_error)",
+        "state = 'retryable' AND pg_temp.peek(task_id, last_error)",
+        "consumer = 'busy' AND state = 'retryable' AND pg_temp.peek(task_id, last_error)",
+        "state = 'retryable' AND last_error::int = 0",
+    ] {
+        let seen = spy
+            .query_one(&format!("SELECT count(*) FROM eventq.tasks WHERE {condition}"), &[])
+            .map(|r| r.get::<_, i64>(0));
+        let seen = seen.map_err(|e| e.as_db_error().map(|d| d.message().to_string()));
+        assert_eq!(seen, Ok(0), "{condition}");
+    }
 }

@@ -528,7 +528,10 @@ macro_rules! redrive {
     };
 }
 
-// Through the index of discarded tasks, not the consumer's every task.
+// Every discarded task of the consumer, through their index (not the consumer's every
+// task). Unlike the statements about given tasks (see the top of this file), this one wants
+// what the index holds; the dead entries a redrive leaves in it are as few as the tasks it
+// moved.
 static REDRIVE_ALL: Statement =
     redrive!("consumer_id = $1 AND $2::bigint[] IS NULL AND state = 'discarded'");
 // Looked up by key one at a time, for the reason given at ACK.
