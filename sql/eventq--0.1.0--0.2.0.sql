@@ -708,20 +708,20 @@ WHERE (SELECT eventq_internal.caller_is_admin())
                          AND (g.subjects_re IS NULL OR e.subject ~ g.subjects_re))));
 
 -- `state` shows a task held back by deliver_at as `available` (with its run_at ahead).
--- The consumer's tasks are read in one branch per stored state, each naming its state as a
--- constant: a reader's `state = 'available'` leaves only the branches that can match (the
--- others fold to false as the query is planned, or are skipped as it starts, for a
--- parameter), and each of those reads the partial index of its state for this consumer.
--- With the state computed in one scan (a CASE), no index served the filter: counting a
--- consumer's few available tasks read every task it had (0.27 s at 100k tasks). Without a
--- filter on state, the consumer's completed tasks are read by a scan of their own, as they
--- were read beside the others before.
--- The branches sit in a LATERAL subquery below a join, not at the top of the view: Postgres
--- flattens a UNION ALL at the top of a view into its branches, security barrier or not, and
--- a reader's own condition (a function that raises, a failing cast) then ran on every task
--- before the consumers the reader may not see were filtered out.
+-- The tasks are read in one branch per stored state, each naming its state as a constant:
+-- a reader's `state = 'available'` leaves only the branches that can match (the others
+-- fold to false as the query is planned, or are skipped as it starts, for a parameter),
+-- and each of those reads the partial index of its state. With the state computed in one
+-- scan (a CASE), no index served the filter: counting a consumer's few available tasks
+-- read every task it had (0.27 s at 100k tasks). Completed tasks, the many, have no index
+-- of their own: their branch reads them as the single scan did.
+-- The branches are joined to the events below the top of the view: a UNION ALL at the top
+-- of a view is flattened into its branches, security barrier or not, and a reader's own
+-- condition (a function that raises, a failing cast) then ran on every task before the
+-- consumers the reader may not see were filtered out. Each branch joins the consumers
+-- itself, so that the planner may read a consumer's tasks by index or hash all of them.
 CREATE VIEW eventq.tasks WITH (security_barrier) AS
-SELECT c.name AS consumer,
+SELECT t.consumer,
        t.seq AS task_id,
        e.id AS event_id,
        t.seq,
@@ -735,37 +735,43 @@ SELECT c.name AS consumer,
        t.created_at,
        t.started_at,
        t.finished_at
-FROM eventq_internal.caller_consumers c
-CROSS JOIN LATERAL (
-    SELECT seq, 'available' AS state, attempt, run_at, lease_until, last_error, created_at,
-           started_at, finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'available'
+FROM (
+    SELECT c.name AS consumer, c.stream_id, t.seq, 'available' AS state, t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'available'
     UNION ALL
-    SELECT seq, 'available', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'scheduled'
+    SELECT c.name, c.stream_id, t.seq, 'available', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'scheduled'
     UNION ALL
-    SELECT seq, 'waiting', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'waiting'
+    SELECT c.name, c.stream_id, t.seq, 'waiting', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'waiting'
     UNION ALL
-    SELECT seq, 'running', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'running'
+    SELECT c.name, c.stream_id, t.seq, 'running', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'running'
     UNION ALL
-    SELECT seq, 'retryable', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'retryable'
+    SELECT c.name, c.stream_id, t.seq, 'retryable', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'retryable'
     UNION ALL
-    SELECT seq, 'completed', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'completed'
+    SELECT c.name, c.stream_id, t.seq, 'completed', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'completed'
     UNION ALL
-    SELECT seq, 'discarded', attempt, run_at, lease_until, last_error, created_at, started_at,
-           finished_at
-    FROM eventq_internal.tasks WHERE consumer_id = c.id AND state = 'discarded'
+    SELECT c.name, c.stream_id, t.seq, 'discarded', t.attempt, t.run_at,
+           t.lease_until, t.last_error, t.created_at, t.started_at, t.finished_at
+    FROM eventq_internal.caller_consumers c
+    JOIN eventq_internal.tasks t ON t.consumer_id = c.id AND t.state = 'discarded'
 ) t
-LEFT JOIN eventq_internal.events e ON e.stream_id = c.stream_id AND e.seq = t.seq;
+LEFT JOIN eventq_internal.events e ON e.stream_id = t.stream_id AND e.seq = t.seq;
 
 -- Attempts that failed, were lost, were discarded or ignored are recorded as they end; a
 -- completed attempt is the completed task itself (unless it was ignored: the same attempt).

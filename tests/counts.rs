@@ -481,28 +481,38 @@ fn a_state_filter_on_the_tasks_view_reads_only_tasks_in_that_state() {
     );
     assert_eq!(states, ["available scheduled waiting running retryable completed discarded"]);
 
-    // A role that sees no consumer learns nothing of their tasks through conditions of its
-    // own: a function that raises on any row it is shown, a cast that fails on an error text.
-    db.batch_execute("CREATE ROLE spy LOGIN").unwrap();
+    // A role that sees one consumer, its own, learns nothing of the others' tasks through
+    // conditions of its own: a function that raises on any task not of its consumer, a cast
+    // that fails on another consumer's error text, a division by zero.
+    db.batch_execute("CREATE ROLE spy LOGIN; SELECT eventq.grant('consume', 's', 'spy');").unwrap();
     let mut spy = cluster.connect_as("postgres", "spy");
+    spy.batch_execute("SELECT eventq.create_consumer('mine', 's')").unwrap();
+    db.batch_execute("SELECT eventq.publish('s', 'a.y'); SELECT eventq.publish('s', 'a.y');")
+        .unwrap();
+    maintain(&mut db);
     spy.batch_execute(
         "SET enable_hashjoin = off;
          SET enable_mergejoin = off;
-         CREATE FUNCTION pg_temp.peek(bigint, text) RETURNS boolean
+         CREATE FUNCTION pg_temp.peek(text, bigint, text) RETURNS boolean
          LANGUAGE plpgsql STABLE COST 0.000001
-         AS $$ BEGIN RAISE EXCEPTION 'saw task %: %', $1, $2; END $$;",
+         AS $$ BEGIN
+             IF $1 IS DISTINCT FROM 'mine' THEN RAISE EXCEPTION 'saw task % of %: %', $2, $1, $3; END IF;
+             RETURN true;
+         END $$;",
     )
     .unwrap();
-    for condition in [
-        "pg_temp.peek(task_id, last_error)",
-        "state = 'retryable' AND pg_temp.peek(task_id, last_error)",
-        "consumer = 'busy' AND state = 'retryable' AND pg_temp.peek(task_id, last_error)",
-        "state = 'retryable' AND last_error::int = 0",
+    for (condition, visible) in [
+        ("pg_temp.peek(consumer, task_id, last_error)", 2),
+        ("state = 'available' AND pg_temp.peek(consumer, task_id, last_error)", 2),
+        ("state = 'retryable' AND pg_temp.peek(consumer, task_id, last_error)", 0),
+        ("consumer = 'busy' AND pg_temp.peek(consumer, task_id, last_error)", 0),
+        ("state = 'retryable' AND last_error::int = 0", 0),
+        ("state = 'available' AND task_id / (CASE consumer WHEN 'mine' THEN 1 ELSE 0 END) > 0", 2),
     ] {
         let seen = spy
             .query_one(&format!("SELECT count(*) FROM eventq.tasks WHERE {condition}"), &[])
-            .map(|r| r.get::<_, i64>(0));
-        let seen = seen.map_err(|e| e.as_db_error().map(|d| d.message().to_string()));
-        assert_eq!(seen, Ok(0), "{condition}");
+            .map(|r| r.get::<_, i64>(0))
+            .map_err(|e| e.as_db_error().map(|d| d.message().to_string()));
+        assert_eq!(seen, Ok(visible), "{condition}");
     }
 }
