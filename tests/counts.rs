@@ -13,6 +13,15 @@ fn maintain(db: &mut Client) {
     db.execute("SELECT eventq.run_maintenance()", &[]).unwrap();
 }
 
+/// The ids of the tasks one pull of `max` leased.
+fn pull_ids(db: &mut Client, consumer: &str, max: i32) -> Vec<i64> {
+    db.query("SELECT task_id FROM eventq.pull($1, $2)", &[&consumer, &max])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[test]
 fn the_counts_follow_every_change_of_tasks_and_events() {
     let cluster = Cluster::start("counts", &["max_prepared_transactions = 4"]);
@@ -39,22 +48,12 @@ fn the_counts_follow_every_change_of_tasks_and_events() {
     );
 
     // pull, ack, retry, discard, extend_lease, ignore
-    let plain: Vec<i64> = db
-        .query("SELECT task_id FROM eventq.pull('plain', 5)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plain = pull_ids(&mut db, "plain", 5);
     db.execute("SELECT eventq.ack('plain', $1)", &[&vec![plain[0], plain[1]]]).unwrap();
     db.execute("SELECT eventq.retry('plain', $1, 'boom')", &[&plain[2]]).unwrap();
     db.execute("SELECT eventq.discard('plain', $1, 'no')", &[&plain[3]]).unwrap();
     db.execute("SELECT eventq.extend_lease('plain', $1)", &[&plain[4]]).unwrap();
-    let keyed: Vec<i64> = db
-        .query("SELECT task_id FROM eventq.pull('keyed', 10)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keyed = pull_ids(&mut db, "keyed", 10);
     db.execute("SELECT eventq.ignore('keyed', $1)", &[&keyed[0]]).unwrap();
     db.execute("SELECT eventq.ack('keyed', $1)", &[&keyed[1..].to_vec()]).unwrap();
     assert_counts_match_rows(&mut db, "after pull, ack, retry, discard and ignore");
@@ -421,23 +420,13 @@ fn a_state_filter_on_the_tasks_view_reads_only_tasks_in_that_state() {
     // busy: 590 completed, 2 retryable, 1 discarded, 4 running, 3 + 1 scheduled available;
     // keyed: 595 completed (the first of key k among them), the next of k available and 4
     // waiting behind it, 1 scheduled.
-    let pulled: Vec<i64> = db
-        .query("SELECT task_id FROM eventq.pull('busy', 597)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pulled = pull_ids(&mut db, "busy", 597);
     db.execute("SELECT eventq.ack('busy', $1)", &[&pulled[..590].to_vec()]).unwrap();
     for id in &pulled[590..592] {
         db.execute("SELECT eventq.retry('busy', $1, 'later')", &[id]).unwrap();
     }
     db.execute("SELECT eventq.discard('busy', $1, 'no')", &[&pulled[592]]).unwrap();
-    let keyed: Vec<i64> = db
-        .query("SELECT task_id FROM eventq.pull('keyed', 600)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keyed = pull_ids(&mut db, "keyed", 600);
     assert_eq!(keyed.len(), 595);
     db.execute("SELECT eventq.ack('keyed', $1)", &[&keyed]).unwrap();
     db.batch_execute("ANALYZE eventq_internal.tasks; ANALYZE eventq_internal.consumers").unwrap();
