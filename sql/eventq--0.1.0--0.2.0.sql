@@ -242,6 +242,26 @@ CREATE FUNCTION eventq."apply"(
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'apply_wrapper';
 
+-- A stream's newest events, read from the end of the log (the view sorts the whole stream).
+CREATE FUNCTION eventq."newest_events"(
+	"stream" TEXT,
+	"max" INT DEFAULT 10,
+	"before" bigint DEFAULT NULL
+) RETURNS TABLE (
+	"stream" TEXT,
+	"seq" bigint,
+	"event_id" uuid,
+	"subject" TEXT,
+	"key" TEXT,
+	"payload" jsonb,
+	"headers" jsonb,
+	"published_at" timestamp with time zone,
+	"deliver_at" timestamp with time zone
+)
+STABLE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'newest_events_wrapper';
+
 -- A handler's "nothing to do" (cf-eventhub's ignored outcome).
 CREATE FUNCTION eventq."ignore"(
 	"consumer" TEXT,

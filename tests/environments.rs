@@ -64,6 +64,7 @@ fn read_only_transactions_read_and_refuse_to_publish() {
         let mut reader = cluster.connect();
         reader.batch_execute("BEGIN READ ONLY").unwrap();
         assert_eq!(column(&mut reader, "SELECT subject FROM eventq.fetch('l')"), ["a"]);
+        assert_eq!(column(&mut reader, "SELECT subject FROM eventq.newest_events('s')"), ["a"]);
         reader
             .batch_execute(
                 "SELECT * FROM eventq.streams; SELECT * FROM eventq.consumers;
@@ -166,6 +167,10 @@ fn a_hot_standby_reads_the_replicated_log() {
     assert_eq!(
         column(&mut replica, "SELECT available::text FROM eventq.consumers WHERE name = 'c'"),
         ["2"]
+    );
+    assert_eq!(
+        column(&mut replica, "SELECT subject FROM eventq.newest_events('s')"),
+        ["after", "before"]
     );
     // The counts and a log consumer's lag, read on the standby.
     assert_eq!(

@@ -236,6 +236,7 @@ fn a_manager_works_every_consumer_of_its_stream() {
     );
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.fetch('audit')"), 4);
     assert_eq!(count(&mut auditor, "SELECT * FROM eventq.events"), 4);
+    assert_eq!(count(&mut auditor, "SELECT * FROM eventq.newest_events('orders')"), 4);
     assert_eq!(
         column(&mut auditor, "SELECT name FROM eventq.consumers ORDER BY 1"),
         ["audit", "invoicing"]
@@ -281,6 +282,17 @@ fn a_tenant_sees_and_subscribes_to_its_own_subjects_only() {
         column(&mut tenant, "SELECT subject FROM eventq.events ORDER BY seq"),
         ["seller.42.order.created", "seller.42.order.paid"]
     );
+    // and so does reading the stream from its end
+    assert_eq!(
+        column(&mut tenant, "SELECT subject FROM eventq.newest_events('orders')"),
+        ["seller.42.order.paid", "seller.42.order.created"]
+    );
+    assert_eq!(
+        column(&mut tenant, "SELECT subject FROM eventq.newest_events('orders', 1)"),
+        ["seller.42.order.paid"]
+    );
+    assert!(denied(&mut tenant, "SELECT * FROM eventq.newest_events('payments')")
+        .contains("\"payments\""));
     assert_eq!(
         column(&mut tenant, "SELECT name FROM eventq.consumers ORDER BY 1"),
         ["mine", "mine_log"]
@@ -301,6 +313,7 @@ fn a_tenant_sees_and_subscribes_to_its_own_subjects_only() {
     assert!(denied(&mut tenant, "SELECT * FROM eventq.pull('mine')").contains("seller.42.order.*"));
     ok(&mut su, "SELECT eventq.revoke('consume', 'orders', 'tenant42')");
     denied(&mut tenant, "SELECT * FROM eventq.fetch('mine_log')");
+    denied(&mut tenant, "SELECT * FROM eventq.newest_events('orders')");
     assert_eq!(count(&mut tenant, "SELECT * FROM eventq.events WHERE stream = 'orders'"), 0);
 }
 
@@ -328,6 +341,7 @@ fn a_role_without_grants_can_do_and_see_nothing() {
         "SELECT eventq.grant('manage', 'orders', 'nobody')",
         "SELECT eventq.run_maintenance()",
         "SELECT * FROM eventq.worker_health()",
+        "SELECT * FROM eventq.newest_events('orders')",
         "SELECT * FROM eventq_internal.events",
         "SELECT * FROM eventq_internal.consumers",
         "TRUNCATE eventq_internal.tasks",

@@ -217,6 +217,7 @@ fn decoys_on_every_search_path_are_never_called() {
         "SELECT * FROM eventq.streams",
         "SELECT * FROM eventq.consumers",
         "SELECT * FROM eventq.events",
+        "SELECT * FROM eventq.newest_events('orders', 5)",
         "SELECT * FROM eventq.tasks",
         "SELECT * FROM eventq.attempts",
         "SELECT * FROM eventq.workers",

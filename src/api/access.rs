@@ -192,6 +192,16 @@ impl Call {
         held
     }
 
+    /// Which events of the stream the caller may read, as the view `eventq.events` decides:
+    /// all (`Some(None)`: administrators, `manage`, `consume` of every subject), those of
+    /// the subjects of its consume grants (`Some(Some(regex))`), or none (`None`).
+    pub fn readable_events(&self, stream_id: i32) -> Option<Option<String>> {
+        if self.is_admin() || self.held(stream_id, Privilege::Manage).is_some() {
+            return Some(None);
+        }
+        self.held(stream_id, Privilege::Consume).map(|scope| scope.and_then(|s| s.regex()))
+    }
+
     /// `publish` on the stream, for each of the subjects.
     pub fn require_publish<'s>(
         &self,

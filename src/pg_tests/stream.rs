@@ -94,4 +94,56 @@ mod tests {
         run("SELECT tests.maintain()");
         assert_eq!(count("SELECT 1 FROM eventq_internal.staged s WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.streams st WHERE st.id = s.stream_id)"), 0);
     }
+    /// `newest_events` returns what `eventq.events … ORDER BY seq DESC LIMIT n` returns,
+    /// page after page, but reads only those rows: the view reads the whole stream first.
+    #[pg_test]
+    fn newest_events_pages_back_from_the_end_of_the_log_reading_only_what_it_returns() {
+        run("SELECT eventq.create_stream('st_n'); SELECT eventq.create_stream('st_other')");
+        run("SELECT eventq.publish_batch('st_n', array_agg('s.' || i % 3),
+                                         array_agg(jsonb_build_object('i', i)))
+             FROM generate_series(1, 3000) i");
+        run("SELECT eventq.publish('st_other', 'x', deliver_at => now() + interval '1 hour')");
+        run("SELECT eventq.publish('st_n', 'late', '{}', key => 'k', headers => '{\"h\": 1}',
+                                   deliver_at => now() + interval '1 hour')");
+        run("SELECT tests.maintain()");
+        let page = |before: &str| {
+            (
+                one::<String>(&format!(
+                    "SELECT string_agg(to_jsonb(n)::text, ',' ORDER BY n.seq DESC)
+                     FROM eventq.newest_events('st_n', 7, {before}) n"
+                )),
+                one::<String>(&format!(
+                    "SELECT string_agg(to_jsonb(v)::text, ',' ORDER BY v.seq DESC)
+                     FROM (SELECT * FROM eventq.events
+                           WHERE stream = 'st_n' AND seq < coalesce({before}, 9e18)
+                           ORDER BY seq DESC LIMIT 7) v"
+                )),
+            )
+        };
+        let (newest, view) = page("NULL");
+        assert!(newest.as_deref().is_some_and(|p| p.contains("\"late\"")), "{newest:?}");
+        assert_eq!(newest, view);
+        let lowest = one::<i64>("SELECT min(seq) FROM eventq.newest_events('st_n', 7)").unwrap();
+        let (older, view) = page(&lowest.to_string());
+        assert!(older.is_some());
+        assert_eq!(older, view);
+        assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', 100000)"), 3001);
+        assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', before => 1)"), 0);
+
+        // rows of the log read (by index or by scan) in this transaction so far
+        let read = || {
+            one::<i64>(
+                "SELECT pg_stat_get_xact_tuples_fetched('eventq_internal.events'::regclass)
+                      + pg_stat_get_xact_tuples_returned('eventq_internal.events'::regclass)",
+            )
+            .unwrap()
+        };
+        let before = read();
+        assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', 10)"), 10);
+        let n = read() - before;
+        assert!(n <= 30, "{n} rows of the log read for the newest 10 of 3001");
+
+        assert_error("SELECT * FROM eventq.newest_events('st_none')", "42704", "st_none");
+        assert_error("SELECT * FROM eventq.newest_events('st_n', 0)", "22023", "max");
+    }
 }

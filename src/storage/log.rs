@@ -148,6 +148,52 @@ pub fn fetch(
     events
 }
 
+// A stream's newest events, highest seq first, below $2: the primary key read backwards,
+// stopping after $4 rows the role may read ($3: the subjects of its consume grants as a
+// regular expression; NULL: all). The view `eventq.events` cannot do this: see
+// `api::stream::newest_events`.
+static NEWEST: Statement = Statement::index_ordered(
+    "SELECT e.seq, e.id, e.subject, e.key, e.payload, e.headers, e.published_at, e.deliver_at
+     FROM eventq_internal.events e
+     WHERE e.stream_id = $1 AND e.seq < $2 AND ($3::text IS NULL OR e.subject ~ $3)
+     ORDER BY e.seq DESC
+     LIMIT $4",
+    &[INT, BIGINT, TEXT, BIGINT],
+);
+
+pub struct ListedEvent {
+    pub event: LogEvent,
+    pub deliver_at: Option<TimestampWithTimeZone>,
+}
+
+/// The stream's `max` newest events below `before` whose subjects `readable_re` admits
+/// (`None`: all), newest first. Reads the log as it is; drains nothing.
+pub fn newest(
+    client: &SpiClient<'_>,
+    stream_id: i32,
+    before: i64,
+    readable_re: Option<String>,
+    max: i64,
+) -> Vec<ListedEvent> {
+    NEWEST
+        .run(client, &[arg(stream_id), arg(before), arg(readable_re), arg(max)])
+        .filter_map(|row| {
+            Some(ListedEvent {
+                event: LogEvent {
+                    seq: column(&row, 1)?,
+                    event_id: column(&row, 2)?,
+                    subject: column(&row, 3)?,
+                    key: column(&row, 4),
+                    payload: column(&row, 5)?,
+                    headers: column(&row, 6),
+                    published_at: column(&row, 7)?,
+                },
+                deliver_at: column(&row, 8),
+            })
+        })
+        .collect()
+}
+
 /// A scan of the log for a filter's events after a position, and what it may learn: if it
 /// finds none, that the stretch from the position to the head read before it holds none.
 struct Stretch {

@@ -42,8 +42,8 @@ use std::marker::PhantomData;
 pub struct Statement {
     pub sql: &'static str,
     pub args: &'static [pg_sys::Oid],
-    /// Planned with sequential scans disabled (see `planning`).
-    indexed: bool,
+    /// How the planner is held to indexes (see `planning`).
+    planning: planning::Held,
 }
 
 /// A plan prepared with SPI_prepare and kept with SPI_keepplan for the backend's life.
@@ -105,13 +105,20 @@ impl<'c> Iterator for Rows<'c> {
 
 impl Statement {
     pub const fn new(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
-        Statement { sql, args, indexed: false }
+        Statement { sql, args, planning: planning::Held::No }
     }
 
     /// A statement that reaches its rows through an index whatever the table's size: its
     /// kept plan is made with sequential scans disabled (see `planning`).
     pub const fn indexed(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
-        Statement { sql, args, indexed: true }
+        Statement { sql, args, planning: planning::Held::ToIndexes }
+    }
+
+    /// An indexed statement that must also get its order from an index: its kept plan is
+    /// made with bitmap scans and sorts disabled too, so that a `LIMIT` stops the scan
+    /// after the rows it returns.
+    pub const fn index_ordered(sql: &'static str, args: &'static [pg_sys::Oid]) -> Statement {
+        Statement { sql, args, planning: planning::Held::ToIndexOrder }
     }
 
     /// Runs the statement read-write, with a snapshot of everything committed before it
@@ -166,7 +173,7 @@ impl Statement {
         args: &[DatumWithOid<'_>],
     ) -> Rows<'c> {
         let (mut values, nulls) = datums(args, self.args.len(), self.sql);
-        let _planning = self.indexed.then(|| planning::running(self.sql));
+        let _planning = planning::running(self.sql, self.planning);
         let status = unsafe {
             // SAFETY: the plan is kept and valid; values and nulls hold one entry per
             // argument; SPI is connected (the client proves it).

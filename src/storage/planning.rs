@@ -1,5 +1,5 @@
 //! Plans of `indexed` statements (see `Statement::indexed`) are made with sequential scans
-//! disabled.
+//! disabled; those of `index_ordered` ones with bitmap scans and sorts disabled too.
 //!
 //! A kept plan lives as long as the session, and Postgres makes it again only when the
 //! table's statistics change, not when the table grows. A lease or an ack planned while the
@@ -20,9 +20,21 @@ use pgrx::pg_sys;
 use std::cell::Cell;
 use std::ffi::CStr;
 
+/// How a statement's plan is held to indexes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    No,
+    /// Sequential scans disabled.
+    ToIndexes,
+    /// Sequential scans, bitmap scans and sorts disabled: the rows come in the order of
+    /// an index. Right after a burst, before the table is analyzed, Postgres takes a
+    /// stream to hold a few rows and would sort them after a bitmap scan: all of them.
+    ToIndexOrder,
+}
+
 thread_local! {
-    /// The text of the indexed statement this backend is running, while it runs.
-    static RUNNING: Cell<Option<&'static str>> = const { Cell::new(None) };
+    /// The text of the held statement this backend is running, and how it is held.
+    static RUNNING: Cell<Option<(&'static str, Held)>> = const { Cell::new(None) };
 }
 
 static mut PREVIOUS_PLANNER: pg_sys::planner_hook_type = None;
@@ -35,12 +47,12 @@ pub fn install_hook() {
     }
 }
 
-/// Marks `sql` as the indexed statement being run until the guard is dropped.
-pub fn running(sql: &'static str) -> Running {
-    Running(RUNNING.replace(Some(sql)))
+/// Marks `sql` as the statement being run until the guard is dropped.
+pub fn running(sql: &'static str, held: Held) -> Option<Running> {
+    (held != Held::No).then(|| Running(RUNNING.replace(Some((sql, held)))))
 }
 
-pub struct Running(Option<&'static str>);
+pub struct Running(Option<(&'static str, Held)>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -54,12 +66,20 @@ fn is_statement(sql: &str, text: &[u8]) -> bool {
     text.starts_with(fixed)
 }
 
-struct Restore(bool);
+struct Restore {
+    seqscan: bool,
+    bitmapscan: bool,
+    sort: bool,
+}
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        // SAFETY: a planner global of this backend, set below for this planning only.
-        unsafe { pg_sys::enable_seqscan = self.0 };
+        // SAFETY: planner globals of this backend, set below for this planning only.
+        unsafe {
+            pg_sys::enable_seqscan = self.seqscan;
+            pg_sys::enable_bitmapscan = self.bitmapscan;
+            pg_sys::enable_sort = self.sort;
+        }
     }
 }
 
@@ -80,15 +100,28 @@ unsafe extern "C-unwind" fn planner(
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
         }
     };
-    let ours = RUNNING.get().is_some_and(|sql| {
-        !query_string.is_null()
-            && is_statement(sql, unsafe { CStr::from_ptr(query_string) }.to_bytes())
+    let held = RUNNING.get().and_then(|(sql, held)| {
+        (!query_string.is_null()
+            && is_statement(sql, unsafe { CStr::from_ptr(query_string) }.to_bytes()))
+        .then_some(held)
     });
-    if !ours {
+    let Some(held) = held else {
         return plan();
+    };
+    let _restore = unsafe {
+        Restore {
+            seqscan: pg_sys::enable_seqscan,
+            bitmapscan: pg_sys::enable_bitmapscan,
+            sort: pg_sys::enable_sort,
+        }
+    };
+    unsafe {
+        pg_sys::enable_seqscan = false;
+        if held == Held::ToIndexOrder {
+            pg_sys::enable_bitmapscan = false;
+            pg_sys::enable_sort = false;
+        }
     }
-    let _restore = Restore(unsafe { pg_sys::enable_seqscan });
-    unsafe { pg_sys::enable_seqscan = false };
     plan()
 }
 
