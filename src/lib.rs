@@ -10,7 +10,7 @@
 //! - `launcher` starts a background worker per database with eventq; `worker` that worker
 //!   and the drain helper; `wakeup` what backends share through shared memory: workers'
 //!   latches and health, and what has been published and drained; `pull_start` where each
-//!   consumer's pulls start scanning
+//!   consumer's pulls start scanning; `unread_counts` log consumers' lag as last counted
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -22,6 +22,7 @@ mod gucs;
 mod launcher;
 mod pull_start;
 mod storage;
+mod unread_counts;
 mod wakeup;
 mod worker;
 
@@ -42,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         wakeup::init_shared_memory();
         pull_start::init_shared_memory();
+        unread_counts::init_shared_memory();
         launcher::install_hooks();
         launcher::register();
     }

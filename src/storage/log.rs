@@ -4,6 +4,7 @@
 use super::consumers::Consumer;
 use super::{arg, column, scalar, Statement, BIGINT, INT, TEXT, TIMESTAMPTZ};
 use crate::datum::Jsonb;
+use crate::unread_counts;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use std::cell::RefCell;
@@ -264,10 +265,33 @@ struct Counted {
     total: i64,
 }
 
+impl Counted {
+    fn from_shared(c: unread_counts::Count) -> Counted {
+        Counted {
+            from: c.from,
+            through: c.through,
+            matching: c.matching,
+            oldest_at: c.oldest_at.and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
+            total: c.total,
+        }
+    }
+
+    fn to_shared(self) -> unread_counts::Count {
+        unread_counts::Count {
+            from: self.from,
+            through: self.through,
+            matching: self.matching,
+            oldest_at: self.oldest_at.map(|t| t.into_inner()),
+            total: self.total,
+        }
+    }
+}
+
 thread_local! {
-    /// A log consumer that does not read (stopped, or whose filter matches nothing) has its
-    /// unread events counted again at every read of eventq.consumers: from here, only the
-    /// events since are read. Void once an event up to `through` is gone (retention, a
+    /// Without preloading (else see `unread_counts`, shared by all backends): a log consumer
+    /// that does not read (stopped, or whose filter matches nothing) has its unread events
+    /// counted again at every read of eventq.consumers: from here, only the events since
+    /// are read. Void once an event up to `through` is gone (retention, a
     /// dropped stream), which the stream's total shows: then everything is counted again.
     static COUNTED: RefCell<HashMap<Filter, Counted>> = RefCell::new(HashMap::new());
 }
@@ -278,9 +302,12 @@ pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWit
     let filter = Filter::new(c.stream_id, &c.include_re, &c.exclude_re, c.start_at);
     let (head, restoring) = head_and_restoring(client);
     let after = c.cursor_seq;
-    let known = COUNTED
-        .with(|k| k.borrow().get(&filter).copied())
-        .filter(|k| k.from == after && k.through <= head && !restoring);
+    let shared_key = unread_counts::key(&filter);
+    let known = match shared_key {
+        Some(key) => unread_counts::get(key).map(Counted::from_shared),
+        None => COUNTED.with(|k| k.borrow().get(&filter).copied()),
+    }
+    .filter(|k| k.from == after && k.through <= head && !restoring);
     let count = |since: i64| {
         UNREAD
             .first_row(
@@ -319,7 +346,10 @@ pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWit
         Counted { from: after, through: head, matching, oldest_at, total }
     });
     if !restoring && head >= after {
-        COUNTED.with(|k| remember(k, filter, counted));
+        match shared_key {
+            Some(key) => unread_counts::put(key, counted.to_shared()),
+            None => COUNTED.with(|k| remember(k, filter, counted)),
+        }
     }
     (counted.matching, counted.oldest_at)
 }
