@@ -329,6 +329,92 @@ fn a_log_consumers_lag_counted_in_one_session_serves_the_others() {
     assert_eq!(log_rows_read(&mut db, lag).0, 10000);
 }
 
+/// Rows of `table` read by sequential scans so far, this session's included.
+fn rows_scanned(db: &mut Client, table: &str) -> i64 {
+    db.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    db.query_one(
+        "SELECT seq_tup_read FROM pg_stat_user_tables
+         WHERE relid = ('eventq_internal.' || $1)::regclass",
+        &[&table],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A fold reads its rows once, whatever the planner makes of the statistics. The folds
+/// once chose the groups to fold by joining the table to its own groups: analyzed right
+/// after a fold (a few rows in the pages of many), the table looked nearly empty, the join
+/// became a nested loop that read the table (or its sorted copy) again for every group or
+/// row, and run_maintenance() after a burst ran for more than ten minutes. Here every join
+/// must be a nested loop: a fold that joins reads its table more than once.
+#[test]
+fn folding_the_counts_reads_them_once() {
+    let cluster = Cluster::start("counts-fold", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('c', 's');
+         SELECT eventq.create_consumer('gone', 's');
+         SELECT eventq.publish_batch('s', ARRAY['a','b','c'], array_fill('{}'::jsonb, ARRAY[3]));",
+    )
+    .unwrap();
+    maintain(&mut db);
+    // The statistics of a table just folded: a few rows in many pages.
+    db.batch_execute(
+        "INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+         SELECT id, 'available', 0 FROM eventq_internal.consumers, generate_series(1, 20000);
+         DELETE FROM eventq_internal.task_counts WHERE tasks = 0;
+         ANALYZE eventq_internal.task_counts;",
+    )
+    .unwrap();
+    // Rows that change no count, as many as a busy minute leaves between folds, and
+    // expirations of a consumer that is then dropped.
+    db.batch_execute(
+        "INSERT INTO eventq_internal.task_counts (consumer_id, state, tasks)
+         SELECT c.id, s.state, 0 FROM eventq_internal.consumers c,
+                unnest(ARRAY['available', 'running', 'completed']::eventq_internal.task_state[]) s(state),
+                generate_series(1, 20000);
+         INSERT INTO eventq_internal.event_counts (stream_id, events)
+         SELECT id, 0 FROM eventq_internal.streams, generate_series(1, 50000);
+         INSERT INTO eventq_internal.expirations (consumer_id, tasks)
+         SELECT id, 1 FROM eventq_internal.consumers, generate_series(1, 25000);
+         SELECT eventq.drop_consumer('gone');",
+    )
+    .unwrap();
+    let rows =
+        |db: &mut Client, table: &str| count(db, &format!("SELECT * FROM eventq_internal.{table}"));
+    let tables = ["task_counts", "event_counts", "expirations"];
+    let before: Vec<(i64, i64)> =
+        tables.iter().map(|t| (rows(&mut db, t), rows_scanned(&mut db, t))).collect();
+    assert_eq!(
+        count(&mut db, "SELECT * FROM eventq.consumers WHERE name = 'c' AND expired = 25000"),
+        1
+    );
+    db.batch_execute(
+        "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off;
+         SET statement_timeout = '60s'",
+    )
+    .unwrap();
+    maintain(&mut db);
+    db.batch_execute("RESET ALL").unwrap();
+    for (table, (rows_before, scanned_before)) in tables.iter().zip(before) {
+        let scanned = rows_scanned(&mut db, table) - scanned_before;
+        assert!(
+            scanned <= rows_before + 100,
+            "folding {table} read {scanned} rows of {rows_before}"
+        );
+    }
+    for (table, most) in [("task_counts", 7), ("event_counts", 1), ("expirations", 1)] {
+        let left = rows(&mut db, table);
+        assert!(left <= most, "{table} has {left} rows after a fold");
+    }
+    assert_eq!(
+        count(&mut db, "SELECT * FROM eventq.consumers WHERE name = 'c' AND expired = 25000"),
+        1
+    );
+    assert_counts_match_rows(&mut db, "after folding");
+}
+
 #[test]
 fn truncating_empties_the_counts_and_recount_repairs_writes_the_triggers_missed() {
     let cluster = Cluster::start("counts-repair", &[]);

@@ -166,17 +166,16 @@ static TRIM_DRAINS: Statement = Statement::new(
     &[],
 );
 
-// Folds each consumer's expiration counts into one row.
+// Folds each consumer's expiration counts into one row, and drops those of consumers that
+// are gone. Every row, without a join, as storage::counts folds the task counts (which
+// says why).
 static FOLD_EXPIRATIONS: Statement = Statement::new(
     "WITH folded AS (
-         DELETE FROM eventq_internal.expirations
-         WHERE consumer_id IN (SELECT consumer_id FROM eventq_internal.expirations
-                               GROUP BY consumer_id HAVING pg_catalog.count(*) > 1)
-         RETURNING consumer_id, tasks
+         DELETE FROM eventq_internal.expirations RETURNING consumer_id, tasks
      )
      INSERT INTO eventq_internal.expirations (consumer_id, tasks)
      SELECT consumer_id, pg_catalog.sum(tasks) FROM folded
-     WHERE consumer_id IN (SELECT id FROM eventq_internal.consumers)
+     WHERE consumer_id = ANY (ARRAY (SELECT id FROM eventq_internal.consumers))
      GROUP BY consumer_id",
     &[],
 );
