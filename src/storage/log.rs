@@ -100,6 +100,12 @@ fn head_and_restoring(client: &SpiClient<'_>) -> (i64, bool) {
         .unwrap_or((0, true))
 }
 
+/// Whether this transaction has written anything yet (it has a transaction id).
+fn writing() -> bool {
+    let xid = unsafe { pgrx::pg_sys::GetTopTransactionIdIfAny() };
+    xid != pgrx::pg_sys::InvalidTransactionId
+}
+
 fn log_table() -> u32 {
     // SAFETY: catalog lookups by name, in a transaction.
     unsafe {
@@ -347,7 +353,9 @@ pub fn unread(client: &SpiClient<'_>, c: &Consumer) -> (i64, Option<TimestampWit
     });
     if !restoring && head >= after {
         match shared_key {
-            Some(key) => unread_counts::put(key, counted.to_shared()),
+            // (not a count that may include this transaction's own uncommitted changes)
+            Some(key) if !writing() => unread_counts::put(key, counted.to_shared()),
+            Some(_) => {}
             None => COUNTED.with(|k| remember(k, filter, counted)),
         }
     }

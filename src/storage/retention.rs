@@ -167,16 +167,23 @@ static TRIM_DRAINS: Statement = Statement::new(
 );
 
 // Folds each consumer's expiration counts into one row, and drops those of consumers that
-// are gone. Every row, without a join, as storage::counts folds the task counts (which
+// are gone; in one pass over the table, as storage::counts folds the task counts (which
 // says why).
 static FOLD_EXPIRATIONS: Statement = Statement::new(
-    "WITH folded AS (
-         DELETE FROM eventq_internal.expirations RETURNING consumer_id, tasks
+    "WITH grouped AS (
+         SELECT x.ctid, pg_catalog.count(*) OVER (PARTITION BY x.consumer_id) AS rows_of_group,
+                EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = x.consumer_id) AS live
+         FROM eventq_internal.expirations x
+     ), folded AS (
+         DELETE FROM eventq_internal.expirations
+         WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY (SELECT ctid FROM grouped
+                                                      WHERE rows_of_group > 1 OR NOT live))
+         RETURNING consumer_id, tasks
      )
      INSERT INTO eventq_internal.expirations (consumer_id, tasks)
-     SELECT consumer_id, pg_catalog.sum(tasks) FROM folded
-     WHERE consumer_id = ANY (ARRAY (SELECT id FROM eventq_internal.consumers))
-     GROUP BY consumer_id",
+     SELECT f.consumer_id, pg_catalog.sum(f.tasks) FROM folded f
+     WHERE EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = f.consumer_id)
+     GROUP BY f.consumer_id",
     &[],
 );
 
