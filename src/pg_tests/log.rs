@@ -35,6 +35,23 @@ mod tests {
         assert_eq!(one::<i64>("SELECT lag FROM eventq.consumers WHERE name = 'lg_c'"), Some(0));
     }
 
+    /// A fetch reads the log from its cursor in order and stops at `max`, even before the
+    /// table was ever analyzed (a plan made then sorted the whole backlog at each fetch).
+    #[pg_test]
+    fn a_fetch_reads_only_the_events_it_returns() {
+        run("SELECT eventq.create_stream('lg_big')");
+        run("SELECT eventq.create_consumer('lg_big_c', 'lg_big', mode => 'log')");
+        run("SELECT eventq.publish_batch('lg_big', array_agg('e.' || i), array_agg('{}'::jsonb))
+             FROM generate_series(1, 3000) i");
+        run("SELECT tests.maintain()");
+        for _ in 0..3 {
+            let before = log_rows_read();
+            assert_eq!(count("SELECT * FROM eventq.fetch('lg_big_c', 10)"), 10);
+            let n = log_rows_read() - before;
+            assert!(n <= 30, "{n} rows of the log read to fetch 10 of 3000");
+        }
+    }
+
     #[pg_test]
     fn a_log_consumer_sees_only_matching_subjects() {
         run("SELECT eventq.create_stream('lg_f')");

@@ -55,6 +55,15 @@ pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// Rows of the log read so far in this transaction, by index or by scan.
+pub fn log_rows_read() -> i64 {
+    one::<i64>(
+        "SELECT pg_stat_get_xact_tuples_fetched('eventq_internal.events'::regclass)
+              + pg_stat_get_xact_tuples_returned('eventq_internal.events'::regclass)",
+    )
+    .unwrap_or(0)
+}
+
 pub fn count(sql: &str) -> i64 {
     one::<i64>(&format!("SELECT count(*) FROM ({sql}) q")).unwrap_or(0)
 }

@@ -130,17 +130,9 @@ mod tests {
         assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', 100000)"), 3001);
         assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', before => 1)"), 0);
 
-        // rows of the log read (by index or by scan) in this transaction so far
-        let read = || {
-            one::<i64>(
-                "SELECT pg_stat_get_xact_tuples_fetched('eventq_internal.events'::regclass)
-                      + pg_stat_get_xact_tuples_returned('eventq_internal.events'::regclass)",
-            )
-            .unwrap()
-        };
-        let before = read();
+        let before = log_rows_read();
         assert_eq!(count("SELECT * FROM eventq.newest_events('st_n', 10)"), 10);
-        let n = read() - before;
+        let n = log_rows_read() - before;
         assert!(n <= 30, "{n} rows of the log read for the newest 10 of 3001");
 
         assert_error("SELECT * FROM eventq.newest_events('st_none')", "42704", "st_none");

@@ -131,9 +131,11 @@ static MOVE: Statement = Statement::new(
 );
 
 // What routing needs of the events just moved, read back a window of seq numbers at a
-// time ($2, $3]: whatever plan stale statistics lead to (right after a first burst they
-// say the log is empty), a window costs what it holds, not what the whole drain moved.
-static MOVED_EVENTS: Statement = Statement::new(
+// time ($2, $3]: a window costs what it holds, not what the whole drain moved, as long
+// as it is read through the primary key, which the plan is held to: right after a first
+// burst the statistics say the log is empty, and a kept plan made then would read the
+// whole table (a sequential scan and a sort) for every window.
+static MOVED_EVENTS: Statement = Statement::index_ordered(
     "SELECT seq, subject, key, deliver_at, published_at FROM eventq_internal.events
      WHERE stream_id = $1 AND seq > $2 AND seq <= $3
      ORDER BY seq",
@@ -166,7 +168,7 @@ static ADD_GAP: Statement = Statement::new(
 // Tasks for the events of a consumer's gaps (an open gap ends at $2), with the consumer's
 // current filter; the gaps go. Keyed tasks start out
 // waiting; the keys are settled afterwards (storage::keys).
-static FILL_GAPS: Statement = Statement::new(
+static FILL_GAPS: Statement = Statement::indexed(
     "WITH gaps AS (
          DELETE FROM eventq_internal.routing_gaps WHERE consumer_id = $1
          RETURNING from_seq, coalesce(to_seq, $2) AS to_seq

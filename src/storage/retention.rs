@@ -114,8 +114,9 @@ static CONSUMERS_WITH_TASKS: Statement = Statement::new(
 // A consumer's tasks in a window of seq numbers ($4, $4 + $3]: those finished long enough
 // ago go. Walking every task (not only the oldest finished ones) finds finished tasks
 // wherever they are, e.g. behind older tasks that were redriven and finished again later;
-// windows of seq numbers cost what they hold whatever plan stale statistics lead to.
-static REMOVE_FINISHED: Statement = Statement::new(
+// windows of seq numbers cost what they hold, read through the primary key (the plan is
+// held to indexes: one made while the table looked small would scan it whole per window).
+static REMOVE_FINISHED: Statement = Statement::indexed(
     "WITH scanned AS (
          SELECT ctid, seq, state, finished_at FROM eventq_internal.tasks
          WHERE consumer_id = $1 AND seq > $4 AND seq <= $4 + $3
@@ -146,7 +147,7 @@ static SET_CLEANUP_SEQ: Statement = Statement::new(
 // Rows of idle keys with nothing waiting (run under the drain lock, so that no drain is
 // inserting the same key meanwhile). A row that remembers what the key has finished of
 // its consumer's sequence stays: forgetting it would hold the key's next tasks back again.
-static REMOVE_IDLE_KEYS: Statement = Statement::new(
+static REMOVE_IDLE_KEYS: Statement = Statement::indexed(
     "DELETE FROM eventq_internal.key_heads h
      WHERE h.ctid = ANY (ARRAY (
              SELECT ctid FROM eventq_internal.key_heads
@@ -262,7 +263,7 @@ pub fn expire_stream(client: &SpiClient<'_>, stream_id: i32, retention_us: i64) 
     cleaned
 }
 
-static TASK_SPAN: Statement = Statement::new(
+static TASK_SPAN: Statement = Statement::indexed(
     "SELECT pg_catalog.min(seq), pg_catalog.max(seq) FROM eventq_internal.tasks WHERE consumer_id = $1",
     &[INT],
 );
