@@ -407,3 +407,29 @@ fn an_events_retry_settings_hold_in_every_consumer_with_real_leases() {
         assert_eq!(lost, 1, "{consumer}");
     }
 }
+
+/// A drain claims each new key of a key-ordered consumer in one pass. Each claim once
+/// looked its readiness up among all the drain's claims: 10k new keys in a drain round
+/// took 10 s, 40k in one round would take minutes (linearly, a few seconds). The
+/// statement timeout is what makes the quadratic form fail here rather than hang.
+#[test]
+fn a_drain_of_many_new_keys_claims_them_in_one_pass() {
+    let cluster = Cluster::start("delivery-new-keys", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute(
+        "SELECT eventq.create_stream('s');
+         SELECT eventq.create_consumer('keyed', 's', ordering => 'key');
+         SELECT eventq.publish_batch('s', array_fill('o.c'::text, ARRAY[40000]),
+                                     array_fill('{}'::jsonb, ARRAY[40000]),
+                                     (SELECT array_agg('k' || i) FROM generate_series(1, 40000) i));
+         SET eventq.drain_batch_size = 40000;
+         SET statement_timeout = '60s';",
+    )
+    .unwrap();
+    db.execute("SELECT eventq.run_maintenance()", &[]).unwrap();
+    let available: i64 = db
+        .query_one("SELECT available FROM eventq.consumers WHERE name = 'keyed'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(available, 40000);
+}

@@ -47,7 +47,11 @@ pub enum Busy {
 // the others (idle with tasks waiting, or a head no longer in flight) are returned to be
 // settled once the new tasks are in. A busy row gets a recheck; a missing row is created
 // with the claim's task as head (if a concurrent insert beat it, a recheck).
-static CLAIM: Statement = Statement::new(
+// Each claim's readiness is joined, never looked up per row in `ready`: a lookup is a scan
+// of all the claims, and 10k new keys in one drain took 10 s. The plan is held to indexes:
+// whether a head is still in flight is a lookup by primary key, not a pass over every
+// unfinished task of every consumer.
+static CLAIM: Statement = Statement::indexed(
     "WITH wanted AS (
          SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[]) AS w(consumer_id, order_key, seq)
      ), present AS (
@@ -61,9 +65,9 @@ static CLAIM: Statement = Statement::new(
          ORDER BY h.consumer_id, h.order_key
          FOR UPDATE OF h SKIP LOCKED
      ), ready AS (
-         -- whether the claim's task may go now as far as its consumer's sequence goes, for
-         -- a key that has finished `done` of it (none, for a key without a row)
-         SELECT w.consumer_id, w.order_key,
+         -- each claim, and whether its task may go now as far as its consumer's sequence
+         -- goes, for a key that has finished `done` of it (none, for a key without a row)
+         SELECT w.consumer_id, w.order_key, w.seq,
                 c.sequence IS NULL
                   OR eventq_internal.sequence_ready(c.sequence,
                          coalesce((SELECT h.sequence_done FROM eventq_internal.key_heads h
@@ -72,20 +76,19 @@ static CLAIM: Statement = Statement::new(
                           WHERE e.stream_id = c.stream_id AND e.seq = w.seq)) AS ok
          FROM wanted w JOIN eventq_internal.consumers c ON c.id = w.consumer_id
      ), judged AS (
-         SELECT l.consumer_id, l.order_key, w.seq,
+         SELECT l.consumer_id, l.order_key, r.seq,
                 l.head_seq IS NULL
                   AND NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
                                   WHERE t.consumer_id = l.consumer_id AND t.order_key = l.order_key
                                     AND t.state = 'waiting')
-                  AND (SELECT r.ok FROM ready r
-                       WHERE r.consumer_id = l.consumer_id AND r.order_key = l.order_key) AS free,
+                  AND r.ok AS free,
                 l.head_seq IS NULL
                   OR NOT EXISTS (SELECT 1 FROM eventq_internal.tasks t
                                  WHERE t.consumer_id = l.consumer_id AND t.seq = l.head_seq
                                    AND t.state IN ('available', 'scheduled', 'running', 'retryable'))
                   AS stale
          FROM locked l
-         JOIN wanted w ON w.consumer_id = l.consumer_id AND w.order_key = l.order_key
+         JOIN ready r ON r.consumer_id = l.consumer_id AND r.order_key = l.order_key
      ), claimed AS (
          UPDATE eventq_internal.key_heads h SET head_seq = j.seq, blocked_until = NULL
          FROM judged j
@@ -93,13 +96,10 @@ static CLAIM: Statement = Statement::new(
          RETURNING h.consumer_id, h.order_key, h.head_seq
      ), inserted AS (
          INSERT INTO eventq_internal.key_heads (consumer_id, order_key, head_seq)
-         SELECT w.consumer_id, w.order_key,
-                CASE WHEN (SELECT r.ok FROM ready r
-                           WHERE r.consumer_id = w.consumer_id AND r.order_key = w.order_key)
-                     THEN w.seq END
-         FROM wanted w
+         SELECT r.consumer_id, r.order_key, CASE WHEN r.ok THEN r.seq END
+         FROM ready r
          WHERE NOT EXISTS (SELECT 1 FROM present p
-                           WHERE p.consumer_id = w.consumer_id AND p.order_key = w.order_key)
+                           WHERE p.consumer_id = r.consumer_id AND p.order_key = r.order_key)
          ORDER BY 1, 2
          ON CONFLICT DO NOTHING
          RETURNING consumer_id, order_key, head_seq
