@@ -199,3 +199,25 @@ fn repeatable_read_reads_what_committed_before_it() {
         db.batch_execute("ROLLBACK").unwrap();
     }
 }
+
+/// `newest_events` reads in the caller's snapshot, as `eventq.events` does: inside a
+/// REPEATABLE READ transaction, an event drained after it began shows in neither, page
+/// after page.
+#[test]
+fn newest_events_agrees_with_the_events_view_in_repeatable_read() {
+    let cluster = Cluster::start("iso-newest", &[]);
+    let mut db = cluster.connect();
+    db.batch_execute("SELECT eventq.create_stream('s'); SELECT eventq.publish('s', 'a')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    let mut reader = cluster.connect();
+    let newest = "SELECT subject FROM eventq.newest_events('s')";
+    let view = "SELECT subject FROM eventq.events WHERE stream = 's' ORDER BY seq DESC";
+    reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    assert_eq!(common::column(&mut reader, newest), ["a"]);
+    db.batch_execute("SELECT eventq.publish('s', 'b')").unwrap();
+    db.batch_execute("SELECT eventq.run_maintenance()").unwrap();
+    assert_eq!(common::column(&mut reader, newest), ["a"]);
+    assert_eq!(common::column(&mut reader, view), ["a"]);
+    reader.batch_execute("COMMIT").unwrap();
+    assert_eq!(common::column(&mut reader, newest), ["b", "a"]);
+}

@@ -72,8 +72,10 @@ const MAX_LISTED: i32 = 100_000;
 /// from the end of the log. `eventq.events … ORDER BY seq DESC LIMIT n` must read every
 /// event of the stream first (0.4–0.7 s at 1M events): the view is a security barrier, so
 /// Postgres plans it apart from the reader's ORDER BY and LIMIT, and sorts. Like the view,
-/// it reads what is drained, writes nothing, and works in read-only transactions and on
-/// standbys.
+/// it reads what is drained, in the caller's snapshot (a REPEATABLE READ transaction pages
+/// through the log as it was when it began), writes nothing, and works in read-only
+/// transactions and on standbys. Privileges are the ones committed now, as for every
+/// function of the API.
 // pgrx needs the row type written out in the signature.
 #[allow(clippy::type_complexity)]
 #[pg_extern(stable)]

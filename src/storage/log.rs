@@ -177,7 +177,8 @@ pub struct ListedEvent {
 }
 
 /// The stream's `max` newest events below `before` whose subjects `readable_re` admits
-/// (`None`: all), newest first. Reads the log as it is; drains nothing.
+/// (`None`: all), newest first, in the caller's snapshot, as `eventq.events` would show
+/// them in the same transaction. Drains nothing.
 pub fn newest(
     client: &SpiClient<'_>,
     stream_id: i32,
@@ -186,7 +187,7 @@ pub fn newest(
     max: i64,
 ) -> Vec<ListedEvent> {
     NEWEST
-        .run(client, &[arg(stream_id), arg(before), arg(readable_re), arg(max)])
+        .read_as_of_caller(client, &[arg(stream_id), arg(before), arg(readable_re), arg(max)])
         .filter_map(|row| {
             Some(ListedEvent {
                 event: LogEvent {

@@ -129,6 +129,17 @@ impl Statement {
         self.execute(client, self.plan(), args)
     }
 
+    /// Runs a query read-only in the caller's snapshot, as a view reads: for what must
+    /// agree with the views inside the caller's transaction (a REPEATABLE READ transaction
+    /// sees the log as it was when it began, page after page).
+    pub fn read_as_of_caller<'c>(
+        &'static self,
+        client: &SpiClient<'c>,
+        args: &[DatumWithOid<'_>],
+    ) -> Rows<'c> {
+        self.execute_in(client, self.plan(), args, true)
+    }
+
     /// Runs a statement whose text says `LIMIT {limit}`, with that placeholder replaced by
     /// `limit`. Postgres plans a `LIMIT $n` as if it took a tenth of the rows, so a generic
     /// plan of it always looks worse than a custom one and the plan cache re-plans it at
@@ -168,9 +179,19 @@ impl Statement {
 
     fn execute<'c>(
         &'static self,
+        client: &SpiClient<'c>,
+        plan: Plan,
+        args: &[DatumWithOid<'_>],
+    ) -> Rows<'c> {
+        self.execute_in(client, plan, args, false)
+    }
+
+    fn execute_in<'c>(
+        &'static self,
         _client: &SpiClient<'c>,
         plan: Plan,
         args: &[DatumWithOid<'_>],
+        callers_snapshot: bool,
     ) -> Rows<'c> {
         let (mut values, nulls) = datums(args, self.args.len(), self.sql);
         let _planning = planning::running(self.sql, self.planning);
@@ -178,7 +199,9 @@ impl Statement {
             // SAFETY: the plan is kept and valid; values and nulls hold one entry per
             // argument; SPI is connected (the client proves it).
             pg_sys::SPI_tuptable = std::ptr::null_mut();
-            if isolation::uses_transaction_snapshot() {
+            if callers_snapshot {
+                pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), true, 0)
+            } else if isolation::uses_transaction_snapshot() {
                 pg_sys::SPI_execute_snapshot(
                     plan.0,
                     values.as_mut_ptr(),
