@@ -238,8 +238,10 @@ fn describe(db: &mut Client) -> Vec<String> {
          UNION ALL
          SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname IN ('eventq', 'eventq_internal')
          UNION ALL
-         SELECT 'function ' || p.oid::regprocedure || ' ' || pg_get_function_result(p.oid) || ' '
+         SELECT 'function ' || p.oid::regprocedure || ' (' || pg_get_function_arguments(p.oid) || ') '
+                || pg_get_function_result(p.oid) || ' '
                 || coalesce(nullif(p.prosrc, ''), '') || ' ' || p.prosecdef || ' ' || coalesce(p.proconfig::text, '')
+                || ' ' || p.provolatile::text || p.proparallel::text || CASE WHEN p.proisstrict THEN ' strict' ELSE '' END
          FROM pg_proc p WHERE p.pronamespace IN ('eventq'::regnamespace, 'eventq_internal'::regnamespace)
          UNION ALL
          SELECT 'view ' || schemaname || '.' || viewname || ' ' || definition
