@@ -341,15 +341,17 @@ fn rows_scanned(db: &mut Client, table: &str) -> i64 {
     .get(0)
 }
 
-/// A fold reads its rows once, whatever the planner makes of the statistics. The folds
+/// A fold reads its rows a fixed number of times, whatever the planner makes of the
+/// statistics. The folds
 /// once chose the groups to fold by joining the table to its own groups: analyzed right
 /// after a fold (a few rows in the pages of many), the table looked nearly empty, the join
 /// became a nested loop that read the table (or its sorted copy) again for every group or
 /// row, and run_maintenance() after a burst ran for more than ten minutes. Here every join
-/// must be a nested loop: a fold that joins reads its table more than once. And a fold
-/// with nothing to fold writes nothing (under a held snapshot, rows it rewrote would stay).
+/// must be a nested loop: a fold that joins its table to itself reads it once per group.
+/// And a fold with nothing to fold writes nothing (under a held snapshot, rows it rewrote
+/// would stay).
 #[test]
-fn folding_the_counts_reads_them_once() {
+fn folding_the_counts_reads_them_a_fixed_number_of_times() {
     let cluster = Cluster::start("counts-fold", &[]);
     let mut db = cluster.connect();
     db.batch_execute(
@@ -400,8 +402,10 @@ fn folding_the_counts_reads_them_once() {
     db.batch_execute("RESET ALL").unwrap();
     for (table, (rows_before, scanned_before)) in tables.iter().zip(before) {
         let scanned = rows_scanned(&mut db, table) - scanned_before;
+        // (a pass to see whether there is anything to fold, one more for expirations of
+        // consumers that are gone, and the fold's own)
         assert!(
-            scanned <= rows_before + 100,
+            scanned <= 3 * rows_before + 100,
             "folding {table} read {scanned} rows of {rows_before}"
         );
     }

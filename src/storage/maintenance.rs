@@ -155,6 +155,14 @@ pub fn cleanup(client: &SpiClient<'_>, keep_finished_seconds: i64) -> (Cleaned, 
             Err(e) => errors.push(format!("cleanup of consumer {consumer_id}: {e}")),
         }
     }
+    // In the cleanup pass, not every timer pass: under a snapshot held open, the rows a fold
+    // deletes stay, and each fold reads them all again; once a second, that grew into a
+    // tenth of the worker's time over a five-minute soak.
+    if let Err(e) = contained(|| counts::fold(client)) {
+        errors.push(format!("folding counts: {e}"));
+    }
+    // Last: it may take the drain lock, which stays held until the transaction ends. Taken
+    // before the folds, it held every pull up for as long as they ran.
     match contained(|| retention::tidy(client)) {
         Ok(grants_changed) => {
             if grants_changed {
@@ -163,12 +171,6 @@ pub fn cleanup(client: &SpiClient<'_>, keep_finished_seconds: i64) -> (Cleaned, 
             cleaned.grants_changed = grants_changed;
         }
         Err(e) => errors.push(format!("bookkeeping: {e}")),
-    }
-    // In the cleanup pass, not every timer pass: under a snapshot held open, the rows a fold
-    // deletes stay, and each fold reads them all again; once a second, that grew into a
-    // tenth of the worker's time over a five-minute soak.
-    if let Err(e) = contained(|| counts::fold(client)) {
-        errors.push(format!("folding counts: {e}"));
     }
     (cleaned, errors)
 }

@@ -9,7 +9,7 @@
 //! large.
 
 use super::keys::{self, Busy};
-use super::{arg, column, locks, Statement, BIGINT, INT};
+use super::{arg, column, locks, scalar, Statement, BIGINT, INT};
 use pgrx::spi::SpiClient;
 
 /// Rows per round.
@@ -168,23 +168,25 @@ static TRIM_DRAINS: Statement = Statement::new(
 );
 
 // Folds each consumer's expiration counts into one row, and drops those of consumers that
-// are gone; in one pass over the table, as storage::counts folds the task counts (which
-// says why).
+// are gone: every row, with no join, as storage::counts folds the task counts (which says
+// why); only when there is something to fold or drop (EXPIRATIONS_TO_FOLD).
 static FOLD_EXPIRATIONS: Statement = Statement::new(
-    "WITH grouped AS (
-         SELECT x.ctid, pg_catalog.count(*) OVER (PARTITION BY x.consumer_id) AS rows_of_group,
-                EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = x.consumer_id) AS live
-         FROM eventq_internal.expirations x
-     ), folded AS (
-         DELETE FROM eventq_internal.expirations
-         WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY (SELECT ctid FROM grouped
-                                                      WHERE rows_of_group > 1 OR NOT live))
-         RETURNING consumer_id, tasks
+    "WITH folded AS (
+         DELETE FROM eventq_internal.expirations RETURNING consumer_id, tasks
      )
      INSERT INTO eventq_internal.expirations (consumer_id, tasks)
      SELECT f.consumer_id, pg_catalog.sum(f.tasks) FROM folded f
      WHERE EXISTS (SELECT 1 FROM eventq_internal.consumers c WHERE c.id = f.consumer_id)
      GROUP BY f.consumer_id",
+    &[],
+);
+
+static EXPIRATIONS_TO_FOLD: Statement = Statement::new(
+    "SELECT EXISTS (SELECT FROM eventq_internal.expirations
+                    GROUP BY consumer_id HAVING pg_catalog.count(*) > 1)
+         OR EXISTS (SELECT FROM eventq_internal.expirations x
+                    WHERE NOT EXISTS (SELECT 1 FROM eventq_internal.consumers c
+                                      WHERE c.id = x.consumer_id))",
     &[],
 );
 
@@ -333,12 +335,18 @@ static ADOPT_ORPHANED_CONSUMERS: Statement = Statement::new(
 /// Housekeeping of eventq's own bookkeeping: idle key rows (only while holding the drain
 /// lock; skipped otherwise), the record of old drains, expiration counts, grants and
 /// consumers of dropped roles. Returns whether grants changed.
+// The drain lock is held from where it is taken to the end of the transaction, and every
+// pull and fetch waits for a drain meanwhile: so it is taken last, after everything else
+// the pass does (the caller runs nothing after this either).
 pub fn tidy(client: &SpiClient<'_>) -> bool {
+    TRIM_DRAINS.run(client, &[]);
+    if scalar::<bool>(&EXPIRATIONS_TO_FOLD, client, &[]).unwrap_or(true) {
+        FOLD_EXPIRATIONS.run(client, &[]);
+    }
+    ADOPT_ORPHANED_CONSUMERS.run(client, &[]);
+    let grants_changed = !FORGET_DROPPED_GRANTEES.run(client, &[]).is_empty();
     if locks::try_lock_drain() {
         REMOVE_IDLE_KEYS.run(client, &[arg(ROUND)]);
     }
-    TRIM_DRAINS.run(client, &[]);
-    FOLD_EXPIRATIONS.run(client, &[]);
-    ADOPT_ORPHANED_CONSUMERS.run(client, &[]);
-    !FORGET_DROPPED_GRANTEES.run(client, &[]).is_empty()
+    grants_changed
 }
