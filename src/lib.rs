@@ -10,7 +10,8 @@
 //! - `launcher` starts a background worker per database with eventq; `worker` that worker
 //!   and the drain helper; `wakeup` what backends share through shared memory: workers'
 //!   latches and health, and what has been published and drained; `pull_start` where each
-//!   consumer's pulls start scanning; `unread_counts` log consumers' lag as last counted
+//!   consumer's pulls start scanning; `unread_counts` log consumers' lag as last counted;
+//!   `spinlock` the lock of an entry of those shared tables
 //!
 //! Views for people and dashboards are in `sql/views.sql`.
 
@@ -21,6 +22,7 @@ mod error;
 mod gucs;
 mod launcher;
 mod pull_start;
+mod spinlock;
 mod storage;
 mod unread_counts;
 mod wakeup;

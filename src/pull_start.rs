@@ -154,19 +154,11 @@ fn take(e: &'static Entry, key: u64) -> Option<&'static Entry> {
 }
 
 fn lock(e: &Entry) {
-    let mut spins = 0u32;
-    while e.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        spins += 1;
-        if spins % 64 == 0 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
+    crate::spinlock::lock(&e.lock);
 }
 
 fn unlock(e: &Entry) {
-    e.lock.store(false, Ordering::Release);
+    crate::spinlock::unlock(&e.lock);
 }
 
 fn reset_locked(e: &Entry) {

@@ -85,19 +85,11 @@ fn slot(key: u64) -> &'static Slot {
 }
 
 fn lock(s: &Slot) {
-    let mut spins = 0u32;
-    while s.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-        spins += 1;
-        if spins.is_multiple_of(64) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
+    crate::spinlock::lock(&s.lock);
 }
 
 fn unlock(s: &Slot) {
-    s.lock.store(false, Ordering::Release);
+    crate::spinlock::unlock(&s.lock);
 }
 
 pub fn get(key: u64) -> Option<Count> {

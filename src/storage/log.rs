@@ -37,6 +37,19 @@ pub struct LogEvent {
     pub published_at: TimestampWithTimeZone,
 }
 
+/// An event from the first seven columns of a row of FETCH or NEWEST.
+fn log_event(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Option<LogEvent> {
+    Some(LogEvent {
+        seq: column(row, 1)?,
+        event_id: column(row, 2)?,
+        subject: column(row, 3)?,
+        key: column(row, 4),
+        payload: column(row, 5)?,
+        headers: column(row, 6),
+        published_at: column(row, 7)?,
+    })
+}
+
 /// What a filter lets through: stretches of the log known to hold none of it are skipped.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Filter {
@@ -140,17 +153,7 @@ pub fn fetch(
                 arg(start_at),
             ],
         )
-        .filter_map(|row| {
-            Some(LogEvent {
-                seq: column(&row, 1)?,
-                event_id: column(&row, 2)?,
-                subject: column(&row, 3)?,
-                key: column(&row, 4),
-                payload: column(&row, 5)?,
-                headers: column(&row, 6),
-                published_at: column(&row, 7)?,
-            })
-        })
+        .filter_map(|row| log_event(&row))
         .collect();
     if events.is_empty() {
         stretch.found_nothing();
@@ -189,18 +192,7 @@ pub fn newest(
     NEWEST
         .read_as_of_caller(client, &[arg(stream_id), arg(before), arg(readable_re), arg(max)])
         .filter_map(|row| {
-            Some(ListedEvent {
-                event: LogEvent {
-                    seq: column(&row, 1)?,
-                    event_id: column(&row, 2)?,
-                    subject: column(&row, 3)?,
-                    key: column(&row, 4),
-                    payload: column(&row, 5)?,
-                    headers: column(&row, 6),
-                    published_at: column(&row, 7)?,
-                },
-                deliver_at: column(&row, 8),
-            })
+            Some(ListedEvent { event: log_event(&row)?, deliver_at: column(&row, 8) })
         })
         .collect()
 }
