@@ -331,10 +331,18 @@ fn a_log_consumers_lag_counted_in_one_session_serves_the_others() {
 
 /// Rows of `table` read by sequential scans so far, this session's included.
 fn rows_scanned(db: &mut Client, table: &str) -> i64 {
+    table_statistic(db, table, "seq_tup_read")
+}
+
+/// A column of `pg_stat_user_tables` for a table of eventq's storage, this session's
+/// pending statistics included.
+fn table_statistic(db: &mut Client, table: &str, column: &str) -> i64 {
     db.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
     db.query_one(
-        "SELECT seq_tup_read FROM pg_stat_user_tables
-         WHERE relid = ('eventq_internal.' || $1)::regclass",
+        &format!(
+            "SELECT {column} FROM pg_stat_user_tables
+             WHERE relid = ('eventq_internal.' || $1)::regclass"
+        ),
         &[&table],
     )
     .unwrap()
@@ -420,19 +428,7 @@ fn folding_the_counts_reads_them_a_fixed_number_of_times() {
     assert_counts_match_rows(&mut db, "after folding");
     // Folded already, and nothing changed since: a fold writes nothing.
     let written = |db: &mut Client| -> Vec<i64> {
-        db.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
-        tables
-            .iter()
-            .map(|t| {
-                db.query_one(
-                    "SELECT n_tup_ins + n_tup_del FROM pg_stat_user_tables
-                     WHERE relid = ('eventq_internal.' || $1)::regclass",
-                    &[t],
-                )
-                .unwrap()
-                .get(0)
-            })
-            .collect()
+        tables.iter().map(|t| table_statistic(db, t, "n_tup_ins + n_tup_del")).collect()
     };
     let before = written(&mut db);
     maintain(&mut db);
